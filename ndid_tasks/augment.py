@@ -1,0 +1,158 @@
+"""Copydays-style attacks: the edits that turn an original into a near-duplicate copy.
+
+Used twice: by bootstrap calibration (positive pairs) and by the benchmark generator. Every attack
+takes an RGB PIL image and a numpy Generator, so a seed reproduces the exact same copies.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
+
+Attack = Callable[[Image.Image, np.random.Generator], Image.Image]
+
+
+def jpeg(img: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=int(quality))
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def crop_area(img: Image.Image, rng: np.random.Generator, removed: float) -> Image.Image:
+    """Keep a random window holding (1 - removed) of the area, aspect roughly kept."""
+    w, h = img.size
+    keep = max(0.05, 1.0 - removed)
+    aspect = rng.uniform(0.8, 1.25)
+    cw = int(np.clip(np.sqrt(keep * aspect) * w, 8, w))
+    ch = int(np.clip(keep * w * h / max(cw, 1), 8, h))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return img.crop((x, y, x + cw, y + ch))
+
+
+def attack_crop(img, rng):
+    return crop_area(img, rng, rng.uniform(0.1, 0.8))
+
+
+def attack_jpeg(img, rng):
+    return jpeg(img, int(rng.choice([75, 50, 30, 20, 15, 10, 8, 5, 3])))
+
+
+def attack_resize(img, rng):
+    s = rng.uniform(0.3, 0.8)
+    return img.resize((max(16, int(img.width * s)), max(16, int(img.height * s))), Image.Resampling.BILINEAR)
+
+
+def attack_thumbnail(img, rng):
+    t = img.copy()
+    t.thumbnail((int(rng.integers(64, 128)),) * 2)
+    return t
+
+
+def attack_colour(img, rng):
+    out = ImageEnhance.Color(img).enhance(rng.uniform(0.2, 2.0))
+    out = ImageEnhance.Brightness(out).enhance(rng.uniform(0.7, 1.3))
+    return ImageEnhance.Contrast(out).enhance(rng.uniform(0.6, 1.5))
+
+
+def attack_heavy_colour_blur(img, rng):
+    arr = np.asarray(img, dtype=np.float32)
+    tint = rng.uniform(0.6, 1.4, size=3)
+    out = Image.fromarray(np.clip(arr * tint, 0, 255).astype(np.uint8))
+    return out.filter(ImageFilter.GaussianBlur(rng.uniform(1.5, 3.5)))
+
+
+def attack_grey_gamma(img, rng):
+    g = ImageOps.grayscale(img)
+    gamma = rng.uniform(0.5, 2.0)
+    lut = [int(255 * (i / 255) ** gamma) for i in range(256)]
+    return g.point(lut).convert("RGB")
+
+
+def attack_blur(img, rng):
+    return img.filter(ImageFilter.GaussianBlur(rng.uniform(1.0, 3.0)))
+
+
+def attack_rotate_crop(img, rng):
+    angle = rng.uniform(-20, 20)
+    rot = img.rotate(angle, resample=Image.Resampling.BILINEAR, expand=False)
+    return crop_area(rot, rng, rng.uniform(0.15, 0.35))
+
+
+def attack_print_scan(img, rng):
+    """Perspective warp + blur + warm tint + noise + JPEG: a photo of a print."""
+    w, h = img.size
+    d = 0.08
+    quad = [(rng.uniform(0, d) * w, rng.uniform(0, d) * h), (rng.uniform(0, d) * w, h - rng.uniform(0, d) * h),
+            (w - rng.uniform(0, d) * w, h - rng.uniform(0, d) * h), (w - rng.uniform(0, d) * w, rng.uniform(0, d) * h)]
+    out = img.transform((w, h), Image.Transform.QUAD, [c for p in quad for c in p], Image.Resampling.BILINEAR)
+    out = out.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
+    arr = np.asarray(out, dtype=np.float32) * np.array([1.08, 1.0, 0.88]) + rng.normal(0, 6, (h, w, 3))
+    return jpeg(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), int(rng.integers(40, 80)))
+
+
+def attack_text_overlay(img, rng):
+    out = img.copy()
+    draw = ImageDraw.Draw(out)
+    w, h = out.size
+    for _ in range(int(rng.integers(2, 5))):
+        x, y = int(rng.integers(0, max(1, w - 60))), int(rng.integers(0, max(1, h - 20)))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        text = "".join(chr(int(c)) for c in rng.integers(65, 91, int(rng.integers(5, 14))))
+        draw.text((x, y), text, fill=colour, font_size=int(rng.integers(14, 40)))
+    return out
+
+
+def attack_meme_border(img, rng):
+    """Padding with a plain canvas and caption bars, like meme templates and letterboxing."""
+    w, h = img.size
+    top, bottom = int(h * rng.uniform(0.1, 0.3)), int(h * rng.uniform(0.0, 0.25))
+    side = int(w * rng.uniform(0.0, 0.15))
+    colour = tuple(int(c) for c in rng.choice([[255, 255, 255], [0, 0, 0], [30, 30, 30]]))
+    canvas = Image.new("RGB", (w + 2 * side, h + top + bottom), colour)
+    canvas.paste(img, (side, top))
+    draw = ImageDraw.Draw(canvas)
+    fill = (0, 0, 0) if sum(colour) > 300 else (255, 255, 255)
+    draw.text((side + 10, max(2, top // 4)), "WHEN THE COPY", fill=fill, font_size=max(12, top // 3))
+    return canvas
+
+
+def attack_crop_resize_jpeg(img, rng):
+    out = crop_area(img, rng, rng.uniform(0.2, 0.5))
+    out = attack_resize(out, rng)
+    return jpeg(out, int(rng.integers(20, 60)))
+
+
+def attack_mirror_crop(img, rng):
+    return crop_area(ImageOps.mirror(img), rng, rng.uniform(0.1, 0.3))
+
+
+def overlay_image(img: Image.Image, other: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Paste a piece of another (non-indexed) picture over a corner of ``img``."""
+    out = img.copy()
+    w, h = out.size
+    s = rng.uniform(0.2, 0.35)
+    patch = other.convert("RGB").resize((max(8, int(w * s)), max(8, int(h * s))))
+    out.paste(patch, (int(rng.integers(0, w - patch.width + 1)), int(rng.integers(0, h - patch.height + 1))))
+    return out
+
+
+# family -> attacks (a family is what the benchmark reports separately)
+FAMILIES: dict[str, dict[str, Attack]] = {
+    "crop": {"crop": attack_crop},
+    "jpeg": {"jpeg": attack_jpeg},
+    "strong": {"rotate_crop": attack_rotate_crop, "print_scan": attack_print_scan,
+               "text_overlay": attack_text_overlay, "meme_border": attack_meme_border,
+               "grey_gamma": attack_grey_gamma, "thumbnail": attack_thumbnail,
+               "colour_blur": attack_heavy_colour_blur, "crop_resize_jpeg": attack_crop_resize_jpeg,
+               "mirror_crop": attack_mirror_crop},
+}
+# the milder mix used for bootstrap calibration positives
+BOOTSTRAP_ATTACKS: dict[str, Attack] = {
+    "crop": attack_crop, "resize": attack_resize, "jpeg": attack_jpeg, "colour": attack_colour,
+    "blur": attack_blur, "rotate_crop": attack_rotate_crop, "text_overlay": attack_text_overlay,
+    "meme_border": attack_meme_border, "crop_resize_jpeg": attack_crop_resize_jpeg,
+    "grey_gamma": attack_grey_gamma, "print_scan": attack_print_scan,
+}

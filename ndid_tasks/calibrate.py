@@ -1,0 +1,188 @@
+"""Producing calibrations: bootstrap from synthetic pairs, and refits on audited labels.
+
+Bootstrap positives are attacked copies of each image in a folder; negatives are other images of
+the same folder, including each image's nearest ResNet neighbours (the hard, same-looking ones).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import augment
+from .calibration import STAGE2_FEATURES, Calibration, evaluate, fit_calibration
+from .config import Settings
+from .decide import pair_features
+from .images import LoadedImage, load_image
+from .signals import ClipSignal, PHashSignal, ResNetSignal
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def image_files(folder: str | Path, limit: int | None = None) -> list[Path]:
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return files[:limit] if limit else files
+
+
+def _as_loaded(img, image_id: str) -> LoadedImage:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "PNG")
+    return load_image(buf.getvalue(), image_id)
+
+
+def bootstrap_features(settings: Settings, files: Sequence[Path], copies: int = 3, hard_negatives: int = 2,
+                       seed: int = 0, progress: Callable[[int], None] | None = None
+                       ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any]]:
+    """Pair features and labels from attacked copies of ``files`` (synthetic; no audited labels)."""
+    rng = np.random.default_rng(seed)
+    originals: list[LoadedImage] = []
+    for f in files:
+        try:
+            originals.append(load_image(f.read_bytes(), str(f)))
+        except Exception as exc:  # noqa: BLE001 - skip unusable files, say so
+            log.warning("bootstrap: skipping %s: %s", f, exc)
+    if len(originals) < 3:
+        raise ValueError(f"bootstrap needs at least 3 readable images, found {len(originals)}")
+    copies_list: list[tuple[int, LoadedImage]] = []
+    names = list(augment.BOOTSTRAP_ATTACKS)
+    for i, orig in enumerate(originals):
+        for c in range(copies):
+            name = names[int(rng.integers(len(names)))]
+            attacked = augment.BOOTSTRAP_ATTACKS[name](orig.image, rng)
+            copies_list.append((i, _as_loaded(attacked, f"{orig.image_id}#copy{c}:{name}")))
+        if progress:
+            progress(1)
+    everything = originals + [c for _, c in copies_list]
+    phash = PHashSignal().compute(everything)
+    resnet = ResNetSignal(settings).compute(everything)
+    clip = ClipSignal(settings).compute(everything)
+    n = len(originals)
+    pairs: list[tuple[int, int, int]] = []  # (a, b, label) as indices into `everything`
+    for k, (i, _) in enumerate(copies_list):
+        pairs.append((i, n + k, 1))
+    sims = resnet[:n] @ resnet[:n].T
+    np.fill_diagonal(sims, -np.inf)
+    for i in range(n):
+        for j in np.argsort(-sims[i])[:hard_negatives]:
+            pairs.append((i, int(j), 0))
+        for j in rng.choice(n, size=min(2, n - 1), replace=False):
+            if j != i:
+                pairs.append((i, int(j), 0))
+    for k, (i, _) in enumerate(copies_list):  # a copy against a different original
+        j = int(rng.integers(n))
+        if j != i:
+            pairs.append((j, n + k, 0))
+    feats: dict[str, list[float]] = {f: [] for f in STAGE2_FEATURES}
+    labels = []
+    for a, b, label in pairs:
+        pf = pair_features(phash[a], phash[b], resnet[a], resnet[b])
+        pf["clip_cosine"] = float(np.dot(clip[a], clip[b]))
+        for f in STAGE2_FEATURES:
+            feats[f].append(pf[f])
+        labels.append(label)
+    summary = {"source": "bootstrap", "images": n, "copies_per_image": copies, "attacks": names,
+               "hard_negatives_per_image": hard_negatives, "seed": seed}
+    return {f: np.asarray(v) for f, v in feats.items()}, np.asarray(labels), summary
+
+
+def bootstrap_calibration(settings: Settings, folder: str | Path, limit: int | None = 200, copies: int = 3,
+                          seed: int = 0, progress: Callable[[int], None] | None = None) -> Calibration:
+    files = image_files(folder, limit)
+    feats, labels, summary = bootstrap_features(settings, files, copies=copies, seed=seed, progress=progress)
+    summary["folder"] = Path(folder).name
+    return fit_calibration(feats, labels, settings.weights_mode, training=summary, seed=seed)
+
+
+# ---------------------------------------------------------------- audited labels
+
+@dataclass(frozen=True)
+class Label:
+    image_a: str
+    image_b: str
+    is_duplicate: bool
+    auditor: str = ""
+    labelled_at: str = ""
+
+
+def parse_labels(name: str, data: bytes) -> list[Label]:
+    """JSON Lines or CSV with columns image_a, image_b, is_duplicate, auditor, labelled_at."""
+    text = data.decode("utf-8-sig")
+    rows: list[dict[str, Any]]
+    if name.lower().endswith(".csv"):
+        rows = list(csv.DictReader(io.StringIO(text)))
+    else:
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    out = []
+    for r in rows:
+        dup = r["is_duplicate"]
+        if isinstance(dup, str):
+            dup = dup.strip().lower() in ("1", "true", "yes", "y")
+        out.append(Label(str(r["image_a"]), str(r["image_b"]), bool(dup), str(r.get("auditor", "")),
+                         str(r.get("labelled_at", r.get("time", "")))))
+    return out
+
+
+def recalibrate(settings: Settings, engine, labels: Sequence[Label], active: Calibration,
+                min_labels: int = 20, holdout: float = 0.3, seed: int = 0) -> dict[str, Any]:
+    """Fit a candidate on audited labels; compare with ``active`` on held-out labels.
+
+    Returns {"status": "skipped"|"promoted"|"rejected", "candidate": Calibration|None, ...}.
+    The candidate is promoted only if its held-out F1 and AP are not worse than the active one's.
+    """
+    ids = sorted({i for lab in labels for i in (lab.image_a, lab.image_b)})
+    rows = engine.index.get_rows(ids, ["phash", "resnet"]) if ids else {}
+    usable = [lab for lab in labels if lab.image_a in rows and lab.image_b in rows]
+    y = np.array([int(lab.is_duplicate) for lab in usable])
+    if len(usable) < min_labels or len(set(y.tolist())) < 2:
+        return {"status": "skipped", "candidate": None, "labels": len(labels), "usable": len(usable),
+                "reason": f"need >= {min_labels} usable labels with both classes (have {len(usable)}, "
+                          f"{int(y.sum()) if len(y) else 0} duplicates)"}
+    clip = engine.clip_vectors(sorted({i for lab in usable for i in (lab.image_a, lab.image_b)}))
+    feats: dict[str, list[float]] = {f: [] for f in STAGE2_FEATURES}
+    for lab in usable:
+        a, b = rows[lab.image_a], rows[lab.image_b]
+        pf = pair_features(np.asarray(a["phash"]), np.asarray(b["phash"]),
+                           np.asarray(a["resnet"], np.float32), np.asarray(b["resnet"], np.float32))
+        ca, cb = clip.get(lab.image_a), clip.get(lab.image_b)
+        pf["clip_cosine"] = float(np.dot(ca, cb)) if ca is not None and cb is not None else pf["resnet_cosine"]
+        for f in STAGE2_FEATURES:
+            feats[f].append(pf[f])
+    arrays = {f: np.asarray(v) for f, v in feats.items()}
+    rng = np.random.default_rng(seed)
+    test = rng.random(len(y)) < holdout
+    if len(set(y[test].tolist())) < 2 or len(set(y[~test].tolist())) < 2:
+        order = rng.permutation(len(y))  # stratified fallback: every other example of each class
+        test = np.zeros(len(y), dtype=bool)
+        for cls in (0, 1):
+            idx = [i for i in order if y[i] == cls]
+            test[idx[::3]] = True
+    train = ~test
+    candidate = fit_calibration({f: v[train] for f, v in arrays.items()}, y[train], settings.weights_mode,
+                                training={"source": "audited_labels", "labels": len(usable),
+                                          "auditors": sorted({lab.auditor for lab in usable})}, seed=seed)
+    held = {f: v[test] for f, v in arrays.items()}
+    cand_eval, active_eval = evaluate(candidate, held, y[test]), evaluate(active, held, y[test])
+
+    def f1(m):
+        p, r = m["precision"], m["recall"]
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    better = f1(cand_eval) >= f1(active_eval) and _nan0(cand_eval["average_precision"]) >= _nan0(active_eval["average_precision"])
+    candidate.metrics = {**candidate.metrics, "heldout_labels": cand_eval}
+    return {"status": "promoted" if better else "rejected", "candidate": candidate,
+            "labels": len(labels), "usable": len(usable), "heldout": int(test.sum()),
+            "candidate_eval": {**cand_eval, "f1": f1(cand_eval)},
+            "active_eval": {**active_eval, "f1": f1(active_eval)}, "active_version": active.version}
+
+
+def _nan0(x: float) -> float:
+    return 0.0 if x != x else x

@@ -1,0 +1,222 @@
+"""The decision model as data: two tiny logistic regressions, stored as versioned JSON.
+
+Stage 1 sees cheap features (pHash distance, ResNet cosine). Pairs whose stage-1 probability lies
+in the ambiguous band get CLIP similarity and are decided by stage 2. Coefficients are kept in raw
+feature units so that ``coefficient x value`` is each feature's contribution to the log-odds.
+Nothing here is pickled: a calibration is a JSON document, validated on load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+SCHEMA = "ndid.calibration/1"
+STAGE1_FEATURES = ("phash_distance", "resnet_cosine")
+STAGE2_FEATURES = ("phash_distance", "resnet_cosine", "clip_cosine")
+DEFAULT_BAND = (0.2, 0.8)
+
+
+class CalibrationError(ValueError):
+    """A calibration document is missing, malformed or does not fit this deployment."""
+
+
+@dataclass
+class Stage:
+    features: list[str]
+    coefficients: list[float]
+    intercept: float
+
+    def logit(self, values: dict[str, float]) -> float:
+        return self.intercept + sum(c * values[f] for f, c in zip(self.features, self.coefficients))
+
+    def probability(self, values: dict[str, float]) -> float:
+        z = self.logit(values)
+        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+    def contributions(self, values: dict[str, float]) -> dict[str, float]:
+        out = {f: c * values[f] for f, c in zip(self.features, self.coefficients)}
+        out["intercept"] = self.intercept
+        return out
+
+
+@dataclass
+class Calibration:
+    version: str
+    weights_mode: str
+    stage1: Stage
+    stage2: Stage
+    band: tuple[float, float]
+    threshold: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+    schema: str = SCHEMA
+
+    @property
+    def untrained(self) -> bool:
+        return self.weights_mode == "random"
+
+    def in_band(self, p: float) -> bool:
+        return self.band[0] <= p <= self.band[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["band"] = list(self.band)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Calibration":
+        try:
+            if d.get("schema") != SCHEMA:
+                raise CalibrationError(f"unknown calibration schema {d.get('schema')!r} (want {SCHEMA})")
+            s1, s2 = Stage(**d["stage1"]), Stage(**d["stage2"])
+            if tuple(s1.features) != STAGE1_FEATURES or tuple(s2.features) != STAGE2_FEATURES:
+                raise CalibrationError(f"calibration features {s1.features}/{s2.features} do not match "
+                                       f"this engine's {STAGE1_FEATURES}/{STAGE2_FEATURES}")
+            for stage in (s1, s2):
+                if len(stage.coefficients) != len(stage.features) or not all(
+                        math.isfinite(float(c)) for c in [*stage.coefficients, stage.intercept]):
+                    raise CalibrationError("coefficients must be finite, one per feature")
+            band = (float(d["band"][0]), float(d["band"][1]))
+            if not 0 <= band[0] <= band[1] <= 1:
+                raise CalibrationError(f"band {band} is not within [0, 1]")
+            return cls(version=str(d["version"]), weights_mode=str(d["weights_mode"]), stage1=s1, stage2=s2,
+                       band=band, threshold=float(d["threshold"]), metrics=d.get("metrics", {}),
+                       training=d.get("training", {}), created_at=d.get("created_at", ""), schema=SCHEMA)
+        except (KeyError, TypeError, IndexError) as exc:
+            raise CalibrationError(f"malformed calibration document: {exc!r}") from exc
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Calibration":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise CalibrationError(f"calibration is not JSON: {exc}") from exc
+
+
+def default_calibration(weights_mode: str) -> Calibration:
+    """The calibration shipped inside the package for this weights mode."""
+    name = f"default_calibration_{weights_mode}.json"
+    try:
+        text = resources.files("ndid_tasks").joinpath("data", name).read_text()
+    except FileNotFoundError as exc:
+        raise CalibrationError(
+            f"no shipped calibration for weights mode {weights_mode!r}; create one with "
+            f"`ndid calibrate --bootstrap DIR` (it is stored and activated in S3 / --output)") from exc
+    return Calibration.from_json(text)
+
+
+def load_calibration_file(path: str | Path) -> Calibration:
+    return Calibration.from_json(Path(path).read_text())
+
+
+# ---------------------------------------------------------------- fitting
+
+def _fit_stage(x: np.ndarray, y: np.ndarray, features: Sequence[str]) -> Stage:
+    """Standardise, fit, then fold the scaling back so coefficients are in raw units."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale == 0] = 1.0
+    model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000)
+    model.fit((x - mean) / scale, y)
+    coef = model.coef_[0] / scale
+    intercept = float(model.intercept_[0] - np.sum(model.coef_[0] * mean / scale))
+    return Stage(list(features), [float(c) for c in coef], intercept)
+
+
+def _probabilities(stage: Stage, x: np.ndarray) -> np.ndarray:
+    z = stage.intercept + x @ np.asarray(stage.coefficients)
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -700, 700)))
+
+
+def _binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    from sklearn.metrics import average_precision_score
+
+    pred = p >= threshold
+    tp = int(np.sum(pred & (y == 1)))
+    fp = int(np.sum(pred & (y == 0)))
+    fn = int(np.sum(~pred & (y == 1)))
+    return {"average_precision": float(average_precision_score(y, p)) if 0 < y.sum() < len(y) else float("nan"),
+            "precision": tp / (tp + fp) if tp + fp else 1.0, "recall": tp / (tp + fn) if tp + fn else 1.0,
+            "false_positives": fp, "n": int(len(y)), "positives": int(y.sum())}
+
+
+def choose_band(y: np.ndarray, p: np.ndarray, purity: float = 0.98) -> tuple[float, float]:
+    """Smallest band outside which stage 1 is at least ``purity`` right on both sides."""
+    order = np.sort(np.unique(p))
+    hi = next((float(t) for t in order if np.mean(y[p >= t] == 1) >= purity), 1.0)
+    lo = next((float(t) for t in order[::-1] if np.mean(y[p < t] == 0) >= purity), 0.0)
+    lo, hi = max(0.02, min(lo, 0.5)), min(0.98, max(hi, 0.5))
+    return (lo, hi) if lo <= hi else DEFAULT_BAND
+
+
+def choose_threshold(y: np.ndarray, p: np.ndarray, min_precision: float = 0.95) -> float:
+    """Lowest probability threshold whose precision on held-out pairs is >= min_precision
+    (fewest missed copies at a false-positive rate users accept); 0.5 if none reaches it."""
+    for t in np.sort(np.unique(p)):
+        pred = p >= t
+        if pred.any() and np.mean(y[pred] == 1) >= min_precision:
+            return float(max(t, 0.05))
+    return 0.5
+
+
+def fit_calibration(features: dict[str, np.ndarray], labels: np.ndarray, weights_mode: str,
+                    training: dict[str, Any], threshold: float | None = None, holdout: float = 0.3,
+                    seed: int = 0, version: str | None = None) -> Calibration:
+    """Fit both stages on a random split, measure on the held-out part, then refit on all data."""
+    y = np.asarray(labels, dtype=int)
+    x1 = np.column_stack([features[f] for f in STAGE1_FEATURES]).astype(np.float64)
+    x2 = np.column_stack([features[f] for f in STAGE2_FEATURES]).astype(np.float64)
+    if len(np.unique(y)) < 2:
+        raise CalibrationError("need both duplicate and non-duplicate pairs to calibrate")
+    rng = np.random.default_rng([seed, 0x5EED])  # own stream: independent of how pairs were drawn
+    test = rng.random(len(y)) < holdout
+    if len(np.unique(y[~test])) < 2 or len(np.unique(y[test])) < 2:
+        test = np.zeros(len(y), dtype=bool)
+    train = ~test
+    s1, s2 = _fit_stage(x1[train], y[train], STAGE1_FEATURES), _fit_stage(x2[train], y[train], STAGE2_FEATURES)
+    metrics: dict[str, Any] = {}
+    eval_mask = test if test.any() else train
+    p1 = _probabilities(s1, x1[eval_mask])
+    band = choose_band(y[eval_mask], p1)
+    p2 = _probabilities(s2, x2[eval_mask])
+    in_band = (p1 >= band[0]) & (p1 <= band[1])
+    combined = np.where(in_band, p2, p1)
+    if threshold is None:
+        threshold = choose_threshold(y[eval_mask], combined)
+    if test.any():
+        metrics = {"heldout_pairs": int(test.sum()), "stage1": _binary_metrics(y[test], p1, threshold),
+                   "stage2": _binary_metrics(y[test], p2, threshold),
+                   "gated": _binary_metrics(y[test], combined, threshold),
+                   "clip_share_of_pairs": float(in_band.mean())}
+    # final model: all data
+    s1, s2 = _fit_stage(x1, y, STAGE1_FEATURES), _fit_stage(x2, y, STAGE2_FEATURES)
+    now = datetime.now(timezone.utc)
+    return Calibration(version=version or now.strftime("%Y%m%dT%H%M%SZ"), weights_mode=weights_mode,
+                       stage1=s1, stage2=s2, band=band, threshold=threshold, metrics=metrics,
+                       training={**training, "pairs": int(len(y)), "positives": int(y.sum())},
+                       created_at=now.isoformat(timespec="seconds"))
+
+
+def evaluate(cal: Calibration, features: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any]:
+    """Gated (stage 1, then stage 2 inside the band) metrics of a calibration on labelled pairs."""
+    y = np.asarray(labels, dtype=int)
+    x1 = np.column_stack([features[f] for f in STAGE1_FEATURES]).astype(np.float64)
+    x2 = np.column_stack([features[f] for f in STAGE2_FEATURES]).astype(np.float64)
+    p1, p2 = _probabilities(cal.stage1, x1), _probabilities(cal.stage2, x2)
+    in_band = (p1 >= cal.band[0]) & (p1 <= cal.band[1])
+    out = _binary_metrics(y, np.where(in_band, p2, p1), cal.threshold)
+    out["clip_share_of_pairs"] = float(in_band.mean()) if len(y) else 0.0
+    return out

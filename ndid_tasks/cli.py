@@ -1,0 +1,297 @@
+"""``ndid``: the command line.
+
+Exit codes scripts can rely on:
+    0  success (for ``query``: a duplicate was found)
+    1  ``query`` found no duplicate
+    2  usage error
+    3  configuration, weights or calibration problem (the message says which command fixes it)
+    4  a service (S3, Milvus) is unavailable or failed
+    5  bad input (e.g. ``query`` on an unreadable image)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+EXIT_OK, EXIT_NO_MATCH, EXIT_USAGE, EXIT_CONFIG, EXIT_SERVICE, EXIT_INPUT = 0, 1, 2, 3, 4, 5
+
+
+def load_settings(**overrides):
+    from .config import Settings
+    from .services import load_env_file
+
+    load_env_file(os.environ.get("NDID_STATE_DIR", "var"))
+    return Settings.from_env(**overrides)
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=None)
+
+
+def _untrained_banner(settings) -> None:
+    if settings.untrained:
+        print("!! UNTRAINED: NDID_WEIGHTS_MODE=random - encoders have seeded random weights; "
+              "decisions are for tests/demos only", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_services(args) -> int:
+    from . import services
+
+    settings = load_settings()
+    if args.action == "up":
+        for st in services.services_up(settings, milvus_server=not args.no_milvus_server):
+            print(f"{st.name:7s} running  pid={st.pid}  {st.address}  {st.detail}")
+        print(f"credentials: {services.env_file(settings.state_dir)} (loaded automatically by ndid)")
+    elif args.action == "down":
+        stopped = services.services_down(settings)
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    else:
+        any_down = False
+        for st in services.services_status(settings):
+            any_down |= not st.running
+            print(f"{st.name:7s} {'running' if st.running else 'stopped'}  "
+                  f"{'pid=' + str(st.pid) if st.pid else ''}  {st.address}  {st.detail}")
+        return EXIT_OK
+    return EXIT_OK
+
+
+def _items_for(paths: list[str], settings):
+    from .pipeline import SourceItem, local_items
+    from .storage import S3Store, parse_s3_uri
+
+    items, local = [], []
+    for p in paths:
+        if p.startswith("s3://"):
+            bucket, prefix = parse_s3_uri(p)
+            for obj in S3Store(settings, bucket=bucket).list_window(prefix, None, None):
+                items.append(SourceItem(f"s3://{bucket}/{obj.key}", f"s3://{bucket}/{obj.key}",
+                                        int(obj.last_modified.timestamp() * 1000), obj.size))
+        else:
+            local.append(p)
+    return items + local_items(local)
+
+
+def cmd_index(args) -> int:
+    from .pipeline import Engine, records_jsonl, summarize
+
+    settings = load_settings()
+    _untrained_banner(settings)
+    items = _items_for(args.paths, settings)
+    run_id = args.run_id or "cli-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    engine = Engine(settings)
+    t0 = time.perf_counter()
+    try:
+        with _progress(len(items), "indexing") as bar:
+            records = engine.ingest(items, run_id, progress=bar.update)
+    finally:
+        engine.close()
+    summary = summarize(records, time.perf_counter() - t0)
+    if args.output:
+        Path(args.output).write_text(records_jsonl(records))
+    if args.json:
+        print(json.dumps({"summary": summary, "records": [r.to_dict() for r in records]}, indent=2))
+    else:
+        for r in records:
+            tail = (f"-> {r.original_id}  p={r.probability:.3f} ({r.stage})" if r.decision == "duplicate"
+                    else f"{r.error_reason}: {r.error_message[:80]}" if r.decision == "error" else "")
+            print(f"{r.decision:9s} {r.id}  {tail}")
+        print(json.dumps(summary))
+    return EXIT_OK
+
+
+def cmd_query(args) -> int:
+    from .images import ImageDecodeError
+    from .pipeline import Engine
+
+    settings = load_settings()
+    _untrained_banner(settings)
+    engine = Engine(settings)
+    try:
+        matches = engine.query(Path(args.image).read_bytes(), limit=args.limit)
+    except (ImageDecodeError, FileNotFoundError) as exc:
+        print(f"ndid: cannot read {args.image}: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    finally:
+        engine.close()
+    if args.json:
+        print(json.dumps({"query": args.image, "untrained": settings.untrained, "matches": matches}, indent=2))
+    else:
+        if not matches:
+            print("no candidates")
+        for m in matches:
+            why = ", ".join(f"{k}={v:.3f}" for k, v in m["features"].items())
+            contrib = ", ".join(f"{k}:{v:+.2f}" for k, v in m["contributions"].items())
+            print(f"{m['decision']:9s} p={m['probability']:.3f} [{m['stage']}] {m['id']}\n"
+                  f"          original={m['original_id']}\n          features: {why}\n          log-odds: {contrib}")
+    return EXIT_OK if any(m["decision"] == "duplicate" for m in matches) else EXIT_NO_MATCH
+
+
+def cmd_calibrate(args) -> int:
+    from .calibrate import bootstrap_calibration, image_files
+
+    settings = load_settings()
+    _untrained_banner(settings)
+    if not args.bootstrap:
+        print("ndid calibrate: give --bootstrap DIR (audited-label refits run in the ndid_recalibrate DAG)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    n = len(image_files(args.bootstrap, args.limit))
+    with _progress(n, "augmenting") as bar:
+        cal = bootstrap_calibration(settings, args.bootstrap, limit=args.limit, copies=args.copies,
+                                    seed=args.seed, progress=bar.update)
+    if args.version:
+        cal.version = args.version
+    print(json.dumps({"version": cal.version, "band": cal.band, "metrics": cal.metrics}, indent=2))
+    if args.output:
+        Path(args.output).write_text(cal.to_json() + "\n")
+        print(f"written {args.output}")
+    if args.activate:
+        from .calibration_store import CalibrationStore
+
+        CalibrationStore(settings).activate(cal)
+        print(f"activated {cal.version} in s3://{settings.s3_bucket}/{settings.s3_calibration_prefix}")
+    return EXIT_OK
+
+
+def cmd_models(args) -> int:
+    from . import weights
+
+    settings = load_settings()
+    if args.action == "status":
+        for spec in weights.MODELS.values():
+            path = weights.model_path(settings, spec)
+            print(f"{spec.key:9s} {'present' if path.exists() else 'missing'}  {path}  ({spec.description})")
+        print(f"weights mode: {settings.weights_mode}")
+        return EXIT_OK
+    keys = list(weights.MODELS) if args.model == "all" else [args.model]
+    for key in keys:
+        if args.action == "fetch":
+            print(f"fetched {weights.fetch_weights(settings, key)}")
+        else:
+            if not args.file:
+                print("ndid models import MODEL FILE", file=sys.stderr)
+                return EXIT_USAGE
+            print(f"imported {weights.import_weights(settings, key, Path(args.file), args.sha256)}")
+    return EXIT_OK
+
+
+def cmd_bench(args) -> int:
+    from . import benchmark
+
+    settings = load_settings()
+    _untrained_banner(settings)
+    if args.action == "make":
+        report = benchmark.make_benchmark(args.originals, args.distractors, args.out, seed=args.seed,
+                                          max_originals=args.max_originals, max_distractors=args.max_distractors)
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    report = benchmark.run_benchmark(settings, args.folder, args.out, methods=args.methods)
+    print(Path(report["markdown"]).read_text())
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ndid", description="NDID near-duplicate image detection")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("services", help="start/stop/inspect the local S3 and Milvus Lite servers")
+    s.add_argument("action", choices=["up", "down", "status"])
+    s.add_argument("--no-milvus-server", action="store_true", help="S3 only (Milvus embedded in-process)")
+    s.set_defaults(func=cmd_services)
+
+    s = sub.add_parser("index", help="index and decide images: files, folders or s3://bucket/prefix")
+    s.add_argument("paths", nargs="+")
+    s.add_argument("--run-id", default="")
+    s.add_argument("--output", help="also write the decision records (JSON Lines) here")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("query", help="top matches for an image, with explanation (writes nothing)")
+    s.add_argument("image")
+    s.add_argument("--limit", type=int, default=5)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_query)
+
+    s = sub.add_parser("calibrate", help="fit the decision model on synthetic pairs from a folder")
+    s.add_argument("--bootstrap", metavar="DIR")
+    s.add_argument("--limit", type=int, default=200, help="at most this many images from DIR")
+    s.add_argument("--copies", type=int, default=3, help="attacked copies per image")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--version", default="")
+    s.add_argument("--output", help="write the calibration JSON here")
+    s.add_argument("--activate", action="store_true", help="store in S3 and make it the active version")
+    s.set_defaults(func=cmd_calibrate)
+
+    s = sub.add_parser("models", help="pretrained weights: status, fetch (needs a network), import FILE")
+    s.add_argument("action", choices=["status", "fetch", "import"])
+    s.add_argument("model", nargs="?", default="all", choices=["all", "resnet50", "clip"])
+    s.add_argument("file", nargs="?")
+    s.add_argument("--sha256", help="expected checksum of FILE (import)")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("bench", help="benchmark: make a Copydays-style folder, or run on one")
+    bsub = s.add_subparsers(dest="action", required=True)
+    m = bsub.add_parser("make")
+    m.add_argument("originals")
+    m.add_argument("distractors")
+    m.add_argument("out")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--max-originals", type=int, default=None)
+    m.add_argument("--max-distractors", type=int, default=None)
+    r = bsub.add_parser("run")
+    r.add_argument("folder")
+    r.add_argument("--out", default="bench_out")
+    r.add_argument("--methods", default="all", help="comma-separated subset of methods, or all")
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from .calibration import CalibrationError
+    from .config import SettingsError
+    from .services import ServiceError
+    from .weights import MissingWeightsError, WeightsVerificationError
+
+    try:
+        return args.func(args)
+    except (SettingsError, MissingWeightsError, WeightsVerificationError, CalibrationError) as exc:
+        print(f"ndid: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ServiceError as exc:
+        print(f"ndid: {exc}", file=sys.stderr)
+        return EXIT_SERVICE
+    except FileNotFoundError as exc:
+        print(f"ndid: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except Exception as exc:
+        if _is_service_failure(exc):
+            print(f"ndid: service unavailable: {exc}", file=sys.stderr)
+            return EXIT_SERVICE
+        raise
+
+
+def _is_service_failure(exc: Exception) -> bool:
+    names = {type(e).__name__ for e in (exc, exc.__cause__) if e is not None}
+    return bool(names & {"EndpointConnectionError", "ConnectionClosedError", "MilvusException",
+                         "ConnectTimeoutError", "ClientError", "NoCredentialsError"})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

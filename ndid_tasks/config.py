@@ -1,0 +1,173 @@
+"""The one Settings object: every tunable and every endpoint NDID uses, read from ``NDID_*``.
+
+Inside Airflow the DAG layer overlays values from Airflow Connections with
+:meth:`Settings.replace`; the engine itself only ever sees a finished Settings.
+Secrets are kept out of ``repr`` so a logged Settings never leaks them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "NDID_"
+WEIGHTS_MODES = ("pretrained", "random")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class SettingsError(ValueError):
+    """A setting has a value NDID cannot use."""
+
+
+def _default_state_dir() -> str:
+    return os.environ.get("NDID_STATE_DIR", "var")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration for one NDID process. Field ``foo_bar`` is read from ``NDID_FOO_BAR``."""
+
+    # --- local state (services, embedded Milvus file, models) ---
+    state_dir: str = field(default_factory=_default_state_dir)
+
+    # --- S3 ---
+    s3_endpoint_url: str = "http://127.0.0.1:8333"
+    s3_access_key: str = field(default="", repr=False)
+    s3_secret_key: str = field(default="", repr=False)
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "ndid"
+    s3_images_prefix: str = "images/"
+    s3_decisions_prefix: str = "decisions/"
+    s3_calibration_prefix: str = "calibration/"
+    s3_labels_prefix: str = "labels/"
+    s3_staging_prefix: str = "staging/"
+
+    # --- Milvus ---
+    milvus_uri: str = ""  # empty: embedded Milvus Lite file <state_dir>/milvus.db
+    milvus_token: str = field(default="", repr=False)
+    milvus_collection_prefix: str = "ndid"
+    milvus_hnsw_ef: int = 256  # recall over speed: ef=64 missed 6-9 % of true duplicates
+
+    # --- models ---
+    model_dir: str = ""  # empty: <state_dir>/models
+    weights_mode: str = "pretrained"  # or "random": seeded random init, flagged as untrained
+    random_seed: int = 0
+    precision: str = "auto"  # auto: bf16 where the CPU has native bf16 (AMX/AVX512-BF16), else fp32
+    torch_compile: bool = False
+    torch_threads: int = 0  # 0: torch default
+
+    # --- batching ---
+    embed_batch_size: int = 32
+    ingest_batch_size: int = 64
+
+    # --- candidates and decision ---
+    phash_radius: int = 24  # wide: pHash only proposes candidates
+    resnet_top_k: int = 10
+    decision_threshold: float | None = None  # None: the calibration's own threshold
+    ambiguous_low: float | None = None  # None: the calibration's band
+    ambiguous_high: float | None = None
+    calibration_file: str = ""  # local JSON overriding the active calibration
+
+    # --- input safety ---
+    max_image_pixels: int = 80_000_000
+    max_image_bytes: int = 64 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build Settings from ``NDID_*`` variables (and optional explicit overrides)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with some values changed (used for Airflow Connection overlays and params)."""
+        return dataclasses.replace(self, **changes)
+
+    def __post_init__(self) -> None:
+        if self.weights_mode not in WEIGHTS_MODES:
+            raise SettingsError(f"NDID_WEIGHTS_MODE must be one of {WEIGHTS_MODES}, not {self.weights_mode!r}")
+        if self.precision not in PRECISIONS:
+            raise SettingsError(f"NDID_PRECISION must be one of {PRECISIONS}, not {self.precision!r}")
+        for name in ("embed_batch_size", "ingest_batch_size", "resnet_top_k", "milvus_hnsw_ef"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"NDID_{name.upper()} must be >= 1")
+        if not 0 <= self.phash_radius <= 64:
+            raise SettingsError("NDID_PHASH_RADIUS must be within 0..64 (bits of a 64-bit hash)")
+        if (self.ambiguous_low is None) != (self.ambiguous_high is None):
+            raise SettingsError("set both NDID_AMBIGUOUS_LOW and NDID_AMBIGUOUS_HIGH, or neither")
+        if self.ambiguous_low is not None and not 0 <= self.ambiguous_low <= self.ambiguous_high <= 1:
+            raise SettingsError("the ambiguous band needs 0 <= low <= high <= 1")
+        for prefix_name in ("s3_images_prefix", "s3_decisions_prefix", "s3_calibration_prefix",
+                            "s3_labels_prefix", "s3_staging_prefix"):
+            value = getattr(self, prefix_name)
+            if value and not value.endswith("/"):
+                object.__setattr__(self, prefix_name, value + "/")
+
+    # --- derived values: one place for each ---
+    @property
+    def untrained(self) -> bool:
+        return self.weights_mode == "random"
+
+    @property
+    def resolved_milvus_uri(self) -> str:
+        return self.milvus_uri or str(Path(self.state_dir) / "milvus.db")
+
+    @property
+    def resolved_model_dir(self) -> Path:
+        return Path(self.model_dir) if self.model_dir else Path(self.state_dir) / "models"
+
+    @property
+    def images_collection(self) -> str:
+        # vectors of random and pretrained encoders are incomparable: never share a collection
+        return f"{self.milvus_collection_prefix}_images_{self.weights_mode}"
+
+    @property
+    def clip_collection(self) -> str:
+        return f"{self.milvus_collection_prefix}_clip_{self.weights_mode}"
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as a dict with secrets masked, for logs and reports."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = ("***" if value else "") if not f.repr else value
+        return out
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    name = ENV_PREFIX + f.name.upper()
+    try:
+        if kind.startswith("bool"):
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return None if raw.strip() == "" else float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from exc
+    return raw
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, type) rows: the README's configuration table is checked against this."""
+    rows = []
+    defaults = Settings(state_dir="var")
+    for f in fields(Settings):
+        default = getattr(defaults, f.name)
+        shown = "(secret)" if not f.repr else ("" if default is None else str(default))
+        rows.append((ENV_PREFIX + f.name.upper(), shown, str(f.type)))
+    return rows

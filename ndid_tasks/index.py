@@ -1,0 +1,228 @@
+"""The Milvus index: one row per image (metadata + pHash + ResNet) and a lazy CLIP collection.
+
+Same code for an embedded Milvus Lite file, ``milvus-lite server`` and a real Milvus cluster: only
+the URI differs. Primary keys are stable image ids (S3 URI or content id), ``auto_id=False``, so
+upserting the same image twice leaves one row. Ingestion order is ``(created_at, id)``; every
+candidate search is restricted to images strictly before the query image in that order, which
+makes decisions independent of how a run was split into batches or re-run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_ID_LENGTH = 1024
+QUERY_CHUNK = 256
+# Decision fields that a re-upsert of the same image must not wipe out.
+KEPT_FIELDS = ("ingested_at", "decision", "matched_id", "original_id", "run_id")
+
+
+@dataclass
+class IndexedImage:
+    id: str
+    sha256: str
+    source: str
+    width: int
+    height: int
+    num_bytes: int
+    created_at: int  # ms since epoch: when the object appeared (S3 LastModified, file mtime)
+    phash: np.ndarray
+    resnet: np.ndarray
+    ingested_at: int = 0
+    decision: str = ""
+    matched_id: str = ""
+    original_id: str = ""
+    run_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def row(self, weights_mode: str) -> dict[str, Any]:
+        return {"id": self.id, "sha256": self.sha256, "source": self.source[:2048],
+                "width": int(self.width), "height": int(self.height), "num_bytes": int(self.num_bytes),
+                "created_at": int(self.created_at), "ingested_at": int(self.ingested_at),
+                "decision": self.decision, "matched_id": self.matched_id, "original_id": self.original_id,
+                "run_id": self.run_id, "weights_mode": weights_mode,
+                "phash": np.asarray(self.phash, dtype=np.float32).tolist(),
+                "resnet": np.asarray(self.resnet, dtype=np.float32).tolist()}
+
+
+@dataclass
+class Hit:
+    id: str
+    created_at: int
+    score: float  # Hamming distance for pHash hits, cosine for ResNet hits
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+SEARCHABLE = 'decision != "error"'  # error rows only record that an object was seen
+
+
+def before_filter(created_at: int | None, image_id: str | None) -> str:
+    """Milvus filter: searchable rows strictly earlier than (created_at, id) in ingestion order."""
+    if created_at is None:
+        return SEARCHABLE
+    t = int(created_at)
+    return f"{SEARCHABLE} and ((created_at < {t}) or (created_at == {t} and id < {_quote(image_id or '')}))"
+
+
+def ids_filter(ids: Iterable[str]) -> str:
+    return "id in [" + ", ".join(_quote(i) for i in ids) + "]"
+
+
+class ImageIndex:
+    def __init__(self, settings: Settings, client: MilvusClient | None = None) -> None:
+        self.settings = settings
+        self.uri = settings.resolved_milvus_uri
+        self.images = settings.images_collection
+        self.clip = settings.clip_collection
+        if client is None:
+            kwargs: dict[str, Any] = {"uri": self.uri}
+            if settings.milvus_token:
+                kwargs["token"] = settings.milvus_token
+            if self.uri.startswith(("http://", "https://", "tcp://")):
+                # pymilvus' 10 s keepalive pings drop long calls; index builds can take longer
+                kwargs["grpc_options"] = {"grpc.keepalive_time_ms": 3_600_000}
+            else:
+                from pathlib import Path
+
+                Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+            client = MilvusClient(**kwargs)
+        self.client = client
+        self.ensure_collections()
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ------------------------------------------------------------ schema
+    def ensure_collections(self) -> None:
+        """Create both collections if missing (safe to call any number of times)."""
+        existing = set(self.client.list_collections())
+        if self.images not in existing:
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                                description="NDID images: metadata, pHash, ResNet-50")
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
+            schema.add_field("sha256", DataType.VARCHAR, max_length=64)
+            schema.add_field("source", DataType.VARCHAR, max_length=2048)
+            schema.add_field("width", DataType.INT32)
+            schema.add_field("height", DataType.INT32)
+            schema.add_field("num_bytes", DataType.INT64)
+            schema.add_field("created_at", DataType.INT64)
+            schema.add_field("ingested_at", DataType.INT64)
+            schema.add_field("decision", DataType.VARCHAR, max_length=16)
+            schema.add_field("matched_id", DataType.VARCHAR, max_length=MAX_ID_LENGTH)
+            schema.add_field("original_id", DataType.VARCHAR, max_length=MAX_ID_LENGTH)
+            schema.add_field("run_id", DataType.VARCHAR, max_length=256)
+            schema.add_field("weights_mode", DataType.VARCHAR, max_length=16)
+            schema.add_field("phash", DataType.FLOAT_VECTOR, dim=64)
+            schema.add_field("resnet", DataType.FLOAT_VECTOR, dim=2048)
+            params = self.client.prepare_index_params()
+            # 0/1 floats with L2: squared distance == Hamming distance, and range search works
+            params.add_index(field_name="phash", index_type="FLAT", metric_type="L2")
+            params.add_index(field_name="resnet", index_type="HNSW", metric_type="COSINE",
+                             params={"M": 16, "efConstruction": 200})
+            self.client.create_collection(self.images, schema=schema, index_params=params,
+                                          consistency_level="Strong")
+            log.info("created Milvus collection %s at %s", self.images, self.uri)
+        if self.clip not in existing:
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                                description="NDID CLIP vectors, computed lazily")
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
+            schema.add_field("clip", DataType.FLOAT_VECTOR, dim=512)
+            params = self.client.prepare_index_params()
+            params.add_index(field_name="clip", index_type="HNSW", metric_type="COSINE",
+                             params={"M": 16, "efConstruction": 200})
+            self.client.create_collection(self.clip, schema=schema, index_params=params,
+                                          consistency_level="Strong")
+
+    # ------------------------------------------------------------ writes
+    def upsert(self, images: Sequence[IndexedImage], now_ms: int) -> None:
+        """Insert or refresh rows; keeps first ingestion time and earlier decisions of known ids."""
+        if not images:
+            return
+        known = self.get_rows([im.id for im in images], list(KEPT_FIELDS))
+        rows = []
+        for im in images:
+            old = known.get(im.id)
+            if old:
+                for name in KEPT_FIELDS:
+                    if not getattr(im, name):
+                        setattr(im, name, old[name])
+            if not im.ingested_at:
+                im.ingested_at = now_ms
+            rows.append(im.row(self.settings.weights_mode))
+        self.client.upsert(self.images, rows)
+
+    def set_decisions(self, updates: Sequence[dict[str, Any]]) -> None:
+        """Partial update of decision fields: dicts with id, decision, matched_id, original_id, run_id."""
+        if updates:
+            self.client.upsert(self.images, [dict(u) for u in updates], partial_update=True)
+
+    def upsert_clip(self, vectors: dict[str, np.ndarray]) -> None:
+        if vectors:
+            self.client.upsert(self.clip, [{"id": k, "clip": np.asarray(v, np.float32).tolist()}
+                                           for k, v in vectors.items()])
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if ids:
+            self.client.delete(self.images, ids=list(ids))
+            self.client.delete(self.clip, ids=list(ids))
+
+    # ------------------------------------------------------------ reads
+    def get_rows(self, ids: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), QUERY_CHUNK):
+            chunk = unique[start:start + QUERY_CHUNK]
+            for row in self.client.query(self.images, filter=ids_filter(chunk), output_fields=["id", *fields]):
+                out[row["id"]] = row
+        return out
+
+    def get_clip(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        out = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), QUERY_CHUNK):
+            chunk = unique[start:start + QUERY_CHUNK]
+            for row in self.client.query(self.clip, filter=ids_filter(chunk), output_fields=["id", "clip"]):
+                out[row["id"]] = np.asarray(row["clip"], dtype=np.float32)
+        return out
+
+    def count(self) -> int:
+        res = self.client.query(self.images, filter="", output_fields=["count(*)"])
+        return int(res[0]["count(*)"])
+
+    def earliest_with_sha256(self, sha256: str, created_at: int, image_id: str) -> str | None:
+        rows = self.client.query(self.images, filter=f"sha256 == {_quote(sha256)} and {before_filter(created_at, image_id)}",
+                                 output_fields=["id", "created_at"])
+        if not rows:
+            return None
+        return min(rows, key=lambda r: (r["created_at"], r["id"]))["id"]
+
+    def phash_neighbours(self, bits: np.ndarray, radius: int, created_at: int | None = None,
+                         image_id: str | None = None, limit: int = 64) -> list[Hit]:
+        flt = before_filter(created_at, image_id)
+        res = self.client.search(
+            self.images, data=[np.asarray(bits, np.float32).tolist()], anns_field="phash", limit=limit,
+            filter=flt, output_fields=["created_at"],
+            search_params={"metric_type": "L2", "params": {"radius": radius + 0.5, "range_filter": -0.5}})
+        return [Hit(h["id"], h["entity"]["created_at"], float(h["distance"])) for h in res[0]]
+
+    def resnet_neighbours(self, vector: np.ndarray, top_k: int, created_at: int | None = None,
+                          image_id: str | None = None) -> list[Hit]:
+        flt = before_filter(created_at, image_id)
+        ef = max(self.settings.milvus_hnsw_ef, top_k)
+        res = self.client.search(
+            self.images, data=[np.asarray(vector, np.float32).tolist()], anns_field="resnet", limit=top_k,
+            filter=flt, output_fields=["created_at"],
+            search_params={"metric_type": "COSINE", "params": {"ef": ef}})
+        return [Hit(h["id"], h["entity"]["created_at"], float(h["distance"])) for h in res[0]]

@@ -1,0 +1,364 @@
+"""The functions the CLI and the DAG tasks call: load -> signals -> index -> decide -> records.
+
+Every object that enters a run leaves with exactly one record (a decision or an error). Record ids
+and index keys are stable, so running the same work again rewrites the same records.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .calibration import Calibration, CalibrationError, default_calibration, load_calibration_file
+from .config import Settings
+from .decide import DecisionRecord, Matcher
+from .images import ImageDecodeError, LoadedImage, load_image
+from .index import ImageIndex, IndexedImage
+from .signals import ClipSignal, PHashSignal, ResNetSignal
+
+log = logging.getLogger(__name__)
+
+ERROR_RESNET = np.eye(1, 2048, 0, dtype=np.float32)[0]  # placeholder vector of error rows
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One object to ingest: a stable id, where to read it, and when it appeared."""
+
+    id: str
+    source: str  # s3://bucket/key or a local path
+    created_at_ms: int
+    size: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "source": self.source, "created_at_ms": self.created_at_ms, "size": self.size}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SourceItem":
+        return cls(d["id"], d["source"], int(d["created_at_ms"]), int(d.get("size", 0)))
+
+
+@dataclass
+class Prepared:
+    """A batch after decoding and signals: index rows for good images, records for bad ones."""
+
+    images: list[IndexedImage]
+    errors: list[DecisionRecord]
+    loaded: dict[str, LoadedImage] = field(default_factory=dict)  # kept in-process for CLIP
+
+
+def iso_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def local_items(paths: Iterable[str | Path]) -> list[SourceItem]:
+    """Files and folders (recursively) as SourceItems; id = file:// + absolute path."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    items = []
+    for f in files:
+        st = f.stat()
+        items.append(SourceItem(f"file://{f.resolve()}", str(f.resolve()), int(st.st_mtime * 1000), st.st_size))
+    return sorted(items, key=lambda i: (i.created_at_ms, i.id))
+
+
+class Engine:
+    """Signals, index and calibration for one process; heavy parts are built on first use."""
+
+    def __init__(self, settings: Settings, calibration: Calibration | None = None,
+                 index: ImageIndex | None = None) -> None:
+        self.settings = settings
+        self.phash = PHashSignal()
+        self.resnet = ResNetSignal(settings)
+        self.clip = ClipSignal(settings)
+        self._index = index
+        self._calibration = calibration
+        self._s3 = {}
+        self._loaded: dict[str, LoadedImage] = {}
+        self.clip_images_computed = 0
+        self.timings: Counter[str] = Counter()
+
+    # ---------------------------------------------------------------- parts
+    @property
+    def index(self) -> ImageIndex:
+        if self._index is None:
+            self._index = ImageIndex(self.settings)
+        return self._index
+
+    @property
+    def calibration(self) -> Calibration:
+        if self._calibration is None:
+            self._calibration = resolve_calibration(self.settings)
+            if self._calibration.weights_mode != self.settings.weights_mode:
+                raise CalibrationError(
+                    f"calibration {self._calibration.version} was fitted for weights mode "
+                    f"{self._calibration.weights_mode!r} but NDID_WEIGHTS_MODE={self.settings.weights_mode!r}; "
+                    f"run `ndid calibrate --bootstrap DIR` with these weights")
+        return self._calibration
+
+    def s3(self, bucket: str):
+        from .storage import S3Store
+
+        if bucket not in self._s3:
+            self._s3[bucket] = S3Store(self.settings, bucket=bucket)
+        return self._s3[bucket]
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    # ---------------------------------------------------------------- reading
+    def read_bytes(self, source: str) -> bytes:
+        if source.startswith("s3://"):
+            from .storage import parse_s3_uri
+
+            bucket, key = parse_s3_uri(source)
+            return self.s3(bucket).get_bytes(key, max_bytes=self.settings.max_image_bytes + 1)
+        path = Path(source)
+        if path.stat().st_size > self.settings.max_image_bytes:
+            raise ImageDecodeError("too_large", f"{path.stat().st_size} bytes exceeds the limit")
+        return path.read_bytes()
+
+    def load(self, item_id: str, data: bytes) -> LoadedImage:
+        return load_image(data, item_id, max_pixels=self.settings.max_image_pixels,
+                          max_bytes=self.settings.max_image_bytes)
+
+    # ---------------------------------------------------------------- stages
+    def prepare(self, items: Sequence[SourceItem], run_id: str = "", run_at: str = "") -> Prepared:
+        """Fetch, decode and compute pHash + ResNet for a batch. Bad objects become error records."""
+        t0 = time.perf_counter()
+        loaded: list[tuple[SourceItem, LoadedImage]] = []
+        errors: list[DecisionRecord] = []
+        for item in items:
+            try:
+                data = self.read_bytes(item.source)
+                loaded.append((item, self.load(item.id, data)))
+            except ImageDecodeError as exc:
+                errors.append(self.error_record(item, exc.reason, exc.message, run_id, run_at))
+            except Exception as exc:  # noqa: BLE001 - a missing/unreadable object is that object's error
+                from .storage import StorageError
+
+                if isinstance(exc, (FileNotFoundError, PermissionError, StorageError)) or _is_client_error(exc):
+                    reason = "too_large" if "limit" in str(exc) else "unreadable"
+                    errors.append(self.error_record(item, reason, str(exc), run_id, run_at))
+                else:
+                    raise
+        t1 = time.perf_counter()
+        pics = [im for _, im in loaded]
+        phashes = self.phash.compute(pics)
+        t2 = time.perf_counter()
+        embeddings = self.resnet.compute(pics)
+        t3 = time.perf_counter()
+        self.timings.update({"decode_s": t1 - t0, "phash_s": t2 - t1, "resnet_s": t3 - t2})
+        images = [IndexedImage(id=item.id, sha256=im.sha256, source=item.source, width=im.width,
+                               height=im.height, num_bytes=im.num_bytes, created_at=item.created_at_ms,
+                               phash=phashes[i], resnet=embeddings[i])
+                  for i, (item, im) in enumerate(loaded)]
+        return Prepared(images, errors, {im.image_id: im for im in pics})
+
+    def error_record(self, item: SourceItem, reason: str, message: str, run_id: str, run_at: str) -> DecisionRecord:
+        return DecisionRecord(id=item.id, source=item.source, decision="error", error_reason=reason,
+                              error_message=message[:500], weights_mode=self.settings.weights_mode,
+                              untrained=self.settings.untrained, run_id=run_id,
+                              created_at=iso_ms(item.created_at_ms), decided_at=run_at)
+
+    def index_prepared(self, prepared: Prepared, run_id: str, now_ms: int | None = None) -> None:
+        """Upsert good images, and placeholder rows for errors so a later run knows they were seen."""
+        t0 = time.perf_counter()
+        now_ms = now_ms or int(time.time() * 1000)
+        rows = list(prepared.images)
+        for err in prepared.errors:
+            created = int(datetime.fromisoformat(err.created_at).timestamp() * 1000)
+            rows.append(IndexedImage(id=err.id, sha256="", source=err.source, width=0, height=0, num_bytes=0,
+                                     created_at=created, phash=np.zeros(64, np.float32), resnet=ERROR_RESNET,
+                                     decision="error", run_id=run_id, matched_id="", original_id=""))
+        self.index.upsert(rows, now_ms)
+        self._loaded.update(prepared.loaded)
+        self.timings["upsert_s"] += time.perf_counter() - t0
+
+    def decide(self, images: Sequence[IndexedImage], run_id: str, run_at: str) -> list[DecisionRecord]:
+        """Decide images (in ingestion order) and store the decisions on their index rows."""
+        t0 = time.perf_counter()
+        cal = self.calibration
+        band = ((self.settings.ambiguous_low, self.settings.ambiguous_high)
+                if self.settings.ambiguous_low is not None else None)
+        matcher = Matcher(self.index, cal, self.settings.phash_radius, self.settings.resnet_top_k,
+                          self.clip_vectors, threshold=self.settings.decision_threshold, band=band)
+        originals: dict[str, str] = {}
+        records = []
+        for image in sorted(images, key=lambda im: (im.created_at, im.id)):
+            before = matcher.clip_pairs
+            rec = matcher.decide(image, originals)
+            rec.clip_pairs = matcher.clip_pairs - before
+            rec.calibration_version = cal.version
+            rec.weights_mode = self.settings.weights_mode
+            rec.untrained = self.settings.untrained or cal.untrained
+            rec.run_id, rec.decided_at, rec.created_at = run_id, run_at, iso_ms(image.created_at)
+            records.append(rec)
+        self.index.set_decisions([{"id": r.id, "decision": r.decision, "matched_id": r.matched_id,
+                                   "original_id": r.original_id, "run_id": run_id} for r in records])
+        self.timings["decide_s"] += time.perf_counter() - t0
+        return records
+
+    def clip_vectors(self, ids: list[str]) -> dict[str, np.ndarray]:
+        """CLIP vectors for ids: stored ones are reused; missing ones are computed once and stored."""
+        t0 = time.perf_counter()
+        found = self.index.get_clip(ids)
+        missing = [i for i in dict.fromkeys(ids) if i not in found]
+        if missing:
+            pics: list[LoadedImage] = []
+            sources = self.index.get_rows([i for i in missing if i not in self._loaded], ["source"])
+            for image_id in missing:
+                pic = self._loaded.get(image_id)
+                if pic is None and image_id in sources:
+                    try:
+                        pic = self.load(image_id, self.read_bytes(sources[image_id]["source"]))
+                    except Exception as exc:  # noqa: BLE001 - the pair falls back to stage 1
+                        log.warning("CLIP: cannot re-read %s: %s", image_id, exc)
+                if pic is not None:
+                    pics.append(pic)
+            if pics:
+                vectors = self.clip.compute(pics)
+                new = {p.image_id: vectors[i] for i, p in enumerate(pics)}
+                self.index.upsert_clip(new)
+                found.update(new)
+                self.clip_images_computed += len(pics)
+        self.timings["clip_s"] += time.perf_counter() - t0
+        return found
+
+    # ---------------------------------------------------------------- whole batches
+    def ingest(self, items: Sequence[SourceItem], run_id: str, run_at: str | None = None,
+               progress: Callable[[int], None] | None = None) -> list[DecisionRecord]:
+        """prepare -> index -> decide for a list of items, in chunks of the ingest batch size."""
+        run_at = run_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        prepared_all: list[IndexedImage] = []
+        errors: list[DecisionRecord] = []
+        bs = self.settings.ingest_batch_size
+        for start in range(0, len(items), bs):
+            chunk = items[start:start + bs]
+            prepared = self.prepare(chunk, run_id, run_at)
+            self.index_prepared(prepared, run_id)
+            prepared_all += prepared.images
+            errors += prepared.errors
+            if progress:
+                progress(len(chunk))
+        records = self.decide(prepared_all, run_id, run_at) + errors
+        order = {item.id: n for n, item in enumerate(items)}
+        return sorted(records, key=lambda r: order.get(r.id, 0))
+
+    def query(self, data: bytes, image_id: str = "query", limit: int = 5) -> list[dict[str, Any]]:
+        """Top matches for an image that is not indexed (nothing is written)."""
+        pic = self.load(image_id, data)
+        image = IndexedImage(id=image_id, sha256=pic.sha256, source="", width=pic.width, height=pic.height,
+                             num_bytes=pic.num_bytes, created_at=0, phash=self.phash.compute([pic])[0],
+                             resnet=self.resnet.compute([pic])[0])
+        self._loaded[image_id] = pic
+        matcher = Matcher(self.index, self.calibration, self.settings.phash_radius,
+                          max(self.settings.resnet_top_k, limit), self.clip_vectors_query,
+                          threshold=self.settings.decision_threshold)
+        cands = matcher.candidates(image, before=False)
+        exact = [c for c in cands if self.index.get_rows([c], ["sha256"]).get(c, {}).get("sha256") == pic.sha256]
+        out = []
+        for s in matcher.score(image, cands)[:limit]:
+            is_exact = s.candidate_id in exact
+            out.append({"id": s.candidate_id, "probability": 1.0 if is_exact else s.probability,
+                        "stage": "exact" if is_exact else s.stage,
+                        "decision": "duplicate" if is_exact or s.probability >= matcher.threshold else "unique",
+                        "original_id": matcher.resolve_original(s.candidate_id, {}),
+                        "features": s.features, "contributions": s.contributions})
+        return out
+
+    def clip_vectors_query(self, ids: list[str]) -> dict[str, np.ndarray]:
+        """Like clip_vectors, but the query image's vector is never stored."""
+        query_ids = [i for i in ids if i in self._loaded and not i.startswith(("file://", "s3://"))]
+        out = {}
+        if query_ids:
+            vecs = self.clip.compute([self._loaded[i] for i in query_ids])
+            out = {i: vecs[n] for n, i in enumerate(query_ids)}
+        out.update(self.clip_vectors([i for i in ids if i not in out]))
+        return out
+
+
+def _is_client_error(exc: Exception) -> bool:
+    try:
+        from botocore.exceptions import ClientError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
+        "404", "NoSuchKey", "403", "AccessDenied", "InvalidObjectState")
+
+
+def resolve_calibration(settings: Settings) -> Calibration:
+    """NDID_CALIBRATION_FILE, else the active calibration in S3 (if reachable), else the shipped one."""
+    if settings.calibration_file:
+        return load_calibration_file(settings.calibration_file)
+    if settings.s3_access_key:
+        try:
+            from .calibration_store import CalibrationStore
+
+            active = CalibrationStore(settings).active()
+            if active is not None:
+                return active
+        except Exception as exc:  # noqa: BLE001 - S3 down: fall back, loudly
+            log.warning("cannot read the active calibration from S3 (%s); using the shipped default", exc)
+    return default_calibration(settings.weights_mode)
+
+
+# ---------------------------------------------------------------- run summaries
+
+def summarize(records: Sequence[dict[str, Any] | DecisionRecord], seconds: float | None = None) -> dict[str, Any]:
+    rows = [r.to_dict() if isinstance(r, DecisionRecord) else r for r in records]
+    decisions = Counter(r["decision"] for r in rows)
+    stages = Counter(r["stage"] for r in rows if r["decision"] != "error")
+    errors = Counter(r["error_reason"] for r in rows if r["decision"] == "error")
+    decided = [r for r in rows if r["decision"] != "error"]
+    clip_images = sum(1 for r in decided if r.get("clip_pairs", 0) > 0)
+    out = {"objects": len(rows), "decisions": dict(decisions), "stages": dict(stages), "errors": dict(errors),
+           "clip_share": clip_images / len(decided) if decided else 0.0,
+           "untrained": any(r.get("untrained") for r in rows)}
+    if seconds:
+        out["seconds"] = round(seconds, 3)
+        out["images_per_s"] = round(len(rows) / seconds, 2) if seconds > 0 else None
+    return out
+
+
+def records_jsonl(records: Sequence[DecisionRecord]) -> str:
+    return "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in records)
+
+
+# ---------------------------------------------------------------- staging (between DAG tasks)
+
+def pack_prepared(prepared: Prepared) -> bytes:
+    """A batch's signals as NPZ (arrays + JSON metadata), loadable with allow_pickle=False."""
+    meta = [{k: getattr(im, k) for k in ("id", "sha256", "source", "width", "height", "num_bytes", "created_at")}
+            for im in prepared.images]
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+             errors=np.frombuffer(json.dumps([e.to_dict() for e in prepared.errors]).encode(), dtype=np.uint8),
+             phash=np.array([im.phash for im in prepared.images], dtype=np.float32).reshape(-1, 64),
+             resnet=np.array([im.resnet for im in prepared.images], dtype=np.float32).reshape(-1, 2048))
+    return buf.getvalue()
+
+
+def unpack_prepared(data: bytes) -> Prepared:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        meta = json.loads(npz["meta"].tobytes())
+        errors = [DecisionRecord(**e) for e in json.loads(npz["errors"].tobytes())]
+        images = [IndexedImage(**m, phash=npz["phash"][i], resnet=npz["resnet"][i]) for i, m in enumerate(meta)]
+    return Prepared(images, errors)

@@ -1,0 +1,104 @@
+"""Shared fixtures. Unit tests need no servers; integration tests start the real local services."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("NDID_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+# photos shipped inside scikit-image: distinct scenes (chelsea == cat, so only one of them)
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
+                  "colorwheel", "camera", "coins", "moon")
+
+
+def skimage_photo(name: str) -> Image.Image:
+    import skimage.data
+
+    arr = getattr(skimage.data, name)()
+    img = Image.fromarray(arr)
+    return img.convert("RGB")
+
+
+def jpeg_bytes(img: Image.Image, quality: int = 92) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, Image.Image]:
+    return {name: skimage_photo(name) for name in SKIMAGE_PHOTOS}
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "originals").is_dir():
+        pytest.skip(f"real photos not available: {SHARED_DATA} is absent (it is outside the repository)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def random_settings(tmp_path):
+    from ndid_tasks.config import Settings
+
+    return Settings(state_dir=str(tmp_path / "var"), weights_mode="random", ingest_batch_size=8,
+                    embed_batch_size=8)
+
+
+# ------------------------------------------------------------------ real local services
+
+@pytest.fixture(scope="session")
+def services_state(tmp_path_factory):
+    """SeaweedFS S3 on a free port, for the whole session, in its own state dir."""
+    from ndid_tasks import services
+    from ndid_tasks.config import Settings
+
+    port = _free_port()
+    state = tmp_path_factory.mktemp("services")
+    settings = Settings(state_dir=str(state), s3_endpoint_url=f"http://127.0.0.1:{port}",
+                        weights_mode="random", ingest_batch_size=8, embed_batch_size=8,
+                        s3_bucket="ndid-test")
+    services.start_s3(settings)
+    access, secret = services.ensure_local_credentials(settings)
+    settings = settings.replace(s3_access_key=access, s3_secret_key=secret)
+    yield settings
+    services.stop_s3(settings)
+
+
+@pytest.fixture
+def s3_settings(services_state, tmp_path, request):
+    """Settings on the live S3 server with a fresh bucket and a fresh embedded Milvus file."""
+    import re
+
+    bucket = "t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + f"-{os.getpid() % 1000}"
+    settings = services_state.replace(s3_bucket=bucket, milvus_uri=str(tmp_path / "milvus.db"))
+    from ndid_tasks.storage import S3Store
+
+    S3Store(settings).ensure_bucket()
+    return settings
+
+
+def _free_port() -> int:
+    """A port P with P..P+3 and their +10000 gRPC twins free (the SeaweedFS layout)."""
+    import random
+
+    from ndid_tasks.services import port_in_use, weed_ports
+
+    for _ in range(200):
+        port = random.randint(20000, 40000)
+        if not any(port_in_use("127.0.0.1", p + d) for p in weed_ports(port).values() for d in (0, 10000)):
+            return port
+    raise RuntimeError("no free port range for the test S3 server")
+
+
+def make_noise_image(seed: int, size=(320, 240)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (size[1] // 16, size[0] // 16, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)

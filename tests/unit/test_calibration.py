@@ -1,0 +1,82 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from ndid_tasks.calibration import (Calibration, CalibrationError, choose_band, default_calibration, evaluate,
+                                    fit_calibration)
+
+
+def synthetic_pairs(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.4).astype(int)
+    return {
+        "phash_distance": np.where(y, rng.uniform(0, 0.35, n), rng.uniform(0.3, 0.6, n)),
+        "resnet_cosine": np.where(y, rng.uniform(0.7, 1.0, n), rng.uniform(0.3, 0.8, n)),
+        "clip_cosine": np.where(y, rng.uniform(0.8, 1.0, n), rng.uniform(0.2, 0.85, n)),
+    }, y
+
+
+def test_fit_separates_and_round_trips_through_json():
+    feats, y = synthetic_pairs()
+    cal = fit_calibration(feats, y, "random", training={"source": "test"}, version="t1")
+    assert cal.metrics["gated"]["average_precision"] > 0.9
+    again = Calibration.from_json(cal.to_json())
+    assert again == cal
+    x = {"phash_distance": 0.05, "resnet_cosine": 0.95, "clip_cosine": 0.97}
+    assert again.stage1.probability(x) > 0.9
+    assert again.stage2.probability({"phash_distance": 0.5, "resnet_cosine": 0.4, "clip_cosine": 0.3}) < 0.1
+
+
+def test_contributions_add_up_to_the_logit():
+    feats, y = synthetic_pairs()
+    cal = fit_calibration(feats, y, "random", training={})
+    x = {"phash_distance": 0.2, "resnet_cosine": 0.8, "clip_cosine": 0.85}
+    contrib = cal.stage2.contributions(x)
+    p = 1 / (1 + math.exp(-sum(contrib.values())))
+    assert p == pytest.approx(cal.stage2.probability(x))
+
+
+def test_malformed_documents_are_refused():
+    feats, y = synthetic_pairs()
+    good = fit_calibration(feats, y, "random", training={}).to_dict()
+    for broken in ({**good, "schema": "other"}, {**good, "band": [0.9, 0.1]},
+                   {**good, "stage1": {**good["stage1"], "features": ["a", "b"]}},
+                   {k: v for k, v in good.items() if k != "threshold"}):
+        with pytest.raises(CalibrationError):
+            Calibration.from_dict(json.loads(json.dumps(broken)))
+    with pytest.raises(CalibrationError):
+        Calibration.from_json("not json")
+
+
+def test_single_class_is_refused():
+    feats, y = synthetic_pairs()
+    with pytest.raises(CalibrationError):
+        fit_calibration(feats, np.zeros_like(y), "random", training={})
+
+
+def test_band_covers_the_uncertain_middle():
+    y = np.array([0] * 50 + [1] * 50)
+    p = np.concatenate([np.linspace(0, 0.6, 50), np.linspace(0.4, 1.0, 50)])
+    lo, hi = choose_band(y, p)
+    assert lo <= 0.4 and hi >= 0.6
+
+
+def test_evaluate_counts_false_positives():
+    feats, y = synthetic_pairs()
+    cal = fit_calibration(feats, y, "random", training={})
+    m = evaluate(cal, feats, y)
+    assert m["n"] == len(y) and 0 <= m["false_positives"] <= len(y)
+    assert 0 <= m["clip_share_of_pairs"] <= 1
+
+
+def test_shipped_default_for_random_weights_loads_and_is_marked_untrained():
+    cal = default_calibration("random")
+    assert cal.untrained and cal.weights_mode == "random"
+    assert cal.training["source"] == "bootstrap"
+
+
+def test_no_shipped_default_for_pretrained_says_how_to_make_one():
+    with pytest.raises(CalibrationError, match="ndid calibrate --bootstrap"):
+        default_calibration("pretrained")

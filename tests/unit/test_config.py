@@ -1,0 +1,53 @@
+import re
+from pathlib import Path
+
+import pytest
+
+from ndid_tasks.config import Settings, SettingsError, settings_table
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_reads_ndid_variables_with_types():
+    s = Settings.from_env({"NDID_S3_BUCKET": "photos", "NDID_PHASH_RADIUS": "20", "NDID_TORCH_COMPILE": "yes",
+                           "NDID_DECISION_THRESHOLD": "0.7", "NDID_S3_IMAGES_PREFIX": "uploads"})
+    assert s.s3_bucket == "photos" and s.phash_radius == 20 and s.torch_compile is True
+    assert s.decision_threshold == 0.7
+    assert s.s3_images_prefix == "uploads/"  # prefixes always end with a slash
+
+
+@pytest.mark.parametrize("env", [
+    {"NDID_WEIGHTS_MODE": "imagenet"}, {"NDID_PHASH_RADIUS": "65"}, {"NDID_EMBED_BATCH_SIZE": "0"},
+    {"NDID_PHASH_RADIUS": "ten"}, {"NDID_AMBIGUOUS_LOW": "0.3"}, {"NDID_TORCH_COMPILE": "maybe"},
+    {"NDID_AMBIGUOUS_LOW": "0.8", "NDID_AMBIGUOUS_HIGH": "0.2"},
+])
+def test_bad_values_are_refused(env):
+    with pytest.raises(SettingsError):
+        Settings.from_env(env)
+
+
+def test_secrets_never_in_repr_or_public_dict():
+    s = Settings.from_env({"NDID_S3_SECRET_KEY": "topsecret", "NDID_S3_ACCESS_KEY": "AKIAXYZ",
+                           "NDID_MILVUS_TOKEN": "root:pw"})
+    assert "topsecret" not in repr(s) and "AKIAXYZ" not in repr(s) and "root:pw" not in repr(s)
+    assert s.public_dict()["s3_secret_key"] == "***"
+
+
+def test_derived_values():
+    s = Settings(state_dir="/srv/ndid", weights_mode="random")
+    assert s.resolved_milvus_uri == "/srv/ndid/milvus.db"
+    assert s.resolved_model_dir == Path("/srv/ndid/models")
+    assert s.images_collection.endswith("_random")  # never mixes random and pretrained vectors
+    assert Settings(milvus_uri="http://milvus:19530").resolved_milvus_uri == "http://milvus:19530"
+
+
+def test_readme_documents_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name, _, _ in settings_table() if name not in readme]
+    assert not missing, f"README configuration table lacks {missing}"
+
+
+def test_no_credentials_in_code():
+    pattern = re.compile(r"(aws_secret_access_key|secret_key)\s*=\s*['\"][A-Za-z0-9/+]{12,}")
+    for path in list((ROOT / "ndid_tasks").rglob("*.py")) + list((ROOT / "dags").rglob("*.py")):
+        assert not pattern.search(path.read_text()), path

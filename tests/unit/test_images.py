@@ -1,0 +1,105 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ndid_tasks.images import ImageDecodeError, load_image
+from tests.conftest import jpeg_bytes, make_noise_image
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty"),
+    (b"this is a text file, not a picture\n" * 10, "not_an_image"),
+    (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj", "not_an_image"),
+])
+def test_non_images_get_typed_errors(data, reason):
+    with pytest.raises(ImageDecodeError) as err:
+        load_image(data, "x")
+    assert err.value.reason == reason
+
+
+def test_truncated_jpeg_is_typed():
+    data = jpeg_bytes(make_noise_image(1))
+    with pytest.raises(ImageDecodeError) as err:
+        load_image(data[: len(data) // 2], "x")
+    assert err.value.reason in ("truncated", "corrupt")
+
+
+def test_corrupt_png_is_typed():
+    data = bytearray(encode(make_noise_image(2), "PNG"))
+    data[60:200] = b"\x00" * 140  # smash the IDAT stream
+    with pytest.raises(ImageDecodeError) as err:
+        load_image(bytes(data), "x")
+    assert err.value.reason in ("corrupt", "truncated")
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    data = encode(Image.new("L", (5000, 5000)), "PNG")  # small file, 25 Mpx
+    with pytest.raises(ImageDecodeError) as err:
+        load_image(data, "x", max_pixels=10_000_000)
+    assert err.value.reason == "decompression_bomb"
+
+
+def test_too_many_bytes_is_refused():
+    with pytest.raises(ImageDecodeError) as err:
+        load_image(b"\xff" * 2000, "x", max_bytes=1000)
+    assert err.value.reason == "too_large"
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "P", "RGBA", "LA", "L", "I;16", "1"])
+def test_odd_modes_become_rgb(mode):
+    base = make_noise_image(3)
+    if mode == "I;16":
+        img = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 200))
+    else:
+        img = base.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG" if mode != "1" else "BMP"
+    loaded = load_image(encode(img, fmt), "x")
+    assert loaded.image.mode == "RGB"
+    assert loaded.width == 320 and loaded.height == 240
+
+
+def test_alpha_is_composited_on_white():
+    img = Image.new("RGBA", (50, 40), (255, 0, 0, 0))  # fully transparent red
+    loaded = load_image(encode(img, "PNG"), "x")
+    assert loaded.image.getpixel((10, 10)) == (255, 255, 255)
+
+
+def test_animated_gif_uses_first_frame():
+    frames = [Image.new("RGB", (60, 40), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    loaded = load_image(buf.getvalue(), "x")
+    r, g, b = loaded.image.getpixel((5, 5))
+    assert r > 200 and b < 50
+    assert any("animated" in n for n in loaded.notes)
+
+
+def test_exif_orientation_is_applied():
+    img = make_noise_image(4, size=(200, 100))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    loaded = load_image(encode(img, "JPEG", exif=exif), "x")
+    assert (loaded.width, loaded.height) == (100, 200)
+    assert loaded.image.size[0] < loaded.image.size[1]
+
+
+def test_large_jpeg_uses_draft_and_keeps_original_size():
+    img = make_noise_image(5, size=(2400, 1600))
+    loaded = load_image(jpeg_bytes(img), "x")
+    assert (loaded.width, loaded.height) == (2400, 1600)
+    assert max(loaded.image.size) <= 512
+
+
+def test_sha256_is_of_the_bytes():
+    import hashlib
+
+    data = jpeg_bytes(make_noise_image(6))
+    assert load_image(data, "x").sha256 == hashlib.sha256(data).hexdigest()

@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from ndid_tasks.images import load_image
+from ndid_tasks.signals import ClipSignal, PHashSignal, ResNetSignal, precision_agreement
+from tests.conftest import jpeg_bytes
+
+
+@pytest.fixture(scope="module")
+def loaded(photos):
+    return [load_image(jpeg_bytes(img), name) for name, img in list(photos.items())[:4]]
+
+
+def test_phash_is_64_bits_and_hamming_compares(loaded):
+    bits = PHashSignal().compute(loaded)
+    assert bits.shape == (4, 64) and set(np.unique(bits)) <= {0.0, 1.0}
+    sig = PHashSignal()
+    assert sig.compare(bits[0], bits[0]) == 0
+    assert sig.compare(bits[0], bits[1]) > 10
+    assert len(PHashSignal.to_hex(bits[0])) == 16
+
+
+def test_phash_survives_jpeg(photos):
+    a = load_image(jpeg_bytes(photos["astronaut"], 95), "a")
+    b = load_image(jpeg_bytes(photos["astronaut"], 20), "b")
+    bits = PHashSignal().compute([a, b])
+    assert PHashSignal().compare(bits[0], bits[1]) <= 6
+
+
+@pytest.mark.parametrize("cls, dim", [(ResNetSignal, 2048), (ClipSignal, 512)])
+def test_embeddings_are_unit_length_and_deterministic(random_settings, loaded, cls, dim):
+    sig = cls(random_settings, precision="fp32")
+    e1 = sig.compute(loaded)
+    assert e1.shape == (4, dim)
+    assert np.allclose(np.linalg.norm(e1, axis=1), 1.0, atol=1e-4)
+    e2 = cls(random_settings, precision="fp32").compute(loaded)  # seeded: same weights again
+    assert np.allclose(e1, e2, atol=1e-5)
+    assert sig.compare(e1[0], e1[0]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_bf16_agrees_with_fp32(random_settings, loaded):
+    agreement = precision_agreement(ResNetSignal, random_settings, loaded)
+    print(f"ResNet-50 bf16 vs fp32 min cosine: {agreement:.5f}")
+    assert agreement > 0.99
+
+
+def test_empty_batch(random_settings):
+    assert ResNetSignal(random_settings).compute([]).shape == (0, 2048)

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from ndid_tasks import weights
+from ndid_tasks.config import Settings
+
+
+def test_missing_weights_name_both_commands(tmp_path):
+    s = Settings(state_dir=str(tmp_path), weights_mode="pretrained")
+    with pytest.raises(weights.MissingWeightsError) as err:
+        weights.build_resnet50(s)
+    text = str(err.value)
+    assert "ndid models fetch resnet50" in text and "ndid models import resnet50" in text
+    assert "NDID_WEIGHTS_MODE=random" in text
+
+
+def test_random_mode_is_seeded_and_reproducible(tmp_path):
+    s = Settings(state_dir=str(tmp_path), weights_mode="random", random_seed=7)
+    a, b = weights.build_resnet50(s), weights.build_resnet50(s)
+    assert torch.equal(a.conv1.weight, b.conv1.weight)
+    c = weights.build_resnet50(s.replace(random_seed=8))
+    assert not torch.equal(a.conv1.weight, c.conv1.weight)
+    assert isinstance(a.fc, torch.nn.Identity) and not a.training
+
+
+def test_import_refuses_a_file_with_the_wrong_checksum(tmp_path):
+    from torchvision.models import resnet50
+
+    path = tmp_path / "not-the-real-weights.pth"
+    torch.save(resnet50(weights=None).state_dict(), path)
+    s = Settings(state_dir=str(tmp_path / "var"))
+    with pytest.raises(weights.WeightsVerificationError, match="does not match"):
+        weights.import_weights(s, "resnet50", path)
+    assert not weights.model_path(s, weights.RESNET50).exists()
+
+
+def test_a_file_that_does_not_fit_resnet50_is_refused(tmp_path):
+    path = tmp_path / "garbage.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, path)
+    with pytest.raises(RuntimeError):
+        weights._resnet_from_file(path)
+
+
+def test_resnet_checkpoint_loads_with_weights_only(tmp_path):
+    from torchvision.models import resnet50
+
+    path = tmp_path / "ok.pth"
+    torch.save(resnet50(weights=None).state_dict(), path)
+    model = weights._resnet_from_file(path)
+    assert model.fc.out_features == 1000
