@@ -71,6 +71,12 @@ class Settings:
     ambiguous_high: float | None = None
     calibration_file: str = ""  # local JSON overriding the active calibration
 
+    # --- Airflow schedules (cron or preset; read when the DAG file is parsed) ---
+    ingest_schedule: str = "@hourly"
+    recalibrate_schedule: str = "@weekly"
+    recalibrate_min_labels: int = 20
+    milvus_pool_slots: int = 1  # 1 for a Milvus Lite file; raise it with a Milvus server
+
     # --- input safety ---
     max_image_pixels: int = 80_000_000
     max_image_bytes: int = 64 * 1024 * 1024

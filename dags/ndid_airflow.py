@@ -1,0 +1,96 @@
+"""Airflow glue shared by the NDID DAGs: Settings from env + Airflow Connections, the run context.
+
+Not a DAG file (listed in .airflowignore). Nothing here touches the network at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from ndid_tasks.config import Settings
+from ndid_tasks.services import load_env_file
+
+log = logging.getLogger(__name__)
+
+S3_CONN_ID = "ndid_s3"
+MILVUS_CONN_ID = "ndid_milvus"
+MILVUS_POOL = "ndid_milvus"
+OWNER = "ndid"
+
+
+def base_settings() -> Settings:
+    """Settings from NDID_* (and the local services' env file); safe at DAG parse time."""
+    import os
+
+    load_env_file(os.environ.get("NDID_STATE_DIR", "var"))
+    return Settings.from_env()
+
+
+def task_settings() -> Settings:
+    """Settings for a running task: NDID_* overlaid by the ndid_s3 / ndid_milvus Connections."""
+    from airflow.sdk import Connection
+
+    settings = base_settings()
+    changes: dict[str, Any] = {}
+    conn = _connection(Connection, S3_CONN_ID)
+    if conn is not None:
+        extra = conn.extra_dejson or {}
+        if conn.login:
+            changes["s3_access_key"] = conn.login
+        if conn.password:
+            changes["s3_secret_key"] = conn.password
+        if extra.get("endpoint_url"):
+            changes["s3_endpoint_url"] = extra["endpoint_url"]
+        if extra.get("region_name"):
+            changes["s3_region"] = extra["region_name"]
+    conn = _connection(Connection, MILVUS_CONN_ID)
+    if conn is not None:
+        uri = (conn.extra_dejson or {}).get("uri") or conn.host
+        if uri:
+            if conn.port and "://" in uri and uri.count(":") == 1:
+                uri = f"{uri}:{conn.port}"
+            changes["milvus_uri"] = uri
+        if conn.password:
+            changes["milvus_token"] = f"{conn.login}:{conn.password}" if conn.login else conn.password
+    if changes:
+        log.info("settings from Airflow Connections: %s", sorted(k for k in changes if "key" not in k and "token" not in k))
+    return settings.replace(**changes)
+
+
+def _connection(connection_cls, conn_id: str):
+    try:
+        return connection_cls.get(conn_id)
+    except Exception:  # noqa: BLE001 - a missing Connection means "use NDID_* variables"
+        return None
+
+
+def parse_time(value: Any) -> datetime | None:
+    if value in (None, "", "null"):
+        return None
+    if isinstance(value, datetime):
+        dt = value
+    else:
+        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def run_window(context: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+    """The params' explicit time range if given, else the run's data interval."""
+    params = context["params"]
+    start = parse_time(params.get("start")) or context.get("data_interval_start")
+    end = parse_time(params.get("end")) or context.get("data_interval_end")
+    return start, end
+
+
+def partition_date(context: dict[str, Any]) -> str:
+    start, _ = run_window(context)
+    moment = start or context.get("logical_date") or datetime.now(timezone.utc)
+    return moment.strftime("%Y-%m-%d")
+
+
+def run_at(context: dict[str, Any]) -> str:
+    """The run's logical time: records carry it instead of wall-clock time (identical re-runs)."""
+    moment = context.get("logical_date") or context.get("data_interval_end") or context["dag_run"].run_after
+    return moment.isoformat()

@@ -1,0 +1,111 @@
+"""The local services are real: authenticated S3 that persists, Milvus Lite served to many processes."""
+
+import subprocess
+import sys
+import textwrap
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from ndid_tasks import services
+from ndid_tasks.storage import S3Store
+
+pytestmark = pytest.mark.integration
+
+
+def raw_client(settings, access, secret):
+    return boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name="us-east-1",
+                        aws_access_key_id=access, aws_secret_access_key=secret,
+                        config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}))
+
+
+def test_put_get_with_the_right_keys_and_403_otherwise(s3_settings):
+    store = S3Store(s3_settings)
+    store.put_bytes("hello.txt", b"hi there")
+    assert store.get_bytes("hello.txt") == b"hi there"
+    wrong = raw_client(s3_settings, s3_settings.s3_access_key, "not-the-secret")
+    with pytest.raises(ClientError) as err:
+        wrong.get_object(Bucket=s3_settings.s3_bucket, Key="hello.txt")
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    unknown = raw_client(s3_settings, "AKIDUNKNOWN", "whatever-secret")
+    with pytest.raises(ClientError) as err:
+        unknown.put_object(Bucket=s3_settings.s3_bucket, Key="x", Body=b"x")
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_anonymous_requests_are_refused(s3_settings):
+    import urllib.error
+    import urllib.request
+
+    S3Store(s3_settings).put_bytes("secret.txt", b"private")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{s3_settings.s3_endpoint_url}/{s3_settings.s3_bucket}/secret.txt", timeout=10)
+    assert err.value.code == 403
+    req = urllib.request.Request(f"{s3_settings.s3_endpoint_url}/{s3_settings.s3_bucket}/anon.txt",
+                                 data=b"x", method="PUT")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 403
+
+
+def test_server_listens_on_loopback_only(s3_settings):
+    out = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
+    pid = services.s3_status(s3_settings).pid
+    mine = [line for line in out.splitlines() if f"pid={pid}," in line]
+    assert mine, "SeaweedFS ports not found"
+    assert all("127.0.0.1:" in line for line in mine), mine
+
+
+def test_start_twice_is_harmless_and_data_survives_restart(s3_settings):
+    store = S3Store(s3_settings)
+    store.put_bytes("persist/me.bin", b"\x00\x01keep")
+    pid = services.s3_status(s3_settings).pid
+    assert services.start_s3(s3_settings).pid == pid  # already running: nothing new
+    assert services.stop_s3(s3_settings)
+    assert not services.s3_status(s3_settings).running
+    services.start_s3(s3_settings)
+    assert S3Store(s3_settings).get_bytes("persist/me.bin") == b"\x00\x01keep"
+
+
+def test_taken_port_gives_a_clear_error(tmp_path, s3_settings):
+    other = s3_settings.replace(state_dir=str(tmp_path / "other"))  # same port, no PID file of its own
+    with pytest.raises(services.ServiceError, match="already taken"):
+        services.start_s3(other)
+
+
+def test_milvus_lite_server_serves_two_processes_at_once(tmp_path):
+    from tests.conftest import _free_port
+
+    from ndid_tasks.config import Settings
+
+    port = _free_port()
+    settings = Settings(state_dir=str(tmp_path / "var"))
+    st = services.start_milvus(settings, port=port)
+    try:
+        assert st.running and services.milvus_status(settings, port).running
+        script = textwrap.dedent(f"""
+            import sys
+            from pymilvus import MilvusClient, DataType
+            c = MilvusClient(uri="http://127.0.0.1:{port}")
+            name = "proc_" + sys.argv[1]
+            s = MilvusClient.create_schema(auto_id=False)
+            s.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+            s.add_field("v", DataType.FLOAT_VECTOR, dim=4)
+            ip = c.prepare_index_params(); ip.add_index(field_name="v", index_type="FLAT", metric_type="L2")
+            c.create_collection(name, schema=s, index_params=ip)
+            c.upsert(name, [{{"id": f"{{i}}", "v": [float(i), 0, 0, 1]}} for i in range(50)])
+            print(c.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        """)
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(n)], stdout=subprocess.PIPE, text=True)
+                 for n in range(2)]
+        outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0] and outs == ["50", "50"]
+        from pymilvus import MilvusClient
+
+        names = MilvusClient(uri=f"http://127.0.0.1:{port}").list_collections()
+        assert {"proc_0", "proc_1"} <= set(names)
+    finally:
+        services.stop_milvus(settings)
+    assert not services.milvus_status(settings, port).running
