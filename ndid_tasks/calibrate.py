@@ -131,6 +131,18 @@ def parse_labels(name: str, data: bytes) -> list[Label]:
     return out
 
 
+def holdout_mask(y: np.ndarray, holdout: float = 0.3, seed: int = 0) -> np.ndarray:
+    """Which labels are held out for the comparison: every third example of each class, in a
+    seeded shuffle, so both sides always see both classes."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    test = np.zeros(len(y), dtype=bool)
+    step = max(2, int(round(1 / holdout)))
+    for cls in (0, 1):
+        idx = [i for i in order if y[i] == cls]
+        test[idx[::step]] = True
+    return test
+
+
 def recalibrate(settings: Settings, engine, labels: Sequence[Label], active: Calibration,
                 min_labels: int = 20, holdout: float = 0.3, seed: int = 0) -> dict[str, Any]:
     """Fit a candidate on audited labels; compare with ``active`` on held-out labels.
@@ -157,14 +169,7 @@ def recalibrate(settings: Settings, engine, labels: Sequence[Label], active: Cal
         for f in STAGE2_FEATURES:
             feats[f].append(pf[f])
     arrays = {f: np.asarray(v) for f, v in feats.items()}
-    rng = np.random.default_rng(seed)
-    test = rng.random(len(y)) < holdout
-    if len(set(y[test].tolist())) < 2 or len(set(y[~test].tolist())) < 2:
-        order = rng.permutation(len(y))  # stratified fallback: every other example of each class
-        test = np.zeros(len(y), dtype=bool)
-        for cls in (0, 1):
-            idx = [i for i in order if y[i] == cls]
-            test[idx[::3]] = True
+    test = holdout_mask(y, holdout, seed)
     train = ~test
     candidate = fit_calibration({f: v[train] for f, v in arrays.items()}, y[train], settings.weights_mode,
                                 training={"source": "audited_labels", "labels": len(usable),
@@ -186,3 +191,38 @@ def recalibrate(settings: Settings, engine, labels: Sequence[Label], active: Cal
 
 def _nan0(x: float) -> float:
     return 0.0 if x != x else x
+
+
+def load_labels(store, prefix: str) -> list[Label]:
+    """Every .jsonl / .json / .csv object under ``prefix``; the latest label of a pair wins."""
+    latest: dict[tuple[str, str], Label] = {}
+    for obj in sorted(store.iter_objects(prefix), key=lambda o: (o.last_modified, o.key)):
+        if not obj.key.lower().endswith((".jsonl", ".json", ".csv")):
+            continue
+        for lab in parse_labels(obj.key, store.get_bytes(obj.key)):
+            latest[tuple(sorted((lab.image_a, lab.image_b)))] = lab
+    return list(latest.values())
+
+
+def recalibration_run(settings: Settings, engine, run_id: str) -> dict[str, Any]:
+    """Labels from S3 -> candidate fit -> comparison recorded -> promoted only if not worse."""
+    from .calibration_store import CalibrationStore
+    from .pipeline import resolve_calibration
+    from .storage import S3Store
+
+    store = S3Store(settings)
+    cal_store = CalibrationStore(settings, store)
+    labels = load_labels(store, settings.s3_labels_prefix)
+    active = resolve_calibration(settings)
+    result = recalibrate(settings, engine, labels, active, min_labels=settings.recalibrate_min_labels)
+    candidate = result.pop("candidate")
+    result["run_id"] = run_id
+    if candidate is not None:
+        candidate.version = f"labels-{candidate.version}"
+        cal_store.save(candidate)
+        result["candidate_version"] = candidate.version
+        result["evaluation_key"] = cal_store.record_evaluation(candidate.version, result)
+        if result["status"] == "promoted":
+            cal_store.activate(candidate)
+    log.info("recalibration: %s", {k: v for k, v in result.items() if k != "candidate_eval"})
+    return result

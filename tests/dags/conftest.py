@@ -39,3 +39,14 @@ def dagbag(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+@pytest.fixture
+def airflow_env(s3_settings, monkeypatch, tmp_path):
+    env = {"NDID_S3_ENDPOINT_URL": s3_settings.s3_endpoint_url, "NDID_S3_ACCESS_KEY": s3_settings.s3_access_key,
+           "NDID_S3_SECRET_KEY": s3_settings.s3_secret_key, "NDID_S3_BUCKET": s3_settings.s3_bucket,
+           "NDID_MILVUS_URI": s3_settings.resolved_milvus_uri, "NDID_WEIGHTS_MODE": "random",
+           "NDID_STATE_DIR": str(tmp_path / "state"), "NDID_EMBED_BATCH_SIZE": "8"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return s3_settings

@@ -1,0 +1,66 @@
+"""ndid_recalibrate: refit the decision model on audited labels; promote only if it is not worse."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from ndid_airflow import MILVUS_POOL, OWNER, base_settings, task_settings
+
+SETTINGS = base_settings()
+LABELS = Asset(f"s3://{SETTINGS.s3_bucket}/{SETTINGS.s3_labels_prefix}", extra={"format": "jsonl or csv"})
+
+DOC = f"""
+### NDID recalibration
+
+Runs **{SETTINGS.recalibrate_schedule}** and whenever new audited labels land (asset `{LABELS.uri}`;
+a labelling tool emits the event through the Airflow API after writing a file).
+
+Labels are JSON Lines or CSV objects under `s3://{SETTINGS.s3_bucket}/{SETTINGS.s3_labels_prefix}` with
+`image_a, image_b, is_duplicate, auditor, labelled_at` (image ids as in the decision records).
+
+1. features for every labelled pair (pHash distance, ResNet cosine from Milvus; CLIP computed if missing);
+2. both logistic regressions fitted on a training split;
+3. candidate vs the **active** calibration on the held-out labels (F1 and average precision);
+4. the candidate is stored under `{SETTINGS.s3_calibration_prefix}versions/`, the comparison under
+   `{SETTINGS.s3_calibration_prefix}evaluations/`, and `active.json` moves only if it is not worse.
+
+Fewer than {SETTINGS.recalibrate_min_labels} usable labels (or only one class): the task is
+**skipped** with the reason in its log, not failed.
+"""
+
+
+@dag(
+    dag_id="ndid_recalibrate",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(SETTINGS.recalibrate_schedule, timezone="UTC"),
+                                 assets=[LABELS]),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["ndid", "calibration"],
+    doc_md=DOC,
+    default_args={"owner": OWNER, "retries": 2, "retry_delay": timedelta(minutes=1),
+                  "retry_exponential_backoff": True, "execution_timeout": timedelta(hours=2)},
+)
+def ndid_recalibrate():
+    @task(pool=MILVUS_POOL)
+    def recalibrate() -> dict:
+        from ndid_tasks.calibrate import recalibration_run
+        from ndid_tasks.pipeline import Engine
+
+        settings = task_settings()
+        engine = Engine(settings)
+        try:
+            result = recalibration_run(settings, engine, get_current_context()["run_id"])
+        finally:
+            engine.close()
+        if result["status"] == "skipped":
+            raise AirflowSkipException(result["reason"])
+        return result
+
+    recalibrate()
+
+
+ndid_recalibrate()

@@ -1,0 +1,45 @@
+"""The environment for running NDID's Airflow locally (demo, UI): one place, used by both scripts."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def airflow_environ(state_dir: str | Path = "var") -> dict[str, str]:
+    """Env vars for a project-local Airflow: SQLite home under var/, our dags/plugins, 2-core sizing."""
+    home = (ROOT / state_dir / "airflow").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    secret_file = home / "jwt_secret"
+    if not secret_file.exists():
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(64))
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "2",  # the default 32 forks 32 workers (5 GB) on 2 cores
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text().strip(),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "PYTHONWARNINGS": "ignore",
+        "NDID_STATE_DIR": str((ROOT / state_dir).resolve()),
+    }
+
+
+def prepare_airflow(env: dict[str, str], pool_slots: int = 1) -> None:
+    """`airflow db migrate` and the Milvus pool (1 slot: the local Milvus Lite server/file)."""
+    airflow = [sys.executable, "-m", "airflow"]
+    full = {**os.environ, **env}
+    subprocess.run([*airflow, "db", "migrate"], env=full, check=True, capture_output=True)
+    subprocess.run([*airflow, "pools", "set", "ndid_milvus", str(pool_slots),
+                    "Milvus writers: 1 for Milvus Lite, more for a Milvus server"],
+                   env=full, check=True, capture_output=True)

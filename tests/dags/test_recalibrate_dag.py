@@ -1,0 +1,64 @@
+"""ndid_recalibrate for real: labels in SeaweedFS S3, vectors in Milvus Lite, run by Airflow 3."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ndid_tasks import augment
+from ndid_tasks.calibration_store import CalibrationStore
+from ndid_tasks.pipeline import Engine, local_items
+from ndid_tasks.storage import S3Store
+from tests.conftest import jpeg_bytes
+
+pytestmark = pytest.mark.integration
+
+
+def index_and_label(settings, photos, tmp_path):
+    rng = np.random.default_rng(0)
+    names = list(photos)[:8]
+    for name in names:
+        (tmp_path / f"{name}.jpg").write_bytes(jpeg_bytes(photos[name]))
+        (tmp_path / f"{name}_c.jpg").write_bytes(jpeg_bytes(augment.attack_jpeg(photos[name], rng)))
+        (tmp_path / f"{name}_d.jpg").write_bytes(jpeg_bytes(augment.attack_resize(photos[name], rng)))
+    engine = Engine(settings)
+    try:
+        engine.ingest(local_items([tmp_path]), run_id="setup", run_at="t")
+    finally:
+        engine.close()
+    uid = {p.name[:-4]: f"file://{p.resolve()}" for p in tmp_path.glob("*.jpg")}
+    rows = [{"image_a": uid[n], "image_b": uid[f"{n}_{c}"], "is_duplicate": True, "auditor": "alice",
+             "labelled_at": "2026-11-01T00:00:00Z"} for n in names for c in "cd"]
+    rows += [{"image_a": uid[a], "image_b": uid[b], "is_duplicate": False, "auditor": "bob",
+              "labelled_at": "2026-11-01T00:00:00Z"} for i, a in enumerate(names) for b in names[i + 1:i + 3]]
+    return rows
+
+
+def test_too_few_labels_skip_and_enough_labels_are_evaluated(dagbag, airflow_env, photos, tmp_path):
+    settings = airflow_env.replace(weights_mode="random")
+    rows = index_and_label(settings, photos, tmp_path)
+    store = S3Store(settings)
+    dag = dagbag.get_dag("ndid_recalibrate")
+
+    store.put_bytes("labels/batch-1.jsonl", "".join(json.dumps(r) + "\n" for r in rows[:4]).encode())
+    dr = dag.test()
+    ti = dr.get_task_instance("recalibrate")
+    assert ti.state == "skipped"
+    assert not store.exists("calibration/active.json")
+
+    csv = "image_a,image_b,is_duplicate,auditor,labelled_at\n" + "".join(
+        f"{r['image_a']},{r['image_b']},{str(r['is_duplicate']).lower()},{r['auditor']},{r['labelled_at']}\n"
+        for r in rows[4:])
+    store.put_bytes("labels/batch-2.csv", csv.encode())
+    dr = dag.test()
+    assert dr.get_task_instance("recalibrate").state == "success"
+    evaluations = [o.key for o in store.iter_objects("calibration/evaluations/")]
+    assert len(evaluations) == 1
+    evaluation = store.get_json(evaluations[0])
+    assert evaluation["usable"] == len(rows) and evaluation["status"] in ("promoted", "rejected")
+    active = CalibrationStore(settings).active()
+    if evaluation["status"] == "promoted":
+        assert active is not None and active.version == evaluation["candidate_version"]
+        assert active.training["source"] == "audited_labels"
+    else:
+        assert active is None  # the shipped default stays in force
