@@ -35,8 +35,11 @@ def airflow_environ(state_dir: str | Path = "var") -> dict[str, str]:
     }
 
 
-def prepare_airflow(env: dict[str, str], pool_slots: int = 1) -> None:
-    """`airflow db migrate` and the Milvus pool (1 slot: the local Milvus Lite server/file)."""
+def prepare_airflow(env: dict[str, str]) -> None:
+    """`airflow db migrate` and the Milvus pool (NDID_MILVUS_POOL_SLOTS; 1 for Milvus Lite)."""
+    from ndid_tasks.config import Settings
+
+    pool_slots = Settings.from_env().milvus_pool_slots
     airflow = [sys.executable, "-m", "airflow"]
     full = {**os.environ, **env}
     subprocess.run([*airflow, "db", "migrate"], env=full, check=True, capture_output=True)

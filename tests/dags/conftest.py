@@ -23,7 +23,7 @@ os.environ.update({
     "AIRFLOW__CORE__PARALLELISM": "2",
     "PYTHONWARNINGS": "ignore",
 })
-sys.path.insert(0, str(ROOT / "dags"))
+sys.path[:0] = [str(ROOT / "dags"), str(ROOT / "plugins")]
 
 
 @pytest.fixture(scope="session")

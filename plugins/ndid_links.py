@@ -1,0 +1,45 @@
+"""Airflow plugin: an "NDID records" button on ndid_ingest's summarize task.
+
+It opens the run's decision records and summary in the S3 browser (AWS console, or the local
+SeaweedFS filer UI); the prefix comes from the summarize task's XCom.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlparse
+
+from airflow.plugins_manager import AirflowPlugin
+from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom
+
+
+def browse_url(endpoint_url: str, records_prefix: str) -> str:
+    """Where a person can look at ``s3://bucket/prefix`` for this S3 endpoint."""
+    bucket, _, prefix = records_prefix.removeprefix("s3://").partition("/")
+    if not endpoint_url:
+        return f"https://s3.console.aws.amazon.com/s3/buckets/{bucket}?prefix={quote(prefix)}"
+    parsed = urlparse(endpoint_url)
+    if parsed.hostname in ("127.0.0.1", "localhost"):
+        from ndid_tasks.services import weed_ports
+
+        filer = weed_ports(parsed.port or 8333)["filer"]
+        return f"http://{parsed.hostname}:{filer}/buckets/{bucket}/{quote(prefix)}"
+    return f"{endpoint_url.rstrip('/')}/{bucket}?prefix={quote(prefix)}"
+
+
+class NdidRecordsLink(BaseOperatorLink):
+    name = "NDID records"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        if ti_key.dag_id != "ndid_ingest" or operator.task_id != "summarize":
+            return ""
+        summary = XCom.get_value(ti_key=ti_key, key="return_value") or {}
+        if not summary.get("records_prefix"):
+            return ""
+        from ndid_tasks.config import Settings
+
+        return browse_url(Settings.from_env().s3_endpoint_url, summary["records_prefix"])
+
+
+class NdidPlugin(AirflowPlugin):
+    name = "ndid"
+    global_operator_extra_links = [NdidRecordsLink()]
