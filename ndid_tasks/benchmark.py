@@ -1,0 +1,406 @@
+"""The benchmark: a Copydays-style folder format, its generator, and accuracy + speed measurement.
+
+Folder format (bring your own, e.g. the real INRIA Copydays):
+    refs/               the indexed corpus: originals + distractors
+    queries/            attacked copies, plus negative queries that have no duplicate in refs
+    ground_truth.csv    query,original,family,attack   (original empty for negatives)
+
+The report prints figures; it never fails on thresholds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import platform
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from . import augment
+from .calibrate import image_files
+from .config import Settings
+from .decide import Matcher
+from .images import LoadedImage, load_image
+from .index import IndexedImage
+from .metrics import Prediction, micro_ap, operating_point, pr_curve, recall_at_1, recall_at_precision
+from .pipeline import Engine, local_items
+
+log = logging.getLogger(__name__)
+
+METHODS = ("full", "phash_only", "resnet_only", "phash_resnet_lr", "always_clip",
+           "peer_imagehash_phash", "peer_imagehash_dhash", "peer_pdq")
+
+
+# ---------------------------------------------------------------- generator
+
+def make_benchmark(originals: str | Path, distractors: str | Path, out: str | Path, seed: int = 0,
+                   max_originals: int | None = None, max_distractors: int | None = None,
+                   negative_share: float = 0.3) -> dict[str, Any]:
+    """Attack every original once per family; hold some distractors out as negative queries."""
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    refs, queries = out / "refs", out / "queries"
+    for d in (refs, queries):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    origs = image_files(originals, max_originals)
+    dists = image_files(distractors, max_distractors)
+    order = rng.permutation(len(dists))
+    n_neg = int(round(len(dists) * negative_share))
+    negatives = [dists[i] for i in order[:n_neg]]
+    ref_dists = [dists[i] for i in order[n_neg:]]
+    rows = []
+    for p in origs + ref_dists:
+        shutil.copyfile(p, refs / p.name)
+    overlay_pool = [Image.open(p).convert("RGB") for p in negatives[:20]]  # never indexed
+    for p in origs:
+        img = Image.open(p).convert("RGB")
+        for family, attacks in augment.FAMILIES.items():
+            name = list(attacks)[int(rng.integers(len(attacks)))]
+            attacked = attacks[name](img, rng)
+            if family == "strong" and name == "text_overlay" and overlay_pool:
+                attacked = augment.overlay_image(attacked, overlay_pool[int(rng.integers(len(overlay_pool)))], rng)
+            qname = f"{p.stem}__{family}__{name}.jpg"
+            attacked.convert("RGB").save(queries / qname, "JPEG", quality=90)
+            rows.append({"query": qname, "original": p.name, "family": family, "attack": name})
+    for p in negatives:
+        qname = f"neg__{p.stem}.jpg"
+        Image.open(p).convert("RGB").save(queries / qname, "JPEG", quality=90)
+        rows.append({"query": qname, "original": "", "family": "negative", "attack": "none"})
+    with open(out / "ground_truth.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["query", "original", "family", "attack"])
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {"refs": len(origs) + len(ref_dists), "originals": len(origs), "distractors_in_refs": len(ref_dists),
+               "queries": len(rows), "negative_queries": len(negatives), "families": list(augment.FAMILIES),
+               "seed": seed, "folder": str(out)}
+    (out / "benchmark.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def read_ground_truth(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "ground_truth.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ---------------------------------------------------------------- evaluation
+
+@dataclass
+class QueryResult:
+    predictions: dict[str, Prediction]
+    candidate_hit: bool
+    clip_invoked: bool
+
+
+def _hamming_nn(q: np.ndarray, refs: np.ndarray) -> tuple[int, float]:
+    d = np.count_nonzero(refs != q[None, :], axis=1)
+    i = int(np.argmin(d))
+    return i, float(d[i])
+
+
+def _pdq(images: list[LoadedImage], dihedral: bool) -> list[np.ndarray]:
+    import pdqhash
+
+    out = []
+    for im in images:
+        arr = np.ascontiguousarray(np.asarray(im.image.convert("RGB")))
+        if dihedral:
+            hashes, _ = pdqhash.compute_dihedral(arr)
+            out.append(np.asarray(hashes, dtype=bool))
+        else:
+            h, _ = pdqhash.compute(arr)
+            out.append(np.asarray(h, dtype=bool)[None, :])
+    return out
+
+
+def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, methods: str = "all",
+                  progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    import imagehash
+
+    folder, out = Path(folder), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = METHODS if methods == "all" else tuple(m.strip() for m in methods.split(","))
+    db = out / "bench_milvus.db"
+    shutil.rmtree(db, ignore_errors=True)
+    if db.exists():
+        db.unlink()
+    settings = settings.replace(milvus_uri=str(db), milvus_collection_prefix="bench")
+    gt = read_ground_truth(folder)
+    truth = {r["query"]: r["original"] for r in gt}
+    family = {r["query"]: r["family"] for r in gt}
+    engine = Engine(settings)
+    report: dict[str, Any] = {"folder": str(folder), "weights_mode": settings.weights_mode,
+                              "untrained": settings.untrained, "machine": machine(), "settings": {
+                                  k: v for k, v in settings.public_dict().items()
+                                  if k in ("phash_radius", "resnet_top_k", "milvus_hnsw_ef", "precision",
+                                           "embed_batch_size")},
+                              "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    try:
+        # --- index the refs: the end-to-end ingest path, timed
+        items = local_items([folder / "refs"])
+        rss0 = _peak_rss_mb()
+        t0 = time.perf_counter()
+        engine.ingest(items, run_id="bench", run_at="bench")
+        ingest_s = time.perf_counter() - t0
+        ref_ids = [i.id for i in items]
+        ref_name = {i.id: Path(i.source).name for i in items}
+        loaded_refs = [engine._loaded[i] for i in ref_ids if i in engine._loaded]
+        report["speed"] = _speed(settings, engine, loaded_refs, ingest_s, len(items), rss0)
+        rows = engine.index.get_rows(ref_ids, ["phash", "resnet"])
+        ref_phash = np.array([rows[i]["phash"] for i in ref_ids], dtype=np.float32)
+        ref_resnet = np.array([rows[i]["resnet"] for i in ref_ids], dtype=np.float32)
+        ref_dhash = np.array([imagehash.dhash(im.image).hash.flatten() for im in loaded_refs])
+        ref_pdq = np.concatenate(_pdq(loaded_refs, dihedral=False)) if "peer_pdq" in wanted else None
+
+        # --- queries
+        qfiles = [folder / "queries" / r["query"] for r in gt]
+        cal = engine.calibration
+        matcher = Matcher(engine.index, cal, settings.phash_radius, settings.resnet_top_k, engine.clip_vectors_query,
+                          threshold=settings.decision_threshold)
+        results: dict[str, QueryResult] = {}
+        latencies = []
+        chunk = settings.embed_batch_size
+        for start in range(0, len(qfiles), chunk):
+            batch_files = qfiles[start:start + chunk]
+            pics = [load_image(p.read_bytes(), f"query:{p.name}") for p in batch_files]
+            t_sig = time.perf_counter()
+            ph = engine.phash.compute(pics)
+            rn = engine.resnet.compute(pics)
+            sig_per_image = (time.perf_counter() - t_sig) / len(pics)
+            dh = [im_hash for im_hash in (imagehash.dhash(p.image).hash.flatten() for p in pics)]
+            pdq = _pdq(pics, dihedral=True) if "peer_pdq" in wanted else None
+            for k, (path, pic) in enumerate(zip(batch_files, pics)):
+                engine._loaded[pic.image_id] = pic
+                t_q = time.perf_counter()
+                results[path.name] = _evaluate_query(
+                    path.name, pic, ph[k], rn[k], dh[k], pdq[k] if pdq else None, matcher, cal, engine,
+                    ref_ids, ref_name, ref_phash, ref_resnet, ref_dhash, ref_pdq, truth, wanted)
+                latencies.append(time.perf_counter() - t_q + sig_per_image)
+                engine._loaded.pop(pic.image_id, None)
+            if progress:
+                progress(len(batch_files))
+        report["query_latency_ms"] = {"p50": round(1000 * float(np.percentile(latencies, 50)), 1),
+                                      "p95": round(1000 * float(np.percentile(latencies, 95)), 1)}
+        report["accuracy"] = _accuracy(results, truth, family, wanted)
+        report["operating_point"] = operating_point([r.predictions["full"] for r in results.values()], truth,
+                                                    matcher.threshold) if "full" in wanted else {}
+        positives = [q for q in results if truth[q]]
+        report["clip_share_of_queries"] = sum(results[q].clip_invoked for q in results) / max(len(results), 1)
+        report["candidate_recall"] = {
+            fam: sum(results[q].candidate_hit for q in positives if family[q] == fam) /
+            max(1, sum(1 for q in positives if family[q] == fam))
+            for fam in sorted({family[q] for q in positives})}
+        report["calibration_version"] = cal.version
+    finally:
+        engine.close()
+    report["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_report(report, results, truth, family, out, wanted)
+    return report
+
+
+def _evaluate_query(qname, pic, phash, resnet, dhash, pdq, matcher: Matcher, cal, engine, ref_ids, ref_name,
+                    ref_phash, ref_resnet, ref_dhash, ref_pdq, truth, wanted) -> QueryResult:
+    preds: dict[str, Prediction] = {}
+    image = IndexedImage(id=pic.image_id, sha256=pic.sha256, source="", width=pic.width, height=pic.height,
+                         num_bytes=pic.num_bytes, created_at=0, phash=phash, resnet=resnet)
+    cands = matcher.candidates(image, before=False)
+    hit = bool(truth[qname]) and any(ref_name.get(c) == truth[qname] for c in cands)
+    clip_invoked = False
+    if "full" in wanted:
+        before = matcher.clip_pairs
+        scores = matcher.score(image, cands)
+        clip_invoked = matcher.clip_pairs > before
+        preds["full"] = Prediction(qname, ref_name[scores[0].candidate_id], scores[0].probability) if scores \
+            else Prediction(qname, "", 0.0)
+    if cands and ("phash_resnet_lr" in wanted or "always_clip" in wanted):
+        rows = engine.index.get_rows(cands, ["phash", "resnet"])
+        feats = {c: {"phash_distance": float(np.count_nonzero(phash != np.asarray(rows[c]["phash"]))) / 64.0,
+                     "resnet_cosine": float(np.dot(resnet, np.asarray(rows[c]["resnet"], np.float32)))}
+                 for c in cands if c in rows}
+        if "phash_resnet_lr" in wanted:
+            best = max(feats, key=lambda c: cal.stage1.probability(feats[c]))
+            preds["phash_resnet_lr"] = Prediction(qname, ref_name[best], cal.stage1.probability(feats[best]))
+        if "always_clip" in wanted:
+            vecs = engine.clip_vectors_query([pic.image_id, *feats])
+            for c in feats:
+                feats[c]["clip_cosine"] = float(np.dot(vecs[pic.image_id], vecs[c])) if c in vecs else 0.0
+            best = max(feats, key=lambda c: cal.stage2.probability(feats[c]))
+            preds["always_clip"] = Prediction(qname, ref_name[best], cal.stage2.probability(feats[best]))
+    for m in ("phash_resnet_lr", "always_clip"):
+        if m in wanted and m not in preds:
+            preds[m] = Prediction(qname, "", 0.0)
+    if "phash_only" in wanted or "peer_imagehash_phash" in wanted:
+        i, d = _hamming_nn(phash, ref_phash)
+        for m in ("phash_only", "peer_imagehash_phash"):
+            preds[m] = Prediction(qname, ref_name[ref_ids[i]], -d)
+    if "resnet_only" in wanted:
+        sims = ref_resnet @ resnet
+        i = int(np.argmax(sims))
+        preds["resnet_only"] = Prediction(qname, ref_name[ref_ids[i]], float(sims[i]))
+    if "peer_imagehash_dhash" in wanted:
+        i, d = _hamming_nn(dhash, ref_dhash)
+        preds["peer_imagehash_dhash"] = Prediction(qname, ref_name[ref_ids[i]], -d)
+    if "peer_pdq" in wanted and pdq is not None:
+        d = np.min(np.stack([np.count_nonzero(ref_pdq != v[None, :], axis=1) for v in pdq]), axis=0)
+        i = int(np.argmin(d))
+        preds["peer_pdq"] = Prediction(qname, ref_name[ref_ids[i]], -float(d[i]))
+    return QueryResult(preds, hit, clip_invoked)
+
+
+def _accuracy(results: dict[str, QueryResult], truth, family, wanted) -> dict[str, Any]:
+    fams = sorted({f for f in family.values() if f != "negative"})
+    out: dict[str, Any] = {}
+    for m in wanted:
+        preds = [r.predictions[m] for r in results.values() if m in r.predictions]
+        entry = {"overall": _scores(preds, truth)}
+        for f in fams:  # a family's copies plus all negatives: precision stays meaningful
+            keep = {q for q in truth if family[q] in (f, "negative")}
+            entry[f] = _scores([p for p in preds if p.query in keep], {q: truth[q] for q in keep})
+        out[m] = entry
+    return out
+
+
+def _scores(preds, truth) -> dict[str, float]:
+    return {"micro_ap": round(micro_ap(preds, truth), 4),
+            "recall_at_p99": round(recall_at_precision(preds, truth, 0.99), 4),
+            "recall_at_p95": round(recall_at_precision(preds, truth, 0.95), 4),
+            "recall_at_1": round(recall_at_1(preds, truth), 4)}
+
+
+# ---------------------------------------------------------------- speed
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _speed(settings: Settings, engine: Engine, pics: list[LoadedImage], ingest_s: float, n: int,
+           rss_before: float) -> dict[str, Any]:
+    """End-to-end ingest next to the bare ResNet-50 forward pass on the same images."""
+    import torch
+
+    model = engine.resnet.model
+    dtype = torch.bfloat16 if engine.resnet.precision == "bf16" else torch.float32
+    bs = settings.embed_batch_size
+    tensors = [engine.resnet.preprocess(pics[s:s + bs]).to(dtype).contiguous(memory_format=torch.channels_last)
+               for s in range(0, len(pics), bs)]
+    with torch.inference_mode():
+        model(tensors[0])  # warm-up
+        t0 = time.perf_counter()
+        for x in tensors:
+            model(x)
+        bare_s = time.perf_counter() - t0
+    bare = len(pics) / bare_s
+    e2e = n / ingest_s
+    timings = {k: round(v, 2) for k, v in engine.timings.items()}
+    db = Path(settings.resolved_milvus_uri)
+    disk = sum(f.stat().st_size for f in db.rglob("*") if f.is_file()) if db.is_dir() else (
+        db.stat().st_size if db.exists() else 0)
+    return {"images": n, "ingest_images_per_s": round(e2e, 2), "bare_resnet50_images_per_s": round(bare, 2),
+            "ingest_to_bare_ratio": round(e2e / bare, 3), "precision": engine.resnet.precision,
+            "stage_seconds": timings, "peak_rss_mb": round(_peak_rss_mb(), 0),
+            "rss_growth_mb": round(_peak_rss_mb() - rss_before, 0),
+            "index_vector_bytes_per_image": (64 + 2048) * 4,
+            "index_disk_bytes_per_image": round(disk / max(n, 1)), "torch_threads": torch.get_num_threads()}
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform()}
+
+
+# ---------------------------------------------------------------- report
+
+def write_report(report: dict[str, Any], results, truth, family, out: Path, wanted) -> None:
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    _plots(results, truth, family, out, wanted, report)
+    (out / "report.md").write_text(markdown(report))
+    report["markdown"] = str(out / "report.md")
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = [f"# NDID benchmark — {'UNTRAINED (random weights)' if r['untrained'] else 'pretrained weights'}",
+             "", f"folder `{r['folder']}`, calibration `{r.get('calibration_version')}`, "
+                 f"machine: {r['machine']['cpu']} ({r['machine']['cores']} cores), torch {r['machine']['torch']}",
+             "", "## Accuracy (top-1 per query, one global threshold)", "",
+             "| method | micro-AP | R@P99 | R@P95 | R@1 |", "|---|---|---|---|---|"]
+    for m, e in r["accuracy"].items():
+        o = e["overall"]
+        lines.append(f"| {m} | {o['micro_ap']:.3f} | {o['recall_at_p99']:.3f} | {o['recall_at_p95']:.3f} | "
+                     f"{o['recall_at_1']:.3f} |")
+    fams = [k for k in next(iter(r["accuracy"].values())) if k != "overall"]
+    lines += ["", "### Per family (micro-AP / R@P99 / R@1; each family with all negatives)", "",
+              "| method | " + " | ".join(fams) + " |", "|---|" + "---|" * len(fams)]
+    for m, e in r["accuracy"].items():
+        lines.append(f"| {m} | " + " | ".join(
+            f"{e[f]['micro_ap']:.2f} / {e[f]['recall_at_p99']:.2f} / {e[f]['recall_at_1']:.2f}" for f in fams) + " |")
+    op = r.get("operating_point") or {}
+    if op:
+        lines += ["", f"**Shipped calibration's operating point** (threshold {op['threshold']:.3f}): precision "
+                      f"{op['precision']:.3f}, recall {op['recall']:.3f}, false positives {op['false_positives']} "
+                      f"({op['false_positives_on_negatives']} on {op['negatives']} negative queries)."]
+    lines += [f"CLIP invoked for {100 * r['clip_share_of_queries']:.1f} % of queries. Candidate recall per family: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in r["candidate_recall"].items()) + "."]
+    s = r["speed"]
+    lines += ["", "## Speed", "", "| figure | value |", "|---|---|",
+              f"| end-to-end ingest (decode → signals → upsert → decide) | {s['ingest_images_per_s']} img/s |",
+              f"| bare ResNet-50 forward ({s['precision']}, same images, same run) | {s['bare_resnet50_images_per_s']} img/s |",
+              f"| ingest / bare model | **{s['ingest_to_bare_ratio']}** |",
+              f"| query latency p50 / p95 | {r['query_latency_ms']['p50']} / {r['query_latency_ms']['p95']} ms |",
+              f"| peak RSS | {s['peak_rss_mb']} MB |",
+              f"| index: vector bytes / image (disk bytes / image) | {s['index_vector_bytes_per_image']} "
+              f"({s['index_disk_bytes_per_image']}) |",
+              f"| stage seconds | {s['stage_seconds']} |", "",
+              "![PR curves](pr_curves.png)", "", "![per family](families.png)", ""]
+    return "\n".join(lines)
+
+
+def _plots(results, truth, family, out: Path, wanted, report) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tag = " (UNTRAINED weights)" if report["untrained"] else ""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for m in wanted:
+        p, r, _ = pr_curve([res.predictions[m] for res in results.values() if m in res.predictions], truth)
+        ax.plot(r, p, label=f"{m} (AP {report['accuracy'][m]['overall']['micro_ap']:.3f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Top-1 precision/recall" + tag)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out / "pr_curves.png", dpi=110)
+    plt.close(fig)
+    fams = [k for k in next(iter(report["accuracy"].values())) if k != "overall"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / max(len(wanted), 1)
+    for i, m in enumerate(wanted):
+        ax.bar(np.arange(len(fams)) + i * width, [report["accuracy"][m][f]["recall_at_p99"] for f in fams],
+               width, label=m)
+    ax.set_xticks(np.arange(len(fams)) + 0.4 - width / 2, fams)
+    ax.set_ylabel("recall at precision 0.99")
+    ax.set_title("Per attack family" + tag)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "families.png", dpi=110)
+    plt.close(fig)
