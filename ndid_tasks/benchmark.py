@@ -29,7 +29,7 @@ from . import augment
 from .calibrate import image_files
 from .config import Settings
 from .decide import Matcher
-from .images import LoadedImage, load_image
+from .images import ImageDecodeError, LoadedImage, load_image
 from .index import IndexedImage
 from .metrics import Prediction, micro_ap, operating_point, pr_curve, recall_at_1, recall_at_precision
 from .pipeline import Engine, local_items
@@ -151,9 +151,14 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
         t0 = time.perf_counter()
         engine.ingest(items, run_id="bench", run_at="bench")
         ingest_s = time.perf_counter() - t0
-        ref_ids = [i.id for i in items]
+        loaded_refs = []
+        for item in items:
+            try:
+                loaded_refs.append(load_image(Path(item.source).read_bytes(), item.id))
+            except ImageDecodeError as exc:
+                log.warning("benchmark: reference %s unreadable (%s); it cannot be matched", item.source, exc)
+        ref_ids = [p.image_id for p in loaded_refs]
         ref_name = {i.id: Path(i.source).name for i in items}
-        loaded_refs = [engine._loaded[i] for i in ref_ids if i in engine._loaded]
         report["speed"] = _speed(settings, engine, loaded_refs, ingest_s, len(items), rss0)
         rows = engine.index.get_rows(ref_ids, ["phash", "resnet"])
         ref_phash = np.array([rows[i]["phash"] for i in ref_ids], dtype=np.float32)
@@ -164,7 +169,7 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
         # --- queries
         qfiles = [folder / "queries" / r["query"] for r in gt]
         cal = engine.calibration
-        matcher = Matcher(engine.index, cal, settings.phash_radius, settings.resnet_top_k, engine.clip_vectors_query,
+        matcher = Matcher(engine.index, cal, settings.phash_radius, settings.resnet_top_k, engine.stage2_features,
                           threshold=settings.decision_threshold)
         results: dict[str, QueryResult] = {}
         latencies = []
@@ -230,9 +235,9 @@ def _evaluate_query(qname, pic, phash, resnet, dhash, pdq, matcher: Matcher, cal
             best = max(feats, key=lambda c: cal.stage1.probability(feats[c]))
             preds["phash_resnet_lr"] = Prediction(qname, ref_name[best], cal.stage1.probability(feats[best]))
         if "always_clip" in wanted:
-            vecs = engine.clip_vectors_query([pic.image_id, *feats])
+            extra = engine.stage2_features(pic.image_id, list(feats))
             for c in feats:
-                feats[c]["clip_cosine"] = float(np.dot(vecs[pic.image_id], vecs[c])) if c in vecs else 0.0
+                feats[c].update(extra.get(c, {"clip_cosine": 0.0, "log_inliers": 0.0}))
             best = max(feats, key=lambda c: cal.stage2.probability(feats[c]))
             preds["always_clip"] = Prediction(qname, ref_name[best], cal.stage2.probability(feats[best]))
     for m in ("phash_resnet_lr", "always_clip"):

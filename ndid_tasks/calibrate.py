@@ -21,7 +21,7 @@ from .calibration import STAGE2_FEATURES, Calibration, evaluate, fit_calibration
 from .config import Settings
 from .decide import pair_features
 from .images import LoadedImage, load_image
-from .signals import ClipSignal, PHashSignal, ResNetSignal
+from .signals import ClipSignal, GeometricSignal, PHashSignal, ResNetSignal
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ def bootstrap_features(settings: Settings, files: Sequence[Path], copies: int = 
     phash = PHashSignal().compute(everything)
     resnet = ResNetSignal(settings).compute(everything)
     clip = ClipSignal(settings).compute(everything)
+    geometry = GeometricSignal()
+    local = geometry.compute(everything)
     n = len(originals)
     pairs: list[tuple[int, int, int]] = []  # (a, b, label) as indices into `everything`
     for k, (i, _) in enumerate(copies_list):
@@ -86,6 +88,7 @@ def bootstrap_features(settings: Settings, files: Sequence[Path], copies: int = 
     for a, b, label in pairs:
         pf = pair_features(phash[a], phash[b], resnet[a], resnet[b])
         pf["clip_cosine"] = float(np.dot(clip[a], clip[b]))
+        pf["log_inliers"] = float(np.log1p(geometry.compare(local[b], local[a])))
         for f in STAGE2_FEATURES:
             feats[f].append(pf[f])
         labels.append(label)
@@ -158,14 +161,13 @@ def recalibrate(settings: Settings, engine, labels: Sequence[Label], active: Cal
         return {"status": "skipped", "candidate": None, "labels": len(labels), "usable": len(usable),
                 "reason": f"need >= {min_labels} usable labels with both classes (have {len(usable)}, "
                           f"{int(y.sum()) if len(y) else 0} duplicates)"}
-    clip = engine.clip_vectors(sorted({i for lab in usable for i in (lab.image_a, lab.image_b)}))
     feats: dict[str, list[float]] = {f: [] for f in STAGE2_FEATURES}
     for lab in usable:
         a, b = rows[lab.image_a], rows[lab.image_b]
         pf = pair_features(np.asarray(a["phash"]), np.asarray(b["phash"]),
                            np.asarray(a["resnet"], np.float32), np.asarray(b["resnet"], np.float32))
-        ca, cb = clip.get(lab.image_a), clip.get(lab.image_b)
-        pf["clip_cosine"] = float(np.dot(ca, cb)) if ca is not None and cb is not None else pf["resnet_cosine"]
+        pf.update(engine.stage2_features(lab.image_a, [lab.image_b]).get(
+            lab.image_b, {"clip_cosine": pf["resnet_cosine"], "log_inliers": 0.0}))
         for f in STAGE2_FEATURES:
             feats[f].append(pf[f])
     arrays = {f: np.asarray(v) for f, v in feats.items()}

@@ -1,7 +1,8 @@
 """The decision model as data: two tiny logistic regressions, stored as versioned JSON.
 
 Stage 1 sees cheap features (pHash distance, ResNet cosine). Pairs whose stage-1 probability lies
-in the ambiguous band get CLIP similarity and are decided by stage 2. Coefficients are kept in raw
+in the ambiguous band get CLIP similarity and geometric verification (log of 1 + distinct RANSAC
+inliers) and are decided by stage 2. Coefficients are kept in raw
 feature units so that ``coefficient x value`` is each feature's contribution to the log-odds.
 Nothing here is pickled: a calibration is a JSON document, validated on load.
 """
@@ -20,7 +21,7 @@ import numpy as np
 
 SCHEMA = "ndid.calibration/1"
 STAGE1_FEATURES = ("phash_distance", "resnet_cosine")
-STAGE2_FEATURES = ("phash_distance", "resnet_cosine", "clip_cosine")
+STAGE2_FEATURES = ("phash_distance", "resnet_cosine", "clip_cosine", "log_inliers")
 DEFAULT_BAND = (0.2, 0.8)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from .index import ImageIndex, IndexedImage
 log = logging.getLogger(__name__)
 
 RECORD_SCHEMA = "ndid.decision/1"
+PHASH_CANDIDATES = 64  # most pHash neighbours taken from the radius search
 PHASH_BITS = 64.0
 
 
@@ -48,7 +49,7 @@ class DecisionRecord:
     features: dict[str, float] = field(default_factory=dict)
     contributions: dict[str, float] = field(default_factory=dict)
     candidates: int = 0
-    clip_pairs: int = 0  # candidate pairs that needed CLIP (0: CLIP not invoked for this image)
+    clip_pairs: int = 0  # pairs sent to stage 2 (CLIP + geometric verification); 0: CLIP not invoked
     error_reason: str = ""
     error_message: str = ""
     calibration_version: str = ""
@@ -71,28 +72,47 @@ def pair_features(phash_a: np.ndarray, phash_b: np.ndarray, resnet_a: np.ndarray
 class Matcher:
     """Decides images against the index with one calibration.
 
-    ``clip_vectors(ids)`` returns CLIP vectors for image ids (from the CLIP collection, computing
-    and storing the missing ones); it is called only for pairs in the ambiguous band.
+    ``stage2_features(query_id, candidate_ids)`` returns the expensive features (CLIP cosine,
+    geometric inliers) per candidate; it is called only for pairs in the ambiguous band.
     """
 
     def __init__(self, index: ImageIndex, calibration: Calibration, phash_radius: int, top_k: int,
-                 clip_vectors: Callable[[list[str]], dict[str, np.ndarray]],
+                 stage2_features: Callable[[str, list[str]], dict[str, dict[str, float]]],
                  threshold: float | None = None, band: tuple[float, float] | None = None) -> None:
         self.index = index
         self.cal = calibration
         self.radius = phash_radius
         self.top_k = top_k
-        self.clip_vectors = clip_vectors
+        self.stage2_features = stage2_features
         self.threshold = calibration.threshold if threshold is None else threshold
         self.band = calibration.band if band is None else band
         self.clip_pairs = 0
         self.pairs = 0
 
     def candidates(self, image: IndexedImage, before: bool = True) -> list[str]:
-        kw = {"created_at": image.created_at, "image_id": image.id} if before else {}
-        ids = [h.id for h in self.index.phash_neighbours(image.phash, self.radius, **kw)]
-        ids += [h.id for h in self.index.resnet_neighbours(image.resnet, self.top_k, **kw)]
-        return [i for i in dict.fromkeys(ids) if i != image.id]
+        return self.candidates_many([image], before)[image.id]
+
+    def candidates_many(self, images: Sequence[IndexedImage], before: bool = True) -> dict[str, list[str]]:
+        """pHash-radius ∪ ResNet top-K candidates for many images with two search calls.
+
+        With ``before``, only images strictly earlier in ingestion order count. The search asks for
+        ``len(images)`` extra hits, since at most that many (the batch's own later images) can be
+        filtered out afterwards -- so the result equals a per-image search.
+        """
+        slack = len(images) if before else 0
+        latest = max(im.created_at for im in images) if before else None
+        ph = self.index.search_many("phash", [im.phash for im in images], PHASH_CANDIDATES + slack, latest,
+                                    radius=self.radius)
+        rn = self.index.search_many("resnet", [im.resnet for im in images], self.top_k + slack, latest)
+        out = {}
+        for im, ph_hits, rn_hits in zip(images, ph, rn):
+            def earlier(h):
+                return h.id != im.id and (not before or (h.created_at, h.id) < (im.created_at, im.id))
+
+            ids = [h.id for h in ph_hits if earlier(h)][:PHASH_CANDIDATES]
+            ids += [h.id for h in rn_hits if earlier(h)][:self.top_k]
+            out[im.id] = list(dict.fromkeys(ids))
+        return out
 
     def score(self, image: IndexedImage, candidate_ids: list[str]) -> list[PairScore]:
         if not candidate_ids:
@@ -113,23 +133,24 @@ class Matcher:
             else:
                 scores.append(PairScore(cid, feats, p1, "stage1", self.cal.stage1.contributions(feats)))
         if ambiguous:
-            vectors = self.clip_vectors([image.id] + [cid for cid, _ in ambiguous])
-            query_vec = vectors.get(image.id)
+            extra = self.stage2_features(image.id, [cid for cid, _ in ambiguous])
             for cid, feats in ambiguous:
-                cand_vec = vectors.get(cid)
-                if query_vec is None or cand_vec is None:  # e.g. the candidate's source is gone
+                more = extra.get(cid)
+                if more is None:  # e.g. the candidate's source is gone: stage 1 decides
                     p1 = self.cal.stage1.probability(feats)
                     scores.append(PairScore(cid, feats, p1, "stage1", self.cal.stage1.contributions(feats)))
                     continue
-                feats = {**feats, "clip_cosine": float(np.dot(query_vec, cand_vec))}
+                feats = {**feats, **more}
                 self.clip_pairs += 1
                 scores.append(PairScore(cid, feats, self.cal.stage2.probability(feats), "clip",
                                         self.cal.stage2.contributions(feats)))
         scores.sort(key=lambda s: (-s.probability, s.candidate_id))
         return scores
 
-    def decide(self, image: IndexedImage, originals: dict[str, str]) -> DecisionRecord:
-        """Decide one image. ``originals`` maps already-decided ids to their original (updated here)."""
+    def decide(self, image: IndexedImage, originals: dict[str, str],
+               candidates: list[str] | None = None) -> DecisionRecord:
+        """Decide one image. ``originals`` maps already-decided ids to their original (updated here);
+        ``candidates`` may come precomputed from :meth:`candidates_many`."""
         record = DecisionRecord(id=image.id, source=image.source, decision="unique", sha256=image.sha256,
                                 original_id=image.id)
         exact = self.index.earliest_with_sha256(image.sha256, image.created_at, image.id)
@@ -138,7 +159,7 @@ class Matcher:
             record.matched_id = exact
             record.features = {"sha256_equal": 1.0}
         else:
-            cands = self.candidates(image)
+            cands = self.candidates(image) if candidates is None else candidates
             record.candidates = len(cands)
             scores = self.score(image, cands)
             if scores:

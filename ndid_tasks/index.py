@@ -20,6 +20,17 @@ from .config import Settings
 
 log = logging.getLogger(__name__)
 
+
+class _LiteUnimplementedFilter(logging.Filter):
+    """Embedded Milvus Lite answers pymilvus' optional AllocTimestamp RPC with "not implemented";
+    pymilvus falls back, but grpc logs a full traceback at ERROR for every upsert."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Method not implemented" not in record.getMessage()
+
+
+logging.getLogger("grpc._server").addFilter(_LiteUnimplementedFilter())
+
 MAX_ID_LENGTH = 1024
 QUERY_CHUNK = 256
 # Decision fields that a re-upsert of the same image must not wipe out.
@@ -208,21 +219,22 @@ class ImageIndex:
             return None
         return min(rows, key=lambda r: (r["created_at"], r["id"]))["id"]
 
-    def phash_neighbours(self, bits: np.ndarray, radius: int, created_at: int | None = None,
-                         image_id: str | None = None, limit: int = 64) -> list[Hit]:
-        flt = before_filter(created_at, image_id)
-        res = self.client.search(
-            self.images, data=[np.asarray(bits, np.float32).tolist()], anns_field="phash", limit=limit,
-            filter=flt, output_fields=["created_at"],
-            search_params={"metric_type": "L2", "params": {"radius": radius + 0.5, "range_filter": -0.5}})
-        return [Hit(h["id"], h["entity"]["created_at"], float(h["distance"])) for h in res[0]]
+    def search_many(self, field: str, vectors: Sequence[np.ndarray], limit: int,
+                    latest_created_at: int | None = None, radius: int | None = None) -> list[list[Hit]]:
+        """One search call for many query vectors (``field`` is "phash" or "resnet").
 
-    def resnet_neighbours(self, vector: np.ndarray, top_k: int, created_at: int | None = None,
-                          image_id: str | None = None) -> list[Hit]:
-        flt = before_filter(created_at, image_id)
-        ef = max(self.settings.milvus_hnsw_ef, top_k)
-        res = self.client.search(
-            self.images, data=[np.asarray(vector, np.float32).tolist()], anns_field="resnet", limit=top_k,
-            filter=flt, output_fields=["created_at"],
-            search_params={"metric_type": "COSINE", "params": {"ef": ef}})
-        return [Hit(h["id"], h["entity"]["created_at"], float(h["distance"])) for h in res[0]]
+        pHash is a range search (Hamming distance <= radius, as squared L2 of 0/1 vectors); ResNet
+        is top-``limit`` by cosine with ef from the settings. ``latest_created_at`` limits hits to
+        rows not newer than the newest query; callers post-filter the exact ingestion order.
+        """
+        if not vectors:
+            return []
+        flt = SEARCHABLE if latest_created_at is None else f"{SEARCHABLE} and created_at <= {int(latest_created_at)}"
+        if field == "phash":
+            params = {"metric_type": "L2", "params": {"radius": float(radius or 0) + 0.5, "range_filter": -0.5}}
+        else:
+            params = {"metric_type": "COSINE", "params": {"ef": max(self.settings.milvus_hnsw_ef, limit)}}
+        res = self.client.search(self.images, data=[np.asarray(v, np.float32).tolist() for v in vectors],
+                                 anns_field=field, limit=limit, filter=flt, output_fields=["created_at"],
+                                 search_params=params)
+        return [[Hit(h["id"], h["entity"]["created_at"], float(h["distance"])) for h in hits] for hits in res]

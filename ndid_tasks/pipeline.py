@@ -23,11 +23,13 @@ from .config import Settings
 from .decide import DecisionRecord, Matcher
 from .images import ImageDecodeError, LoadedImage, load_image
 from .index import ImageIndex, IndexedImage
-from .signals import ClipSignal, PHashSignal, ResNetSignal
+from .signals import ClipSignal, GeometricSignal, PHashSignal, ResNetSignal
 
 log = logging.getLogger(__name__)
 
 ERROR_RESNET = np.eye(1, 2048, 0, dtype=np.float32)[0]  # placeholder vector of error rows
+LOCAL_FEATURE_CACHE = 4096  # images whose SIFT features stay in memory
+SEARCH_BATCH = 64  # query vectors per Milvus search call
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class Engine:
         self.phash = PHashSignal()
         self.resnet = ResNetSignal(settings)
         self.clip = ClipSignal(settings)
+        self.geometry = GeometricSignal()
+        self._local: dict[str, Any] = {}
         self._index = index
         self._calibration = calibration
         self._s3 = {}
@@ -199,12 +203,16 @@ class Engine:
         band = ((self.settings.ambiguous_low, self.settings.ambiguous_high)
                 if self.settings.ambiguous_low is not None else None)
         matcher = Matcher(self.index, cal, self.settings.phash_radius, self.settings.resnet_top_k,
-                          self.clip_vectors, threshold=self.settings.decision_threshold, band=band)
+                          self.stage2_features, threshold=self.settings.decision_threshold, band=band)
         originals: dict[str, str] = {}
         records = []
-        for image in sorted(images, key=lambda im: (im.created_at, im.id)):
+        ordered = sorted(images, key=lambda im: (im.created_at, im.id))
+        candidates: dict[str, list[str]] = {}
+        for start in range(0, len(ordered), SEARCH_BATCH):
+            candidates.update(matcher.candidates_many(ordered[start:start + SEARCH_BATCH]))
+        for image in ordered:
             before = matcher.clip_pairs
-            rec = matcher.decide(image, originals)
+            rec = matcher.decide(image, originals, candidates[image.id])
             rec.clip_pairs = matcher.clip_pairs - before
             rec.calibration_version = cal.version
             rec.weights_mode = self.settings.weights_mode
@@ -216,49 +224,88 @@ class Engine:
         self.timings["decide_s"] += time.perf_counter() - t0
         return records
 
+    def pictures(self, ids: list[str]) -> dict[str, LoadedImage]:
+        """Decoded images for ids: from this process's cache, else re-read from their source."""
+        out = {i: self._loaded[i] for i in ids if i in self._loaded}
+        missing = [i for i in dict.fromkeys(ids) if i not in out]
+        if missing:
+            sources = self.index.get_rows(missing, ["source"])
+            for image_id in missing:
+                if image_id not in sources:
+                    continue
+                try:
+                    out[image_id] = self.load(image_id, self.read_bytes(sources[image_id]["source"]))
+                except Exception as exc:  # noqa: BLE001 - the pair falls back to stage 1
+                    log.warning("cannot re-read %s: %s", image_id, exc)
+        return out
+
     def clip_vectors(self, ids: list[str]) -> dict[str, np.ndarray]:
-        """CLIP vectors for ids: stored ones are reused; missing ones are computed once and stored."""
+        """CLIP vectors: stored ones are reused; missing ones are computed once and stored
+        (only for indexed images -- a query's vector is never written)."""
         t0 = time.perf_counter()
         found = self.index.get_clip(ids)
         missing = [i for i in dict.fromkeys(ids) if i not in found]
         if missing:
-            pics: list[LoadedImage] = []
-            sources = self.index.get_rows([i for i in missing if i not in self._loaded], ["source"])
-            for image_id in missing:
-                pic = self._loaded.get(image_id)
-                if pic is None and image_id in sources:
-                    try:
-                        pic = self.load(image_id, self.read_bytes(sources[image_id]["source"]))
-                    except Exception as exc:  # noqa: BLE001 - the pair falls back to stage 1
-                        log.warning("CLIP: cannot re-read %s: %s", image_id, exc)
-                if pic is not None:
-                    pics.append(pic)
+            pics = self.pictures(missing)
             if pics:
-                vectors = self.clip.compute(pics)
-                new = {p.image_id: vectors[i] for i, p in enumerate(pics)}
-                self.index.upsert_clip(new)
+                order = list(pics)
+                vectors = self.clip.compute([pics[i] for i in order])
+                new = {image_id: vectors[n] for n, image_id in enumerate(order)}
+                indexed = self.index.get_rows(order, ["id"])
+                self.index.upsert_clip({k: v for k, v in new.items() if k in indexed})
                 found.update(new)
-                self.clip_images_computed += len(pics)
+                self.clip_images_computed += len(order)
         self.timings["clip_s"] += time.perf_counter() - t0
         return found
+
+    def local_features(self, ids: list[str]) -> dict[str, Any]:
+        """SIFT features per id, cached in this process (they are cheap to recompute, large to store)."""
+        t0 = time.perf_counter()
+        missing = [i for i in dict.fromkeys(ids) if i not in self._local]
+        if missing:
+            pics = self.pictures(missing)
+            order = list(pics)
+            for image_id, feats in zip(order, self.geometry.compute([pics[i] for i in order])):
+                self._local[image_id] = feats
+            while len(self._local) > LOCAL_FEATURE_CACHE:
+                self._local.pop(next(iter(self._local)))
+        self.timings["geometry_s"] += time.perf_counter() - t0
+        return {i: self._local[i] for i in ids if i in self._local}
+
+    def stage2_features(self, query_id: str, candidate_ids: list[str]) -> dict[str, dict[str, float]]:
+        """CLIP cosine and log(1 + distinct inliers) for ambiguous pairs (query vs each candidate)."""
+        ids = [query_id, *candidate_ids]
+        clip = self.clip_vectors(ids)
+        local = self.local_features(ids)
+        if query_id not in clip or query_id not in local:
+            return {}
+        t0 = time.perf_counter()
+        out = {}
+        for cid in candidate_ids:
+            if cid in clip and cid in local:
+                inliers = self.geometry.compare(local[query_id], local[cid])
+                out[cid] = {"clip_cosine": float(np.dot(clip[query_id], clip[cid])),
+                            "log_inliers": float(np.log1p(inliers))}
+        self.timings["geometry_s"] += time.perf_counter() - t0
+        return out
 
     # ---------------------------------------------------------------- whole batches
     def ingest(self, items: Sequence[SourceItem], run_id: str, run_at: str | None = None,
                progress: Callable[[int], None] | None = None) -> list[DecisionRecord]:
-        """prepare -> index -> decide for a list of items, in chunks of the ingest batch size."""
+        """prepare -> index -> decide, chunk by chunk (items must be in ingestion order, as from
+        local_items / S3 listings: each chunk's images only need earlier ones in the index)."""
         run_at = run_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
-        prepared_all: list[IndexedImage] = []
-        errors: list[DecisionRecord] = []
+        records: list[DecisionRecord] = []
         bs = self.settings.ingest_batch_size
         for start in range(0, len(items), bs):
             chunk = items[start:start + bs]
             prepared = self.prepare(chunk, run_id, run_at)
             self.index_prepared(prepared, run_id)
-            prepared_all += prepared.images
-            errors += prepared.errors
+            records += self.decide(prepared.images, run_id, run_at) + prepared.errors
+            for image_id in prepared.loaded:  # decoded pixels are only kept while their chunk is decided
+                self._loaded.pop(image_id, None)
             if progress:
                 progress(len(chunk))
-        records = self.decide(prepared_all, run_id, run_at) + errors
         order = {item.id: n for n, item in enumerate(items)}
         return sorted(records, key=lambda r: order.get(r.id, 0))
 
@@ -270,7 +317,7 @@ class Engine:
                              resnet=self.resnet.compute([pic])[0])
         self._loaded[image_id] = pic
         matcher = Matcher(self.index, self.calibration, self.settings.phash_radius,
-                          max(self.settings.resnet_top_k, limit), self.clip_vectors_query,
+                          max(self.settings.resnet_top_k, limit), self.stage2_features,
                           threshold=self.settings.decision_threshold)
         cands = matcher.candidates(image, before=False)
         exact = [c for c in cands if self.index.get_rows([c], ["sha256"]).get(c, {}).get("sha256") == pic.sha256]
@@ -282,16 +329,6 @@ class Engine:
                         "decision": "duplicate" if is_exact or s.probability >= matcher.threshold else "unique",
                         "original_id": matcher.resolve_original(s.candidate_id, {}),
                         "features": s.features, "contributions": s.contributions})
-        return out
-
-    def clip_vectors_query(self, ids: list[str]) -> dict[str, np.ndarray]:
-        """Like clip_vectors, but the query image's vector is never stored."""
-        query_ids = [i for i in ids if i in self._loaded and not i.startswith(("file://", "s3://"))]
-        out = {}
-        if query_ids:
-            vecs = self.clip.compute([self._loaded[i] for i in query_ids])
-            out = {i: vecs[n] for n, i in enumerate(query_ids)}
-        out.update(self.clip_vectors([i for i in ids if i not in out]))
         return out
 
 

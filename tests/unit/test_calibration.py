@@ -15,6 +15,7 @@ def synthetic_pairs(n=400, seed=0):
         "phash_distance": np.where(y, rng.uniform(0, 0.35, n), rng.uniform(0.3, 0.6, n)),
         "resnet_cosine": np.where(y, rng.uniform(0.7, 1.0, n), rng.uniform(0.3, 0.8, n)),
         "clip_cosine": np.where(y, rng.uniform(0.8, 1.0, n), rng.uniform(0.2, 0.85, n)),
+        "log_inliers": np.where(y, np.log1p(rng.integers(5, 300, n)), np.log1p(rng.integers(0, 12, n))),
     }, y
 
 
@@ -24,15 +25,16 @@ def test_fit_separates_and_round_trips_through_json():
     assert cal.metrics["gated"]["average_precision"] > 0.9
     again = Calibration.from_json(cal.to_json())
     assert again == cal
-    x = {"phash_distance": 0.05, "resnet_cosine": 0.95, "clip_cosine": 0.97}
+    x = {"phash_distance": 0.05, "resnet_cosine": 0.95, "clip_cosine": 0.97, "log_inliers": 4.0}
     assert again.stage1.probability(x) > 0.9
-    assert again.stage2.probability({"phash_distance": 0.5, "resnet_cosine": 0.4, "clip_cosine": 0.3}) < 0.1
+    assert again.stage2.probability({"phash_distance": 0.5, "resnet_cosine": 0.4, "clip_cosine": 0.3,
+                                      "log_inliers": 0.5}) < 0.1
 
 
 def test_contributions_add_up_to_the_logit():
     feats, y = synthetic_pairs()
     cal = fit_calibration(feats, y, "random", training={})
-    x = {"phash_distance": 0.2, "resnet_cosine": 0.8, "clip_cosine": 0.85}
+    x = {"phash_distance": 0.2, "resnet_cosine": 0.8, "clip_cosine": 0.85, "log_inliers": 2.0}
     contrib = cal.stage2.contributions(x)
     p = 1 / (1 + math.exp(-sum(contrib.values())))
     assert p == pytest.approx(cal.stage2.probability(x))

@@ -46,3 +46,23 @@ def test_bf16_agrees_with_fp32(random_settings, loaded):
 
 def test_empty_batch(random_settings):
     assert ResNetSignal(random_settings).compute([]).shape == (0, 2048)
+
+
+def test_geometric_verification_separates_copies_from_unrelated(photos):
+    from PIL import ImageOps
+
+    from ndid_tasks import augment
+    from ndid_tasks.signals import GeometricSignal
+
+    rng = np.random.default_rng(0)
+    a = photos["astronaut"]
+    pics = [load_image(jpeg_bytes(img), str(n)) for n, img in enumerate([
+        a, augment.crop_area(a, rng, 0.5), ImageOps.mirror(a), a.resize((128, 128)), photos["coffee"],
+        photos["rocket"]])]
+    geo = GeometricSignal()
+    f = geo.compute(pics)
+    crop, mirror, thumb = (geo.compare(f[i], f[0]) for i in (1, 2, 3))
+    unrelated = max(geo.compare(f[4], f[0]), geo.compare(f[5], f[0]), geo.compare(f[5], f[4]))
+    print(f"inliers: crop {crop}, mirror {mirror}, thumbnail {thumb}, unrelated <= {unrelated}")
+    assert unrelated <= 8
+    assert min(crop, mirror, thumb) >= 12
