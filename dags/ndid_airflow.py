@@ -32,30 +32,36 @@ def task_settings() -> Settings:
     """Settings for a running task: NDID_* overlaid by the ndid_s3 / ndid_milvus Connections."""
     from airflow.sdk import Connection
 
-    settings = base_settings()
+    return with_connections(base_settings(), _connection(Connection, S3_CONN_ID),
+                            _connection(Connection, MILVUS_CONN_ID))
+
+
+def with_connections(settings: Settings, s3_conn: Any, milvus_conn: Any) -> Settings:
+    """Overlay an `aws` Connection (login/password, extra endpoint_url/region_name) and a Milvus
+    Connection (host or extra uri, port, login/password as token) on Settings; None = not set."""
     changes: dict[str, Any] = {}
-    conn = _connection(Connection, S3_CONN_ID)
-    if conn is not None:
-        extra = conn.extra_dejson or {}
-        if conn.login:
-            changes["s3_access_key"] = conn.login
-        if conn.password:
-            changes["s3_secret_key"] = conn.password
+    if s3_conn is not None:
+        extra = s3_conn.extra_dejson or {}
+        if s3_conn.login:
+            changes["s3_access_key"] = s3_conn.login
+        if s3_conn.password:
+            changes["s3_secret_key"] = s3_conn.password
         if extra.get("endpoint_url"):
             changes["s3_endpoint_url"] = extra["endpoint_url"]
         if extra.get("region_name"):
             changes["s3_region"] = extra["region_name"]
-    conn = _connection(Connection, MILVUS_CONN_ID)
-    if conn is not None:
-        uri = (conn.extra_dejson or {}).get("uri") or conn.host
+    if milvus_conn is not None:
+        uri = (milvus_conn.extra_dejson or {}).get("uri") or milvus_conn.host
         if uri:
-            if conn.port and "://" in uri and uri.count(":") == 1:
-                uri = f"{uri}:{conn.port}"
+            if milvus_conn.port and "://" in uri and uri.count(":") == 1:
+                uri = f"{uri}:{milvus_conn.port}"
             changes["milvus_uri"] = uri
-        if conn.password:
-            changes["milvus_token"] = f"{conn.login}:{conn.password}" if conn.login else conn.password
+        if milvus_conn.password:
+            changes["milvus_token"] = (f"{milvus_conn.login}:{milvus_conn.password}" if milvus_conn.login
+                                       else milvus_conn.password)
     if changes:
-        log.info("settings from Airflow Connections: %s", sorted(k for k in changes if "key" not in k and "token" not in k))
+        log.info("settings from Airflow Connections: %s",
+                 sorted(k for k in changes if "key" not in k and "token" not in k))
     return settings.replace(**changes)
 
 

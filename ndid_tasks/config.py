@@ -66,6 +66,7 @@ class Settings:
     # --- candidates and decision ---
     phash_radius: int = 24  # wide: pHash only proposes candidates
     resnet_top_k: int = 10
+    stage2_max_candidates: int = 3  # ambiguous pairs per image sent to CLIP + verification (best stage-1 first)
     decision_threshold: float | None = None  # None: the calibration's own threshold
     ambiguous_low: float | None = None  # None: the calibration's band
     ambiguous_high: float | None = None
@@ -102,7 +103,8 @@ class Settings:
             raise SettingsError(f"NDID_WEIGHTS_MODE must be one of {WEIGHTS_MODES}, not {self.weights_mode!r}")
         if self.precision not in PRECISIONS:
             raise SettingsError(f"NDID_PRECISION must be one of {PRECISIONS}, not {self.precision!r}")
-        for name in ("embed_batch_size", "ingest_batch_size", "resnet_top_k", "milvus_hnsw_ef"):
+        for name in ("embed_batch_size", "ingest_batch_size", "resnet_top_k", "milvus_hnsw_ef",
+                     "stage2_max_candidates"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"NDID_{name.upper()} must be >= 1")
         if not 0 <= self.phash_radius <= 64:

@@ -78,7 +78,8 @@ class Matcher:
 
     def __init__(self, index: ImageIndex, calibration: Calibration, phash_radius: int, top_k: int,
                  stage2_features: Callable[[str, list[str]], dict[str, dict[str, float]]],
-                 threshold: float | None = None, band: tuple[float, float] | None = None) -> None:
+                 threshold: float | None = None, band: tuple[float, float] | None = None,
+                 stage2_max: int = 3) -> None:
         self.index = index
         self.cal = calibration
         self.radius = phash_radius
@@ -86,6 +87,7 @@ class Matcher:
         self.stage2_features = stage2_features
         self.threshold = calibration.threshold if threshold is None else threshold
         self.band = calibration.band if band is None else band
+        self.stage2_max = stage2_max
         self.clip_pairs = 0
         self.pairs = 0
 
@@ -133,6 +135,12 @@ class Matcher:
             else:
                 scores.append(PairScore(cid, feats, p1, "stage1", self.cal.stage1.contributions(feats)))
         if ambiguous:
+            # only the most promising ambiguous pairs pay for CLIP + verification; the rest keep stage 1
+            ambiguous.sort(key=lambda a: -self.cal.stage1.probability(a[1]))
+            for cid, feats in ambiguous[self.stage2_max:]:
+                scores.append(PairScore(cid, feats, self.cal.stage1.probability(feats), "stage1",
+                                        self.cal.stage1.contributions(feats)))
+            ambiguous = ambiguous[:self.stage2_max]
             extra = self.stage2_features(image.id, [cid for cid, _ in ambiguous])
             for cid, feats in ambiguous:
                 more = extra.get(cid)

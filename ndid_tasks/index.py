@@ -98,13 +98,12 @@ class ImageIndex:
         self.images = settings.images_collection
         self.clip = settings.clip_collection
         if client is None:
-            kwargs: dict[str, Any] = {"uri": self.uri}
+            # pymilvus' 10 s keepalive pings get long calls dropped ("too_many_pings"), for a
+            # server and for the embedded Lite file alike (it is served over local gRPC too)
+            kwargs: dict[str, Any] = {"uri": self.uri, "grpc_options": {"grpc.keepalive_time_ms": 3_600_000}}
             if settings.milvus_token:
                 kwargs["token"] = settings.milvus_token
-            if self.uri.startswith(("http://", "https://", "tcp://")):
-                # pymilvus' 10 s keepalive pings drop long calls; index builds can take longer
-                kwargs["grpc_options"] = {"grpc.keepalive_time_ms": 3_600_000}
-            else:
+            if not self.uri.startswith(("http://", "https://", "tcp://")):
                 from pathlib import Path
 
                 Path(self.uri).parent.mkdir(parents=True, exist_ok=True)

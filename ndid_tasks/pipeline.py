@@ -203,7 +203,8 @@ class Engine:
         band = ((self.settings.ambiguous_low, self.settings.ambiguous_high)
                 if self.settings.ambiguous_low is not None else None)
         matcher = Matcher(self.index, cal, self.settings.phash_radius, self.settings.resnet_top_k,
-                          self.stage2_features, threshold=self.settings.decision_threshold, band=band)
+                          self.stage2_features, threshold=self.settings.decision_threshold, band=band,
+                          stage2_max=self.settings.stage2_max_candidates)
         originals: dict[str, str] = {}
         records = []
         ordered = sorted(images, key=lambda im: (im.created_at, im.id))
@@ -318,7 +319,8 @@ class Engine:
         self._loaded[image_id] = pic
         matcher = Matcher(self.index, self.calibration, self.settings.phash_radius,
                           max(self.settings.resnet_top_k, limit), self.stage2_features,
-                          threshold=self.settings.decision_threshold)
+                          threshold=self.settings.decision_threshold,
+                          stage2_max=self.settings.stage2_max_candidates)
         cands = matcher.candidates(image, before=False)
         exact = [c for c in cands if self.index.get_rows([c], ["sha256"]).get(c, {}).get("sha256") == pic.sha256]
         out = []

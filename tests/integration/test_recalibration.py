@@ -67,4 +67,4 @@ def test_a_worse_candidate_is_refused(labelled):
     good = recalibrate(settings, engine, labels, default_calibration("random"), min_labels=20)["candidate"]
     result = recalibrate(settings, engine, poisoned, good, min_labels=20)
     assert result["status"] == "rejected"
-    assert result["candidate_eval"]["f1"] < result["active_eval"]["f1"]
+    assert result["candidate_eval"]["average_precision"] < result["active_eval"]["average_precision"]
