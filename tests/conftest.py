@@ -102,3 +102,13 @@ def make_noise_image(seed: int, size=(320, 240)) -> Image.Image:
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (size[1] // 16, size[0] // 16, 3), dtype=np.uint8)
     return Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop embedded Milvus Lite servers while pytest's streams are still open (their atexit
+    hook would otherwise log into closed files)."""
+    import sys
+
+    manager = sys.modules.get("milvus_lite.server_manager")
+    if manager is not None:
+        manager.server_manager_instance.release_all()

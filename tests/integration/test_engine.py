@@ -90,7 +90,7 @@ def test_clip_runs_only_for_ambiguous_pairs(random_settings, corpus):
     finally:
         engine.close()
     engine = Engine(random_settings.replace(milvus_uri=str(random_settings.state_dir) + "/m2.db",
-                                            ambiguous_low=0.0, ambiguous_high=1.0))
+                                            ambiguous_low=0.0, ambiguous_high=1.0, stage2_max_candidates=100))
     try:
         recs = engine.ingest(local_items([corpus]), run_id="r1", run_at="t")
         decided_with_candidates = [r for r in recs if r.candidates and r.stage != "exact"]
@@ -99,6 +99,13 @@ def test_clip_runs_only_for_ambiguous_pairs(random_settings, corpus):
         computed = engine.clip_images_computed
         engine.ingest(local_items([corpus]), run_id="r1", run_at="t")
         assert engine.clip_images_computed == computed  # stored CLIP vectors are reused
+    finally:
+        engine.close()
+    engine = Engine(random_settings.replace(milvus_uri=str(random_settings.state_dir) + "/m3.db",
+                                            ambiguous_low=0.0, ambiguous_high=1.0, stage2_max_candidates=1))
+    try:
+        recs = engine.ingest(local_items([corpus]), run_id="r1", run_at="t")
+        assert max(r.clip_pairs for r in recs) == 1  # the cap on stage-2 pairs per image holds
     finally:
         engine.close()
 
