@@ -1,0 +1,71 @@
+"""The `ndid` command line: exit codes scripts rely on, on real Milvus Lite and real S3."""
+
+import json
+
+import pytest
+
+from ndid_tasks import cli, services
+from ndid_tasks.storage import S3Store
+from tests.conftest import jpeg_bytes
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    monkeypatch.setenv("NDID_STATE_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("NDID_WEIGHTS_MODE", "random")
+    monkeypatch.setenv("NDID_EMBED_BATCH_SIZE", "8")
+    return tmp_path
+
+
+def test_missing_weights_exit_3_with_both_commands(env, tmp_path, photos, monkeypatch, capsys):
+    monkeypatch.setenv("NDID_WEIGHTS_MODE", "pretrained")
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(photos["astronaut"]))
+    assert cli.main(["index", str(tmp_path / "a.jpg")]) == cli.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "ndid models fetch" in err and "ndid models import" in err
+
+
+def test_index_then_query_exit_codes(env, tmp_path, photos, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("astronaut", "coffee", "rocket"):
+        (folder / f"{name}.jpg").write_bytes(jpeg_bytes(photos[name]))
+    out = tmp_path / "records.jsonl"
+    assert cli.main(["index", str(folder), "--output", str(out)]) == cli.EXIT_OK
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 3 and all(r["untrained"] for r in records)
+    capsys.readouterr()
+    (tmp_path / "q.jpg").write_bytes(jpeg_bytes(photos["coffee"], 30))
+    assert cli.main(["query", str(tmp_path / "q.jpg"), "--json"]) == cli.EXIT_OK
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["matches"][0]["id"].endswith("coffee.jpg") and answer["untrained"] is True
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    assert cli.main(["query", str(tmp_path / "bad.jpg")]) == cli.EXIT_INPUT
+    assert cli.main(["query", str(tmp_path / "missing.jpg")]) == cli.EXIT_INPUT
+
+
+def test_index_an_s3_prefix_through_the_milvus_lite_server(s3_settings, monkeypatch, photos, tmp_path, capsys):
+    """Same client code against `milvus-lite server` (multi-process mode) as against the file."""
+    from tests.conftest import _free_port
+
+    port = _free_port()
+    state = s3_settings.replace(state_dir=str(tmp_path / "svc"))
+    services.start_milvus(state, port=port)
+    try:
+        for k, v in {"NDID_S3_ENDPOINT_URL": s3_settings.s3_endpoint_url, "NDID_S3_ACCESS_KEY": s3_settings.s3_access_key,
+                     "NDID_S3_SECRET_KEY": s3_settings.s3_secret_key, "NDID_WEIGHTS_MODE": "random",
+                     "NDID_MILVUS_URI": services.milvus_server_uri(port), "NDID_STATE_DIR": str(tmp_path / "v")}.items():
+            monkeypatch.setenv(k, v)
+        store = S3Store(s3_settings)
+        store.put_bytes("in/a.jpg", jpeg_bytes(photos["rocket"]))
+        store.put_bytes("in/b.jpg", jpeg_bytes(photos["rocket"], 20))
+        store.put_bytes("in/c.txt", b"not an image")
+        assert cli.main(["index", f"s3://{s3_settings.s3_bucket}/in/", "--json"]) == cli.EXIT_OK
+        result = json.loads(capsys.readouterr().out)
+        by_key = {r["id"].rsplit("/", 1)[1]: r for r in result["records"]}
+        assert by_key["c.txt"]["decision"] == "error" and by_key["c.txt"]["error_reason"] == "not_an_image"
+        assert {by_key["a.jpg"]["decision"], by_key["b.jpg"]["decision"]} == {"unique", "duplicate"}
+    finally:
+        services.stop_milvus(state)
