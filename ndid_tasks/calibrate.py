@@ -63,7 +63,9 @@ def bootstrap_features(settings: Settings, files: Sequence[Path], copies: int = 
             progress(1)
     everything = originals + [c for _, c in copies_list]
     phash = PHashSignal().compute(everything)
-    resnet = ResNetSignal(settings).compute(everything)
+    raw = ResNetSignal(settings).compute_raw(everything)
+    center = raw[:len(originals)].mean(axis=0) if settings.resnet_centering else None  # corpus mean
+    resnet = ResNetSignal(settings, center=center).compute_from_raw(raw)
     clip = ClipSignal(settings).compute(everything)
     geometry = GeometricSignal()
     local = geometry.compute(everything)
@@ -93,16 +95,22 @@ def bootstrap_features(settings: Settings, files: Sequence[Path], copies: int = 
             feats[f].append(pf[f])
         labels.append(label)
     summary = {"source": "bootstrap", "images": n, "copies_per_image": copies, "attacks": names,
-               "hard_negatives_per_image": hard_negatives, "seed": seed}
+               "hard_negatives_per_image": hard_negatives, "seed": seed, "resnet_centered": center is not None}
+    if center is not None:
+        summary["resnet_center"] = center.astype(np.float32)  # popped by the caller, saved as .npy
     return {f: np.asarray(v) for f, v in feats.items()}, np.asarray(labels), summary
 
 
 def bootstrap_calibration(settings: Settings, folder: str | Path, limit: int | None = 200, copies: int = 3,
-                          seed: int = 0, progress: Callable[[int], None] | None = None) -> Calibration:
+                          seed: int = 0, progress: Callable[[int], None] | None = None
+                          ) -> tuple[Calibration, np.ndarray | None]:
+    """A calibration, and the ResNet centre vector it was fitted with (None without centring)."""
     files = image_files(folder, limit)
     feats, labels, summary = bootstrap_features(settings, files, copies=copies, seed=seed, progress=progress)
+    center = summary.pop("resnet_center", None)
     summary["folder"] = Path(folder).name
-    return fit_calibration(feats, labels, settings.weights_mode, training=summary, seed=seed)
+    cal = fit_calibration(feats, labels, settings.weights_mode, training=summary, seed=seed)
+    return cal, center
 
 
 # ---------------------------------------------------------------- audited labels

@@ -148,14 +148,21 @@ def cmd_calibrate(args) -> int:
         return EXIT_USAGE
     n = len(image_files(args.bootstrap, args.limit))
     with _progress(n, "augmenting") as bar:
-        cal = bootstrap_calibration(settings, args.bootstrap, limit=args.limit, copies=args.copies,
-                                    seed=args.seed, progress=bar.update)
+        cal, center = bootstrap_calibration(settings, args.bootstrap, limit=args.limit, copies=args.copies,
+                                            seed=args.seed, progress=bar.update)
     if args.version:
         cal.version = args.version
     print(json.dumps({"version": cal.version, "band": cal.band, "metrics": cal.metrics}, indent=2))
     if args.output:
         Path(args.output).write_text(cal.to_json() + "\n")
         print(f"written {args.output}")
+    if center is not None:
+        import numpy as np
+
+        target = args.center_output or str(settings.resolved_model_dir / f"resnet_center_{settings.weights_mode}.npy")
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        np.save(target, center, allow_pickle=False)
+        print(f"written ResNet centre vector {target} (use it with NDID_RESNET_CENTER_FILE={target})")
     if args.activate:
         from .calibration_store import CalibrationStore
 
@@ -234,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--version", default="")
     s.add_argument("--output", help="write the calibration JSON here")
     s.add_argument("--activate", action="store_true", help="store in S3 and make it the active version")
+    s.add_argument("--center-output", help="where to write the fitted ResNet centre vector (.npy)")
     s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("models", help="pretrained weights: status, fetch (needs a network), import FILE")

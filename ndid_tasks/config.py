@@ -58,6 +58,8 @@ class Settings:
     precision: str = "auto"  # auto: bf16 where the CPU has native bf16 (AMX/AVX512-BF16), else fp32
     torch_compile: bool = False
     torch_threads: int = 0  # 0: torch default
+    resnet_centering: bool = True  # subtract the corpus mean before normalising (shipped for random weights)
+    resnet_center_file: str = ""  # .npy mean vector; empty: the packaged one for the weights mode, if any
 
     # --- batching ---
     embed_batch_size: int = 32
@@ -134,8 +136,10 @@ class Settings:
 
     @property
     def images_collection(self) -> str:
-        # vectors of random and pretrained encoders are incomparable: never share a collection
-        return f"{self.milvus_collection_prefix}_images_{self.weights_mode}"
+        # vectors of random and pretrained encoders (and of other descriptor post-processing) are
+        # incomparable: never share a collection
+        suffix = "_centered" if self.resnet_centering else ""
+        return f"{self.milvus_collection_prefix}_images_{self.weights_mode}{suffix}"
 
     @property
     def clip_collection(self) -> str:

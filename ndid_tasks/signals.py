@@ -145,12 +145,67 @@ class TorchEmbeddingSignal(Signal):
 
 
 class ResNetSignal(TorchEmbeddingSignal):
+    """Pooled ResNet-50, optionally centred on the corpus mean before L2 normalisation.
+
+    Centring removes the component that every image shares (with random weights it makes all
+    cosines ~0.99); the mean is data (``.npy``), fitted by ``ndid calibrate --bootstrap``.
+    """
+
     name, dim = "resnet", 2048
+
+    def __init__(self, settings: Settings, precision: str | None = None, center: np.ndarray | None = None) -> None:
+        super().__init__(settings, precision)
+        self._center = center
+
+    @property
+    def center(self) -> np.ndarray | None:
+        if self._center is None and self.settings.resnet_centering:
+            self._center = load_center(self.settings)
+        return self._center
 
     def _build(self):
         from .weights import build_resnet50
 
         return build_resnet50(self.settings)
+
+    def compute(self, images: Sequence[LoadedImage]) -> np.ndarray:
+        return self.compute_from_raw(self.compute_raw(images))
+
+    def compute_from_raw(self, raw: np.ndarray) -> np.ndarray:
+        if self.center is None or not len(raw):
+            return raw
+        centred = raw - self.center[None, :]
+        return (centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    def compute_raw(self, images: Sequence[LoadedImage]) -> np.ndarray:
+        return super().compute(images)
+
+
+def center_path(settings: Settings):
+    from importlib import resources
+    from pathlib import Path
+
+    if settings.resnet_center_file:
+        return Path(settings.resnet_center_file)
+    return resources.files("ndid_tasks").joinpath("data", f"resnet_center_{settings.weights_mode}.npy")
+
+
+def load_center(settings: Settings) -> np.ndarray:
+    """The mean vector for centring (.npy, loaded without pickle)."""
+    from .calibration import CalibrationError
+
+    path = center_path(settings)
+    try:
+        with path.open("rb") as fh:
+            center = np.load(fh, allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise CalibrationError(
+            f"NDID_RESNET_CENTERING is on but there is no centre vector at {path}: fit one with "
+            f"`ndid calibrate --bootstrap DIR --center-output FILE` and set NDID_RESNET_CENTER_FILE, "
+            f"or set NDID_RESNET_CENTERING=false") from exc
+    if center.shape != (2048,):
+        raise ValueError(f"{path}: centre vector has shape {center.shape}, expected (2048,)")
+    return center.astype(np.float32)
 
 
 class ClipSignal(TorchEmbeddingSignal):

@@ -66,3 +66,23 @@ def test_geometric_verification_separates_copies_from_unrelated(photos):
     print(f"inliers: crop {crop}, mirror {mirror}, thumbnail {thumb}, unrelated <= {unrelated}")
     assert unrelated <= 8
     assert min(crop, mirror, thumb) >= 12
+
+
+def test_centring_spreads_random_weight_cosines(random_settings, loaded):
+    """Random-init ResNet-50 gives every pair of photos a cosine near 1; the corpus mean removes that."""
+    raw = ResNetSignal(random_settings.replace(resnet_centering=False)).compute(loaded)
+    centred = ResNetSignal(random_settings).compute(loaded)
+    assert np.allclose(np.linalg.norm(centred, axis=1), 1.0, atol=1e-4)
+    off_diag = ~np.eye(len(loaded), dtype=bool)
+    raw_cos, centred_cos = (raw @ raw.T)[off_diag], (centred @ centred.T)[off_diag]
+    print(f"unrelated photos: raw cosine min {raw_cos.min():.4f}, centred cosine max {centred_cos.max():.4f}")
+    assert raw_cos.min() > 0.9 and centred_cos.max() < raw_cos.min()
+
+
+def test_missing_centre_vector_is_a_clear_error(random_settings, tmp_path):
+    from ndid_tasks.calibration import CalibrationError
+    from ndid_tasks.signals import load_center
+
+    with pytest.raises(CalibrationError, match="ndid calibrate --bootstrap"):
+        load_center(random_settings.replace(resnet_center_file=str(tmp_path / "none.npy")))
+    assert load_center(random_settings).shape == (2048,)  # the packaged one for random weights
