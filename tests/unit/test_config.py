@@ -37,7 +37,8 @@ def test_derived_values():
     s = Settings(state_dir="/srv/ndid", weights_mode="random")
     assert s.resolved_milvus_uri == "/srv/ndid/milvus.db"
     assert s.resolved_model_dir == Path("/srv/ndid/models")
-    assert s.images_collection.endswith("_random")  # never mixes random and pretrained vectors
+    assert s.images_collection == "ndid_images_random_centered"  # never mixes encoders or descriptors
+    assert s.replace(resnet_centering=False).images_collection == "ndid_images_random"
     assert Settings(milvus_uri="http://milvus:19530").resolved_milvus_uri == "http://milvus:19530"
 
 
