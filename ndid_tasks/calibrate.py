@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -200,7 +201,7 @@ def recalibrate(settings: Settings, engine, labels: Sequence[Label], active: Cal
 
 
 def _nan0(x: float) -> float:
-    return 0.0 if x != x else x
+    return 0.0 if math.isnan(x) else x
 
 
 def load_labels(store, prefix: str) -> list[Label]:

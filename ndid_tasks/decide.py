@@ -108,11 +108,11 @@ class Matcher:
         rn = self.index.search_many("resnet", [im.resnet for im in images], self.top_k + slack, latest)
         out = {}
         for im, ph_hits, rn_hits in zip(images, ph, rn):
-            def earlier(h):
-                return h.id != im.id and (not before or (h.created_at, h.id) < (im.created_at, im.id))
-
-            ids = [h.id for h in ph_hits if earlier(h)][:PHASH_CANDIDATES]
-            ids += [h.id for h in rn_hits if earlier(h)][:self.top_k]
+            key = (im.created_at, im.id)
+            ok = [h.id for h in ph_hits if h.id != im.id and (not before or (h.created_at, h.id) < key)]
+            ids = ok[:PHASH_CANDIDATES]
+            ok = [h.id for h in rn_hits if h.id != im.id and (not before or (h.created_at, h.id) < key)]
+            ids += ok[:self.top_k]
             out[im.id] = list(dict.fromkeys(ids))
         return out
 
