@@ -157,8 +157,12 @@ def _binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str,
 def choose_band(y: np.ndarray, p: np.ndarray, purity: float = 0.98) -> tuple[float, float]:
     """Smallest band outside which stage 1 is at least ``purity`` right on both sides."""
     order = np.sort(np.unique(p))
-    hi = next((float(t) for t in order if np.mean(y[p >= t] == 1) >= purity), 1.0)
-    lo = next((float(t) for t in order[::-1] if np.mean(y[p < t] == 0) >= purity), 0.0)
+
+    def share(mask: np.ndarray, label: int) -> float:
+        return float(np.mean(y[mask] == label)) if mask.any() else 0.0
+
+    hi = next((float(t) for t in order if share(p >= t, 1) >= purity), 1.0)
+    lo = next((float(t) for t in order[::-1] if share(p < t, 0) >= purity), 0.0)
     lo, hi = max(0.02, min(lo, 0.5)), min(0.98, max(hi, 0.5))
     return (lo, hi) if lo <= hi else DEFAULT_BAND
 

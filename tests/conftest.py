@@ -104,6 +104,7 @@ def make_noise_image(seed: int, size=(320, 240)) -> Image.Image:
     return Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):
     """Stop embedded Milvus Lite servers while pytest's streams are still open (their atexit
     hook would otherwise log into closed files)."""
