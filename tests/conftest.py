@@ -104,10 +104,11 @@ def make_noise_image(seed: int, size=(320, 240)) -> Image.Image:
     return Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionfinish(session, exitstatus):
-    """Stop embedded Milvus Lite servers while pytest's streams are still open (their atexit
-    hook would otherwise log into closed files)."""
+@pytest.fixture(scope="session", autouse=True)
+def _stop_embedded_milvus_at_the_end():
+    """Stop embedded Milvus Lite servers in the last teardown, before pytest prints its summary
+    (their atexit hook would otherwise log after it, into closed streams)."""
+    yield
     import sys
 
     manager = sys.modules.get("milvus_lite.server_manager")
