@@ -20,6 +20,8 @@ def main() -> None:
         print(f"{st.name}: {st.address} (pid {st.pid})")
     os.environ.setdefault("NDID_MILVUS_URI", services.milvus_server_uri())
     prepare_airflow(env)
+    # `airflow standalone` starts its components as `airflow ...` subprocesses: find ours first
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     print(f"Airflow UI: http://127.0.0.1:8080  (login printed below / in {env['AIRFLOW_HOME']})")
     os.execv(sys.executable, [sys.executable, "-m", "airflow", "standalone"])
 
