@@ -132,6 +132,8 @@ def print_results(store, settings, run_id: str) -> None:
     print(f"records: {summary['records_prefix']}")
     if summary.get("untrained"):
         print("!! UNTRAINED run (random weights): decisions demonstrate the pipeline, not pretrained accuracy")
+    print("The local S3 and Milvus servers keep running (try `.venv/bin/ndid query IMAGE`); "
+          "`make services-down` stops them.")
 
 
 if __name__ == "__main__":
