@@ -116,8 +116,12 @@ class ImageIndex:
 
     # ------------------------------------------------------------ schema
     def ensure_collections(self) -> None:
-        """Create both collections if missing (safe to call any number of times)."""
+        """Create both collections if missing and make sure they are loaded (safe to call any
+        number of times; after a Milvus restart existing collections come back released)."""
         existing = set(self.client.list_collections())
+        for name in (self.images, self.clip):
+            if name in existing:
+                self.client.load_collection(name)
         if self.images not in existing:
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
                                                 description="NDID images: metadata, pHash, ResNet-50")

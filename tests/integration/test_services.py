@@ -109,3 +109,30 @@ def test_milvus_lite_server_serves_two_processes_at_once(tmp_path):
     finally:
         services.stop_milvus(settings)
     assert not services.milvus_status(settings, port).running
+
+
+def test_collections_are_usable_after_a_milvus_server_restart(tmp_path, photos):
+    """A restarted Milvus server returns collections released; the index must load them again."""
+    from tests.conftest import _free_port, jpeg_bytes
+
+    from ndid_tasks.config import Settings
+    from ndid_tasks.pipeline import Engine, local_items
+
+    port = _free_port()
+    settings = Settings(state_dir=str(tmp_path / "var"), weights_mode="random", embed_batch_size=4,
+                        milvus_uri=services.milvus_server_uri(port))
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(photos["coffee"]))
+    services.start_milvus(settings, port=port)
+    try:
+        engine = Engine(settings)
+        engine.ingest(local_items([tmp_path / "a.jpg"]), run_id="r", run_at="t")
+        engine.index.upsert_clip({"file://x": [0.1] * 512})
+        engine.close()
+        services.stop_milvus(settings)
+        services.start_milvus(settings, port=port)
+        engine = Engine(settings)
+        assert engine.index.count() == 1
+        assert set(engine.index.get_clip(["file://x"])) == {"file://x"}
+        engine.close()
+    finally:
+        services.stop_milvus(settings)
