@@ -6,7 +6,7 @@ Not a DAG file (listed in .airflowignore). Nothing here touches the network at i
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ndid_tasks.config import Settings
@@ -18,6 +18,15 @@ S3_CONN_ID = "ndid_s3"
 MILVUS_CONN_ID = "ndid_milvus"
 MILVUS_POOL = "ndid_milvus"
 OWNER = "ndid"
+
+# what every NDID DAG shares: one run at a time, no catch-up storms after a pause
+DAG_DEFAULTS: dict[str, Any] = {"start_date": datetime(2026, 1, 1), "catchup": False, "max_active_runs": 1}
+
+
+def task_defaults(retries: int, retry_delay: timedelta) -> dict[str, Any]:
+    """default_args: owner, retries with exponential backoff (transient S3/Milvus errors), a timeout."""
+    return {"owner": OWNER, "retries": retries, "retry_delay": retry_delay, "retry_exponential_backoff": True,
+            "max_retry_delay": timedelta(minutes=10), "execution_timeout": timedelta(hours=2)}
 
 
 def base_settings() -> Settings:

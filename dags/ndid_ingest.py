@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-from ndid_airflow import MILVUS_POOL, OWNER, base_settings, partition_date, run_at, run_window, task_settings
+from ndid_airflow import (DAG_DEFAULTS, MILVUS_POOL, base_settings, partition_date, run_at, run_window,
+                          task_defaults, task_settings)
 
 SETTINGS = base_settings()
 
@@ -39,14 +40,10 @@ Milvus Lite file; more with a Milvus server.
     dag_id="ndid_ingest",
     # data intervals (not trigger-only cron): each run owns [start, end), so backfills re-list a range
     schedule=CronDataIntervalTimetable(SETTINGS.ingest_schedule, timezone="UTC"),
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
     tags=["ndid", "ingestion"],
     doc_md=DOC,
-    default_args={"owner": OWNER, "retries": 3, "retry_delay": timedelta(seconds=30),
-                  "retry_exponential_backoff": True, "max_retry_delay": timedelta(minutes=10),
-                  "execution_timeout": timedelta(hours=2)},
+    default_args=task_defaults(retries=3, retry_delay=timedelta(seconds=30)),
+    **DAG_DEFAULTS,
     params={
         "bucket": Param(SETTINGS.s3_bucket, type="string", description="S3 bucket holding the images"),
         "prefix": Param(SETTINGS.s3_images_prefix, type="string", description="key prefix of the images"),

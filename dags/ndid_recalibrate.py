@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from ndid_airflow import MILVUS_POOL, OWNER, base_settings, task_settings
+from ndid_airflow import DAG_DEFAULTS, MILVUS_POOL, base_settings, task_defaults, task_settings
 
 SETTINGS = base_settings()
 LABELS = Asset(f"s3://{SETTINGS.s3_bucket}/{SETTINGS.s3_labels_prefix}", extra={"format": "jsonl or csv"})
@@ -36,13 +36,10 @@ Fewer than {SETTINGS.recalibrate_min_labels} usable labels (or only one class): 
     dag_id="ndid_recalibrate",
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(SETTINGS.recalibrate_schedule, timezone="UTC"),
                                  assets=[LABELS]),
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
     tags=["ndid", "calibration"],
     doc_md=DOC,
-    default_args={"owner": OWNER, "retries": 2, "retry_delay": timedelta(minutes=1),
-                  "retry_exponential_backoff": True, "execution_timeout": timedelta(hours=2)},
+    default_args=task_defaults(retries=2, retry_delay=timedelta(minutes=1)),
+    **DAG_DEFAULTS,
 )
 def ndid_recalibrate():
     @task(pool=MILVUS_POOL)
