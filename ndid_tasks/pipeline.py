@@ -322,7 +322,8 @@ class Engine:
                           threshold=self.settings.decision_threshold,
                           stage2_max=self.settings.stage2_max_candidates)
         cands = matcher.candidates(image, before=False)
-        exact = [c for c in cands if self.index.get_rows([c], ["sha256"]).get(c, {}).get("sha256") == pic.sha256]
+        hashes = self.index.get_rows(cands, ["sha256"]) if cands else {}
+        exact = {c for c in cands if hashes.get(c, {}).get("sha256") == pic.sha256}
         out = []
         for s in matcher.score(image, cands)[:limit]:
             is_exact = s.candidate_id in exact

@@ -120,6 +120,17 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _port_stays_taken(host: str, port: int, grace: float = 15.0) -> bool:
+    """True if the port is still taken after ``grace`` seconds (a server that was just stopped,
+    ours included, can hold its listening socket for a moment while it shuts down)."""
+    deadline = time.monotonic() + grace
+    while port_in_use(host, port):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def _executable(name: str) -> str:
     candidate = Path(sys.executable).parent / name
     if candidate.exists():
@@ -262,7 +273,7 @@ def milvus_data_dir(settings: Settings) -> Path:
 def start_milvus(settings: Settings, port: int = MILVUS_SERVER_PORT, wait: float = 90.0) -> ServiceStatus:
     if _read_pid(settings, "milvus") is not None:
         return milvus_status(settings, port)
-    if port_in_use("127.0.0.1", port):
+    if _port_stays_taken("127.0.0.1", port):
         raise ServiceError(f"port {port} on 127.0.0.1 is already taken by another program; "
                            f"stop it or choose another port")
     data = milvus_data_dir(settings)
