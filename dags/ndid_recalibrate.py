@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from ndid_airflow import DAG_DEFAULTS, MILVUS_POOL, base_settings, task_defaults, task_settings
@@ -29,6 +29,12 @@ Labels are JSON Lines or CSV objects under `s3://{SETTINGS.s3_bucket}/{SETTINGS.
 
 Fewer than {SETTINGS.recalibrate_min_labels} usable labels (or only one class): the task is
 **skipped** with the reason in its log, not failed.
+
+Before that, `refresh_whitening` (param `refresh_whitening`: auto / always / never) fits the
+descriptor whitening on the index itself once it holds {SETTINGS.whitening_min_images}+ images (or has
+doubled since the last fit), re-indexes every row into the collection of the new whitening
+(decisions copied), fits a calibration on synthetic pairs from the corpus, and moves `active.json`:
+one atomic switch. It holds the `ndid_milvus` pool slot, so no ingest task writes meanwhile.
 """
 
 
@@ -39,9 +45,28 @@ Fewer than {SETTINGS.recalibrate_min_labels} usable labels (or only one class): 
     tags=["ndid", "calibration"],
     doc_md=DOC,
     default_args=task_defaults(retries=2, retry_delay=timedelta(minutes=1)),
+    params={"refresh_whitening": Param("auto", enum=["auto", "always", "never"],
+                                       description="fit a new descriptor whitening on the index and re-index")},
     **DAG_DEFAULTS,
 )
 def ndid_recalibrate():
+    @task(pool=MILVUS_POOL)
+    def refresh_whitening() -> dict:
+        from ndid_tasks.pipeline import Engine
+        from ndid_tasks.refresh import refresh_due, refresh_whitening
+
+        settings = task_settings()
+        mode = get_current_context()["params"]["refresh_whitening"]
+        engine = Engine(settings)
+        try:
+            due, reason = refresh_due(settings, engine)
+            if mode == "never" or (mode == "auto" and not due):
+                return {"status": "not due" if mode == "auto" else "disabled", "reason": reason}
+            result = refresh_whitening(settings, engine)
+        finally:
+            engine.close()
+        return {k: v for k, v in result.items() if not k.startswith("_")}
+
     @task(pool=MILVUS_POOL)
     def recalibrate() -> dict:
         from ndid_tasks.calibrate import recalibration_run
@@ -57,7 +82,7 @@ def ndid_recalibrate():
             raise AirflowSkipException(result["reason"])
         return result
 
-    recalibrate()
+    refresh_whitening() >> recalibrate()
 
 
 ndid_recalibrate()

@@ -139,6 +139,20 @@ def overlay_image(img: Image.Image, other: Image.Image, rng: np.random.Generator
     return out
 
 
+def same_scene_pair(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    """Two views of one scene that share no pixels: disjoint side-by-side windows (a gap of >= 10 %
+    of the width), the second re-exposed and recompressed. Near, but not duplicates: same colours,
+    light and subject, so global descriptors agree while nothing matches geometrically."""
+    w, h = img.size
+    gap = int(w * rng.uniform(0.1, 0.2))
+    cut = int(w * rng.uniform(0.4, 0.5))
+    top, bottom = int(h * rng.uniform(0.0, 0.1)), h - int(h * rng.uniform(0.0, 0.1))
+    left = img.crop((0, top, max(8, cut - gap // 2), bottom))
+    right = img.crop((min(w - 8, cut + gap // 2), top, w, bottom))
+    right = ImageEnhance.Brightness(right).enhance(rng.uniform(0.85, 1.15))
+    return left, jpeg(right, int(rng.integers(60, 90)))
+
+
 # family -> attacks (a family is what the benchmark reports separately)
 FAMILIES: dict[str, dict[str, Attack]] = {
     "crop": {"crop": attack_crop},

@@ -44,8 +44,11 @@ METHODS = ("full", "phash_only", "resnet_only", "phash_resnet_lr", "always_clip"
 
 def make_benchmark(originals: str | Path, distractors: str | Path, out: str | Path, seed: int = 0,
                    max_originals: int | None = None, max_distractors: int | None = None,
-                   negative_share: float = 0.3) -> dict[str, Any]:
-    """Attack every original once per family; hold some distractors out as negative queries."""
+                   negative_share: float = 0.3, hard_negative_share: float = 0.5) -> dict[str, Any]:
+    """Attack every original once per family; hold some distractors out as negative queries.
+
+    ``hard_negative_share`` of those negatives become *same-scene* pairs instead: one view goes into
+    refs, the other (no shared pixels, see :func:`augment.same_scene_pair`) is a negative query."""
     rng = np.random.default_rng(seed)
     out = Path(out)
     refs, queries = out / "refs", out / "queries"
@@ -56,12 +59,20 @@ def make_benchmark(originals: str | Path, distractors: str | Path, out: str | Pa
     dists = image_files(distractors, max_distractors)
     order = rng.permutation(len(dists))
     n_neg = int(round(len(dists) * negative_share))
-    negatives = [dists[i] for i in order[:n_neg]]
+    n_hard = int(round(n_neg * hard_negative_share))
+    negatives = [dists[i] for i in order[:n_neg - n_hard]]
+    scenes = [dists[i] for i in order[n_neg - n_hard:n_neg]]
     ref_dists = [dists[i] for i in order[n_neg:]]
     rows = []
     for p in origs + ref_dists:
         shutil.copyfile(p, refs / p.name)
     overlay_pool = [Image.open(p).convert("RGB") for p in negatives[:20]]  # never indexed
+    for p in scenes:
+        view_a, view_b = augment.same_scene_pair(Image.open(p).convert("RGB"), rng)
+        view_a.save(refs / f"scene__{p.stem}.jpg", "JPEG", quality=92)
+        qname = f"hardneg__{p.stem}.jpg"
+        view_b.save(queries / qname, "JPEG", quality=90)
+        rows.append({"query": qname, "original": "", "family": "hard_negative", "attack": "same_scene"})
     for p in origs:
         img = Image.open(p).convert("RGB")
         for family, attacks in augment.FAMILIES.items():
@@ -80,8 +91,9 @@ def make_benchmark(originals: str | Path, distractors: str | Path, out: str | Pa
         writer = csv.DictWriter(fh, fieldnames=["query", "original", "family", "attack"])
         writer.writeheader()
         writer.writerows(rows)
-    summary = {"refs": len(origs) + len(ref_dists), "originals": len(origs), "distractors_in_refs": len(ref_dists),
-               "queries": len(rows), "negative_queries": len(negatives), "families": list(augment.FAMILIES),
+    summary = {"refs": len(origs) + len(ref_dists) + len(scenes), "originals": len(origs),
+               "distractors_in_refs": len(ref_dists), "queries": len(rows), "negative_queries": len(negatives),
+               "hard_negative_queries": len(scenes), "families": list(augment.FAMILIES),
                "seed": seed, "folder": str(out)}
     (out / "benchmark.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -123,7 +135,7 @@ def _pdq(images: list[LoadedImage], dihedral: bool) -> list[np.ndarray]:
 
 
 def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, methods: str = "all",
-                  progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                  progress: Callable[[int], None] | None = None, fit_whitening: bool = False) -> dict[str, Any]:
     import imagehash
 
     folder, out = Path(folder), Path(out)
@@ -142,7 +154,8 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
                               "untrained": settings.untrained, "machine": machine(), "settings": {
                                   k: v for k, v in settings.public_dict().items()
                                   if k in ("phash_radius", "resnet_top_k", "milvus_hnsw_ef", "precision",
-                                           "embed_batch_size")},
+                                           "embed_batch_size", "resnet_layer", "resnet_gem_p", "resnet_input",
+                                           "resnet_flip_symmetric", "whitening_dim", "stage2_max_candidates")},
                               "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     try:
         # --- index the refs: the end-to-end ingest path, timed
@@ -160,6 +173,14 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
         ref_ids = [p.image_id for p in loaded_refs]
         ref_name = {i.id: Path(i.source).name for i in items}
         report["speed"] = _speed(settings, engine, loaded_refs, ingest_s, len(items), rss0)
+        if fit_whitening:  # the corpus-specific whitening + calibration, as `ndid whitening fit` makes them
+            from .refresh import refresh_whitening
+
+            refreshed = refresh_whitening(settings, engine, activate=False)
+            cal, whitening = refreshed.pop("_calibration"), refreshed.pop("_whitening")
+            report["whitening_refresh"] = refreshed
+            engine.close()
+            engine = Engine(settings, calibration=cal, whitening=whitening)
         rows = engine.index.get_rows(ref_ids, ["phash", "resnet"])
         ref_phash = np.array([rows[i]["phash"] for i in ref_ids], dtype=np.float32)
         ref_resnet = np.array([rows[i]["resnet"] for i in ref_ids], dtype=np.float32)
@@ -198,6 +219,12 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
         report["accuracy"] = _accuracy(results, truth, family, wanted)
         report["operating_point"] = operating_point([r.predictions["full"] for r in results.values()], truth,
                                                     matcher.threshold) if "full" in wanted else {}
+        hard = [q for q in results if family[q] == "hard_negative"]
+        if hard:  # same-scene, not-duplicate queries: what each method's top score says about them
+            report["hard_negatives"] = {"queries": len(hard), "full_false_positives": sum(
+                results[q].predictions["full"].score >= matcher.threshold for q in hard) if "full" in wanted else None,
+                "max_score": {m: round(max(results[q].predictions[m].score for q in hard), 4)
+                              for m in wanted if all(m in results[q].predictions for q in hard)}}
         positives = [q for q in results if truth[q]]
         report["clip_share_of_queries"] = sum(results[q].clip_invoked for q in results) / max(len(results), 1)
         report["candidate_recall"] = {
@@ -262,13 +289,14 @@ def _evaluate_query(qname, pic, phash, resnet, dhash, pdq, matcher: Matcher, cal
 
 
 def _accuracy(results: dict[str, QueryResult], truth, family, wanted) -> dict[str, Any]:
-    fams = sorted({f for f in family.values() if f != "negative"})
+    fams = sorted({family[q] for q in truth if truth[q]})
+    negative = {family[q] for q in truth if not truth[q]}
     out: dict[str, Any] = {}
     for m in wanted:
         preds = [r.predictions[m] for r in results.values() if m in r.predictions]
         entry = {"overall": _scores(preds, truth)}
         for f in fams:  # a family's copies plus all negatives: precision stays meaningful
-            keep = {q for q in truth if family[q] in (f, "negative")}
+            keep = {q for q in truth if family[q] == f or family[q] in negative}
             entry[f] = _scores([p for p in preds if p.query in keep], {q: truth[q] for q in keep})
         out[m] = entry
     return out
@@ -292,10 +320,20 @@ def _speed(settings: Settings, engine: Engine, pics: list[LoadedImage], ingest_s
     """End-to-end ingest next to the bare ResNet-50 forward pass on the same images."""
     import torch
 
-    model = engine.resnet.model
-    dtype = torch.bfloat16 if engine.resnet.precision == "bf16" else torch.float32
+    from .signals import TorchEmbeddingSignal
+    from .weights import build_resnet50
+
+    class BareResNet50(TorchEmbeddingSignal):  # the whole network, classifier removed, 224 centre crop
+        name, dim = "bare_resnet50", 2048
+
+        def _build(self):
+            return build_resnet50(self.settings)
+
+    bare_signal = BareResNet50(settings, precision=engine.resnet.precision)
+    model = bare_signal.model
+    dtype = torch.bfloat16 if bare_signal.precision == "bf16" else torch.float32
     bs = settings.embed_batch_size
-    tensors = [engine.resnet.preprocess(pics[s:s + bs]).to(dtype).contiguous(memory_format=torch.channels_last)
+    tensors = [bare_signal.preprocess(pics[s:s + bs]).to(dtype).contiguous(memory_format=torch.channels_last)
                for s in range(0, len(pics), bs)]
     with torch.inference_mode():
         model(tensors[0])  # warm-up
@@ -313,7 +351,10 @@ def _speed(settings: Settings, engine: Engine, pics: list[LoadedImage], ingest_s
             "ingest_to_bare_ratio": round(e2e / bare, 3), "precision": engine.resnet.precision,
             "stage_seconds": timings, "peak_rss_mb": round(_peak_rss_mb(), 0),
             "rss_growth_mb": round(_peak_rss_mb() - rss_before, 0),
-            "index_vector_bytes_per_image": (64 + 2048) * 4,
+            "index_vector_bytes_per_image": (64 + engine.resnet.dim) * 4,
+            "index_raw_descriptor_bytes_per_image": engine.resnet.raw_dim * 4,
+            "resnet_descriptor": settings.resnet_descriptor,
+            "whitening": engine.resnet.whitening.version if engine.resnet.whitening else "none",
             "index_disk_bytes_per_image": round(disk / max(n, 1)), "torch_threads": torch.get_num_threads()}
 
 
@@ -362,6 +403,17 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", f"**Shipped calibration's operating point** (threshold {op['threshold']:.3f}): precision "
                       f"{op['precision']:.3f}, recall {op['recall']:.3f}, false positives {op['false_positives']} "
                       f"({op['false_positives_on_negatives']} on {op['negatives']} negative queries)."]
+    hn = r.get("hard_negatives")
+    if hn:
+        lines += ["", f"**Hard negatives** (same scene, no shared pixels; {hn['queries']} queries): "
+                      f"{hn['full_false_positives']} called duplicate by the full pipeline at its threshold; "
+                      f"top scores " + ", ".join(f"{m} {v}" for m, v in hn["max_score"].items()) + "."]
+    wr = r.get("whitening_refresh")
+    if wr:
+        lines += ["", f"Queries answered with a whitening + calibration fitted on the indexed refs "
+                      f"(`--fit-whitening`): whitening {wr['whitening']}, calibration {wr['calibration']}, "
+                      f"{wr['corpus_descriptors']} corpus descriptors + {wr['bootstrap_images']} images with attacked "
+                      f"copies, re-indexed {wr['reindex'].get('rows')} rows in {wr['seconds']} s."]
     lines += [f"CLIP invoked for {100 * r['clip_share_of_queries']:.1f} % of queries. Candidate recall per family: "
               + ", ".join(f"{k} {v:.3f}" for k, v in r["candidate_recall"].items()) + "."]
     s = r["speed"]
@@ -371,8 +423,10 @@ def markdown(r: dict[str, Any]) -> str:
               f"| ingest / bare model | **{s['ingest_to_bare_ratio']}** |",
               f"| query latency p50 / p95 | {r['query_latency_ms']['p50']} / {r['query_latency_ms']['p95']} ms |",
               f"| peak RSS | {s['peak_rss_mb']} MB |",
-              f"| index: vector bytes / image (disk bytes / image) | {s['index_vector_bytes_per_image']} "
-              f"({s['index_disk_bytes_per_image']}) |",
+              f"| index: searched vector bytes / image (+ raw descriptor kept for re-whitening; disk bytes / image) "
+              f"| {s['index_vector_bytes_per_image']} (+{s.get('index_raw_descriptor_bytes_per_image', 0)}; "
+              f"{s['index_disk_bytes_per_image']}) |",
+              f"| descriptor / whitening | {s.get('resnet_descriptor')} / {s.get('whitening')} |",
               f"| stage seconds | {s['stage_seconds']} |", "",
               "![PR curves](pr_curves.png)", "", "![per family](families.png)", ""]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Producing calibrations: bootstrap from synthetic pairs, and refits on audited labels.
 
 Bootstrap positives are attacked copies of each image in a folder; negatives are other images of
-the same folder, including each image's nearest ResNet neighbours (the hard, same-looking ones).
+the same folder, including each image's nearest ResNet neighbours (the hard, same-looking ones),
+and same-scene pairs (two views of one photo that share no pixels).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .config import Settings
 from .decide import pair_features
 from .images import LoadedImage, load_image
 from .signals import ClipSignal, GeometricSignal, PHashSignal, ResNetSignal
+from .whitening import Whitening, fit_whitening
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +43,31 @@ def _as_loaded(img, image_id: str) -> LoadedImage:
 
 
 def bootstrap_features(settings: Settings, files: Sequence[Path], copies: int = 3, hard_negatives: int = 2,
-                       seed: int = 0, progress: Callable[[int], None] | None = None
-                       ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any]]:
-    """Pair features and labels from attacked copies of ``files`` (synthetic; no audited labels)."""
-    rng = np.random.default_rng(seed)
+                       seed: int = 0, progress: Callable[[int], None] | None = None,
+                       whitening: Whitening | None = None,
+                       ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any], Whitening]:
+    """Pair features and labels from attacked copies of ``files`` (synthetic; no audited labels).
+
+    Without a given ``whitening`` one is fitted on these images and their copies (the corpus the
+    calibration is for), then the pair features are measured in that whitened space."""
     originals: list[LoadedImage] = []
     for f in files:
         try:
             originals.append(load_image(f.read_bytes(), str(f)))
         except Exception as exc:  # noqa: BLE001 - skip unusable files, say so
             log.warning("bootstrap: skipping %s: %s", f, exc)
+    return bootstrap_features_from_images(settings, originals, copies, hard_negatives, seed, progress, whitening)
+
+
+def bootstrap_features_from_images(settings: Settings, originals: Sequence[LoadedImage], copies: int = 3,
+                                   hard_negatives: int = 2, seed: int = 0,
+                                   progress: Callable[[int], None] | None = None,
+                                   whitening: Whitening | None = None, corpus_raw: np.ndarray | None = None,
+                                   ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any], Whitening]:
+    """As :func:`bootstrap_features`, for decoded images; ``corpus_raw`` (raw descriptors of more
+    corpus images) joins the whitening fit."""
+    rng = np.random.default_rng(seed)
+    originals = list(originals)
     if len(originals) < 3:
         raise ValueError(f"bootstrap needs at least 3 readable images, found {len(originals)}")
     copies_list: list[tuple[int, LoadedImage]] = []
@@ -62,14 +79,31 @@ def bootstrap_features(settings: Settings, files: Sequence[Path], copies: int = 
             copies_list.append((i, _as_loaded(attacked, f"{orig.image_id}#copy{c}:{name}")))
         if progress:
             progress(1)
-    everything = originals + [c for _, c in copies_list]
+    # same-scene negatives (two views sharing no pixels) for every third image: near, not duplicate
+    scene_views: list[LoadedImage] = []
+    for i in range(0, len(originals), 3):
+        a, b = augment.same_scene_pair(originals[i].image, rng)
+        scene_views += [_as_loaded(a, f"{originals[i].image_id}#scene-a"), _as_loaded(b, f"{originals[i].image_id}#scene-b")]
+    everything = originals + [c for _, c in copies_list] + scene_views
     phash = PHashSignal().compute(everything)
     raw = ResNetSignal(settings).compute_raw(everything)
-    center = raw[:len(originals)].mean(axis=0) if settings.resnet_centering else None  # corpus mean
-    resnet = ResNetSignal(settings, center=center).compute_from_raw(raw)
+    if whitening is None:
+        sample = raw if corpus_raw is None or not len(corpus_raw) else np.concatenate([corpus_raw, raw])
+        whitening = fit_whitening(sample, settings.resnet_descriptor, settings.weights_mode, settings.whitening_dim,
+                                  fitted_on={"source": "bootstrap" if corpus_raw is None else "index",
+                                             "images": len(originals), "copies": len(copies_list),
+                                             "corpus_descriptors": 0 if corpus_raw is None else len(corpus_raw)})
+    resnet = ResNetSignal(settings, whitening=whitening).whiten(raw)
     clip = ClipSignal(settings).compute(everything)
     geometry = GeometricSignal()
     local = geometry.compute(everything)
+    mirrored: dict[int, Any] = {}
+
+    def mirror_of(k: int):
+        if k not in mirrored:
+            mirrored[k] = geometry.compute([everything[k]], mirror=True)[0]
+        return mirrored[k]
+
     n = len(originals)
     pairs: list[tuple[int, int, int]] = []  # (a, b, label) as indices into `everything`
     for k, (i, _) in enumerate(copies_list):
@@ -86,32 +120,36 @@ def bootstrap_features(settings: Settings, files: Sequence[Path], copies: int = 
         j = int(rng.integers(n))
         if j != i:
             pairs.append((j, n + k, 0))
+    first_scene = n + len(copies_list)
+    for k in range(0, len(scene_views), 2):
+        pairs.append((first_scene + k, first_scene + k + 1, 0))
     feats: dict[str, list[float]] = {f: [] for f in STAGE2_FEATURES}
     labels = []
     for a, b, label in pairs:
         pf = pair_features(phash[a], phash[b], resnet[a], resnet[b])
         pf["clip_cosine"] = float(np.dot(clip[a], clip[b]))
-        pf["log_inliers"] = float(np.log1p(geometry.compare(local[b], local[a])))
+        pf["log_inliers"] = float(np.log1p(geometry.verify(local[b], local[a], lambda b=b: mirror_of(b))))
         for f in STAGE2_FEATURES:
             feats[f].append(pf[f])
         labels.append(label)
     summary = {"source": "bootstrap", "images": n, "copies_per_image": copies, "attacks": names,
-               "hard_negatives_per_image": hard_negatives, "seed": seed, "resnet_centered": center is not None}
-    if center is not None:
-        summary["resnet_center"] = center.astype(np.float32)  # popped by the caller, saved as .npy
-    return {f: np.asarray(v) for f, v in feats.items()}, np.asarray(labels), summary
+               "hard_negatives_per_image": hard_negatives, "same_scene_negatives": len(scene_views) // 2,
+               "seed": seed,
+               "resnet_descriptor": settings.resnet_descriptor, "whitening": whitening.version}
+    return {f: np.asarray(v) for f, v in feats.items()}, np.asarray(labels), summary, whitening
 
 
 def bootstrap_calibration(settings: Settings, folder: str | Path, limit: int | None = 200, copies: int = 3,
-                          seed: int = 0, progress: Callable[[int], None] | None = None
-                          ) -> tuple[Calibration, np.ndarray | None]:
-    """A calibration, and the ResNet centre vector it was fitted with (None without centring)."""
+                          seed: int = 0, progress: Callable[[int], None] | None = None,
+                          whitening: Whitening | None = None) -> tuple[Calibration, Whitening]:
+    """A calibration and the whitening it was fitted with (fitted here too unless given)."""
     files = image_files(folder, limit)
-    feats, labels, summary = bootstrap_features(settings, files, copies=copies, seed=seed, progress=progress)
-    center = summary.pop("resnet_center", None)
+    feats, labels, summary, whitening = bootstrap_features(settings, files, copies=copies, seed=seed,
+                                                           progress=progress, whitening=whitening)
     summary["folder"] = Path(folder).name
-    cal = fit_calibration(feats, labels, settings.weights_mode, training=summary, seed=seed)
-    return cal, center
+    cal = fit_calibration(feats, labels, settings.weights_mode, training=summary, seed=seed,
+                          whitening_version=whitening.version)
+    return cal, whitening
 
 
 # ---------------------------------------------------------------- audited labels
@@ -184,7 +222,8 @@ def recalibrate(settings: Settings, engine, labels: Sequence[Label], active: Cal
     train = ~test
     candidate = fit_calibration({f: v[train] for f, v in arrays.items()}, y[train], settings.weights_mode,
                                 training={"source": "audited_labels", "labels": len(usable),
-                                          "auditors": sorted({lab.auditor for lab in usable})}, seed=seed)
+                                          "auditors": sorted({lab.auditor for lab in usable})}, seed=seed,
+                                whitening_version=active.whitening_version)  # features measured in its space
     held = {f: v[test] for f, v in arrays.items()}
     cand_eval, active_eval = evaluate(candidate, held, y[test]), evaluate(active, held, y[test])
 

@@ -56,6 +56,7 @@ class Calibration:
     stage2: Stage
     band: tuple[float, float]
     threshold: float
+    whitening_version: str = ""  # the descriptor whitening its ResNet cosines were measured with
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
@@ -93,7 +94,8 @@ class Calibration:
             if not 0 <= band[0] <= band[1] <= 1:
                 raise CalibrationError(f"band {band} is not within [0, 1]")
             return cls(version=str(d["version"]), weights_mode=str(d["weights_mode"]), stage1=s1, stage2=s2,
-                       band=band, threshold=float(d["threshold"]), metrics=d.get("metrics", {}),
+                       band=band, threshold=float(d["threshold"]),
+                       whitening_version=str(d.get("whitening_version", "")), metrics=d.get("metrics", {}),
                        training=d.get("training", {}), created_at=d.get("created_at", ""), schema=SCHEMA)
         except (KeyError, TypeError, IndexError) as exc:
             raise CalibrationError(f"malformed calibration document: {exc!r}") from exc
@@ -180,7 +182,7 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, min_precision: float = 0.99) 
 
 def fit_calibration(features: dict[str, np.ndarray], labels: np.ndarray, weights_mode: str,
                     training: dict[str, Any], threshold: float | None = None, holdout: float = 0.3,
-                    seed: int = 0, version: str | None = None) -> Calibration:
+                    seed: int = 0, version: str | None = None, whitening_version: str = "") -> Calibration:
     """Fit both stages on a random split, measure on the held-out part, then refit on all data."""
     y = np.asarray(labels, dtype=int)
     x1 = np.column_stack([features[f] for f in STAGE1_FEATURES]).astype(np.float64)
@@ -211,7 +213,8 @@ def fit_calibration(features: dict[str, np.ndarray], labels: np.ndarray, weights
     s1, s2 = _fit_stage(x1, y, STAGE1_FEATURES), _fit_stage(x2, y, STAGE2_FEATURES)
     now = datetime.now(timezone.utc)
     return Calibration(version=version or now.strftime("%Y%m%dT%H%M%SZ"), weights_mode=weights_mode,
-                       stage1=s1, stage2=s2, band=band, threshold=threshold, metrics=metrics,
+                       stage1=s1, stage2=s2, band=band, threshold=threshold,
+                       whitening_version=whitening_version, metrics=metrics,
                        training={**training, "pairs": int(len(y)), "positives": int(y.sum())},
                        created_at=now.isoformat(timespec="seconds"))
 

@@ -3,6 +3,10 @@
     <calibration prefix>versions/<version>.json     the calibration document
     <calibration prefix>active.json                 {"version": ..., "key": ...}
     <calibration prefix>evaluations/<version>.json  candidate vs active on held-out labels
+    <calibration prefix>whitening/<version>.npz     descriptor whitenings that calibrations name
+
+Moving ``active.json`` is the one atomic switch: the active calibration names its whitening, and
+the whitening names the index collection, so all three change together.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 from .calibration import Calibration
 from .config import Settings
 from .storage import S3Store
+from .whitening import Whitening
 
 
 class CalibrationStore:
@@ -50,3 +55,17 @@ class CalibrationStore:
         key = f"{self.prefix}evaluations/{version}.json"
         self.store.put_json(key, evaluation)
         return key
+
+    def whitening_key(self, version: str) -> str:
+        return f"{self.prefix}whitening/{version}.npz"
+
+    def save_whitening(self, whitening: Whitening) -> str:
+        key = self.whitening_key(whitening.version)
+        self.store.put_bytes(key, whitening.to_bytes(), "application/octet-stream")
+        return key
+
+    def whitening(self, version: str) -> Whitening | None:
+        key = self.whitening_key(version)
+        if not self.store.exists(key):
+            return None
+        return Whitening.from_bytes(self.store.get_bytes(key), f"s3 {key}")

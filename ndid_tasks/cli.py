@@ -4,7 +4,7 @@ Exit codes scripts can rely on:
     0  success (for ``query``: a duplicate was found)
     1  ``query`` found no duplicate
     2  usage error
-    3  configuration, weights or calibration problem (the message says which command fixes it)
+    3  configuration, weights, calibration or whitening problem (the message says which command fixes it)
     4  a service (S3, Milvus) is unavailable or failed
     5  bad input (e.g. ``query`` on an unreadable image)
 """
@@ -145,27 +145,72 @@ def cmd_calibrate(args) -> int:
         return EXIT_USAGE
     n = len(image_files(args.bootstrap, args.limit))
     with _progress(n, "augmenting") as bar:
-        cal, center = bootstrap_calibration(settings, args.bootstrap, limit=args.limit, copies=args.copies,
-                                            seed=args.seed, progress=bar.update)
+        cal, whitening = bootstrap_calibration(settings, args.bootstrap, limit=args.limit, copies=args.copies,
+                                               seed=args.seed, progress=bar.update)
     if args.version:
         cal.version = args.version
-    print(json.dumps({"version": cal.version, "band": cal.band, "metrics": cal.metrics}, indent=2))
+    print(json.dumps({"version": cal.version, "whitening": whitening.version, "band": cal.band,
+                      "metrics": cal.metrics}, indent=2))
     if args.output:
         Path(args.output).write_text(cal.to_json() + "\n")
         print(f"written {args.output}")
-    if center is not None:
-        import numpy as np
-
-        target = args.center_output or str(settings.resolved_model_dir / f"resnet_center_{settings.weights_mode}.npy")
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, center, allow_pickle=False)
-        print(f"written ResNet centre vector {target} (use it with NDID_RESNET_CENTER_FILE={target})")
+    target = args.whitening_output or str(Path(args.output or ".").with_suffix("") if args.output else
+                                          settings.resolved_model_dir / f"whitening_{whitening.version}")
+    target = whitening.save(str(target) + ".npz" if not str(target).endswith(".npz") else target)
+    print(f"written whitening {whitening.version} to {target} (with --output: use both via "
+          f"NDID_CALIBRATION_FILE and NDID_WHITENING_FILE={target})")
     if args.activate:
-        from .calibration_store import CalibrationStore
+        from .pipeline import Engine
+        from .refresh import switch_to
 
-        CalibrationStore(settings).activate(cal)
-        print(f"activated {cal.version} in s3://{settings.s3_bucket}/{settings.s3_calibration_prefix}")
+        engine = Engine(settings)  # the active calibration's index: re-indexed before the switch
+        try:
+            result = switch_to(settings, engine, cal, whitening)
+        finally:
+            engine.close()
+        print(f"activated {cal.version} (whitening {whitening.version}) in "
+              f"s3://{settings.s3_bucket}/{settings.s3_calibration_prefix}; index {result['collection']} "
+              f"({result['reindex']['rows']} rows copied from {result['previous_collection']})")
     return EXIT_OK
+
+
+def cmd_whitening(args) -> int:
+    from .pipeline import Engine
+
+    settings = load_settings()
+    _untrained_banner(settings)
+    engine = Engine(settings)
+    try:
+        if args.action == "status":
+            w = engine.resnet.whitening
+            print(json.dumps({"calibration": engine.calibration.version, "descriptor": settings.resnet_descriptor,
+                              "whitening": w.version if w else None, "dim": engine.resnet.dim,
+                              "whitening_fitted_on": w.fitted_on if w else None,
+                              "collection": engine.index.images, "rows": engine.index.count()}, indent=2))
+            return EXIT_OK
+        from .refresh import refresh_whitening
+
+        activate = not args.no_activate
+        if activate and not settings.s3_access_key:
+            print("ndid whitening fit: activation stores the whitening and calibration in S3 but no S3 "
+                  "credentials are set (run `ndid services up` or use --no-activate --output-dir DIR)",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        with _progress(args.sample_images, "augmenting") as bar:
+            result = refresh_whitening(settings, engine, sample_images=args.sample_images, copies=args.copies,
+                                       corpus_sample=args.corpus_sample, seed=args.seed, activate=activate,
+                                       progress=bar.update)
+        cal, whitening = result.pop("_calibration", None), result.pop("_whitening", None)
+        if args.output_dir and cal is not None:
+            out = Path(args.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"calibration_{cal.version}.json").write_text(cal.to_json() + "\n")
+            whitening.save(out / f"whitening_{whitening.version}.npz")
+            result["files"] = [str(out / f"calibration_{cal.version}.json"), str(out / f"whitening_{whitening.version}.npz")]
+        print(json.dumps(result, indent=2, default=str))
+        return EXIT_OK if result["status"] != "skipped" else EXIT_NO_MATCH
+    finally:
+        engine.close()
 
 
 def cmd_models(args) -> int:
@@ -200,7 +245,8 @@ def cmd_bench(args) -> int:
                                           max_originals=args.max_originals, max_distractors=args.max_distractors)
         print(json.dumps(report, indent=2))
         return EXIT_OK
-    report = benchmark.run_benchmark(settings, args.folder, args.out, methods=args.methods)
+    report = benchmark.run_benchmark(settings, args.folder, args.out, methods=args.methods,
+                                     fit_whitening=args.fit_whitening)
     print(Path(report["markdown"]).read_text())
     return EXIT_OK
 
@@ -238,8 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--version", default="")
     s.add_argument("--output", help="write the calibration JSON here")
     s.add_argument("--activate", action="store_true", help="store in S3 and make it the active version")
-    s.add_argument("--center-output", help="where to write the fitted ResNet centre vector (.npy)")
+    s.add_argument("--whitening-output", help="where to write the fitted descriptor whitening (.npz)")
     s.set_defaults(func=cmd_calibrate)
+
+    s = sub.add_parser("whitening", help="descriptor whitening: status, or fit on the index + re-index + switch")
+    s.add_argument("action", choices=["status", "fit"])
+    s.add_argument("--sample-images", type=int, default=150, help="indexed images decoded for attacked copies")
+    s.add_argument("--copies", type=int, default=3, help="attacked copies per sampled image")
+    s.add_argument("--corpus-sample", type=int, default=20_000, help="raw descriptors sampled from the index")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-activate", action="store_true",
+                   help="fit and re-index but do not switch (write files with --output-dir)")
+    s.add_argument("--output-dir", help="also write the calibration JSON and whitening NPZ here")
+    s.set_defaults(func=cmd_whitening)
 
     s = sub.add_parser("models", help="pretrained weights: status, fetch (needs a network), import FILE")
     s.add_argument("action", choices=["status", "fetch", "import"])
@@ -261,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("folder")
     r.add_argument("--out", default="bench_out")
     r.add_argument("--methods", default="all", help="comma-separated subset of methods, or all")
+    r.add_argument("--fit-whitening", action="store_true",
+                   help="after indexing refs, fit whitening + calibration on them (as `ndid whitening fit` "
+                        "does on a real index) and answer the queries with those")
     s.set_defaults(func=cmd_bench)
     return p
 
@@ -273,10 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     from .config import SettingsError
     from .services import ServiceError
     from .weights import MissingWeightsError, WeightsVerificationError
+    from .whitening import WhiteningError
 
     try:
         return args.func(args)
-    except (SettingsError, MissingWeightsError, WeightsVerificationError, CalibrationError) as exc:
+    except (SettingsError, MissingWeightsError, WeightsVerificationError, CalibrationError, WhiteningError) as exc:
         print(f"ndid: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except ServiceError as exc:

@@ -16,6 +16,8 @@ from typing import Any, Mapping
 ENV_PREFIX = "NDID_"
 WEIGHTS_MODES = ("pretrained", "random")
 PRECISIONS = ("auto", "fp32", "bf16")
+RESNET_LAYERS = ("layer3", "layer4")
+RESNET_INPUTS = ("squash", "center_crop")
 
 
 class SettingsError(ValueError):
@@ -58,8 +60,14 @@ class Settings:
     precision: str = "auto"  # auto: bf16 where the CPU has native bf16 (AMX/AVX512-BF16), else fp32
     torch_compile: bool = False
     torch_threads: int = 0  # 0: torch default
-    resnet_centering: bool = True  # subtract the corpus mean before normalising (shipped for random weights)
-    resnet_center_file: str = ""  # .npy mean vector; empty: the packaged one for the weights mode, if any
+    # ResNet-50 descriptor: GeM pooling of one stage's feature map, on the whole image squashed to 224x224
+    resnet_layer: str = "layer3"  # layer3 (1024-d, better for crops, skips layer4) or layer4 (2048-d)
+    resnet_gem_p: float = 3.0  # GeM exponent; 1 = average pooling
+    resnet_flip_symmetric: bool = False  # average the descriptor of the image and its mirror (2x forward)
+    resnet_input: str = "squash"  # squash (whole image, 224x224) or center_crop (short side 224, centre square)
+    whitening_dim: int = 256  # dimensions kept by `ndid whitening fit` (index vectors are this long)
+    whitening_file: str = ""  # local NPZ overriding the one the active calibration names
+    whitening_min_images: int = 1000  # the recalibration DAG fits a whitening on the index from this size
 
     # --- batching ---
     embed_batch_size: int = 32
@@ -105,8 +113,14 @@ class Settings:
             raise SettingsError(f"NDID_WEIGHTS_MODE must be one of {WEIGHTS_MODES}, not {self.weights_mode!r}")
         if self.precision not in PRECISIONS:
             raise SettingsError(f"NDID_PRECISION must be one of {PRECISIONS}, not {self.precision!r}")
+        if self.resnet_layer not in RESNET_LAYERS:
+            raise SettingsError(f"NDID_RESNET_LAYER must be one of {RESNET_LAYERS}, not {self.resnet_layer!r}")
+        if self.resnet_input not in RESNET_INPUTS:
+            raise SettingsError(f"NDID_RESNET_INPUT must be one of {RESNET_INPUTS}, not {self.resnet_input!r}")
+        if not self.resnet_gem_p >= 1:
+            raise SettingsError("NDID_RESNET_GEM_P must be >= 1 (1 = average pooling)")
         for name in ("embed_batch_size", "ingest_batch_size", "resnet_top_k", "milvus_hnsw_ef",
-                     "stage2_max_candidates"):
+                     "stage2_max_candidates", "whitening_dim"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"NDID_{name.upper()} must be >= 1")
         if not 0 <= self.phash_radius <= 64:
@@ -135,11 +149,20 @@ class Settings:
         return Path(self.model_dir) if self.model_dir else Path(self.state_dir) / "models"
 
     @property
-    def images_collection(self) -> str:
-        # vectors of random and pretrained encoders (and of other descriptor post-processing) are
-        # incomparable: never share a collection
-        suffix = "_centered" if self.resnet_centering else ""
-        return f"{self.milvus_collection_prefix}_images_{self.weights_mode}{suffix}"
+    def resnet_descriptor(self) -> str:
+        """Names the raw descriptor; a whitening is only valid for the descriptor it was fitted on."""
+        flip = "-flip" if self.resnet_flip_symmetric else ""
+        return f"resnet50-{self.resnet_layer}-gem{self.resnet_gem_p:g}-{self.resnet_input}224{flip}"
+
+    @property
+    def images_alias(self) -> str:
+        """Stable Milvus alias of the active images collection (for tools and people)."""
+        return f"{self.milvus_collection_prefix}_images_{self.weights_mode}"
+
+    def images_collection(self, whitening_version: str) -> str:
+        # vectors of random and pretrained encoders, or whitened differently, are incomparable:
+        # never share a collection
+        return f"{self.images_alias}_{whitening_version.replace('-', '_')}"
 
     @property
     def clip_collection(self) -> str:

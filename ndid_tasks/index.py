@@ -53,6 +53,7 @@ class IndexedImage:
     matched_id: str = ""
     original_id: str = ""
     run_id: str = ""
+    raw: np.ndarray | None = None  # the un-whitened descriptor, kept so the index can be re-whitened
     extra: dict[str, Any] = field(default_factory=dict)
 
     def row(self, weights_mode: str) -> dict[str, Any]:
@@ -62,7 +63,8 @@ class IndexedImage:
                 "decision": self.decision, "matched_id": self.matched_id, "original_id": self.original_id,
                 "run_id": self.run_id, "weights_mode": weights_mode,
                 "phash": np.asarray(self.phash, dtype=np.float32).tolist(),
-                "resnet": np.asarray(self.resnet, dtype=np.float32).tolist()}
+                "resnet": np.asarray(self.resnet, dtype=np.float32).tolist(),
+                "resnet_raw": [] if self.raw is None else np.asarray(self.raw, dtype=np.float32).tolist()}
 
 
 @dataclass
@@ -91,11 +93,18 @@ def ids_filter(ids: Iterable[str]) -> str:
     return "id in [" + ", ".join(_quote(i) for i in ids) + "]"
 
 
+MAX_RAW_DIM = 2048
+
+
 class ImageIndex:
-    def __init__(self, settings: Settings, client: MilvusClient | None = None) -> None:
+    """``images`` is the versioned collection (see :meth:`Settings.images_collection`);
+    ``resnet_dim`` the length of the (whitened) ResNet vectors it holds."""
+
+    def __init__(self, settings: Settings, images: str, resnet_dim: int, client: MilvusClient | None = None) -> None:
         self.settings = settings
         self.uri = settings.resolved_milvus_uri
-        self.images = settings.images_collection
+        self.images = images
+        self.resnet_dim = resnet_dim
         self.clip = settings.clip_collection
         if client is None:
             # pymilvus' 10 s keepalive pings get long calls dropped ("too_many_pings"), for a
@@ -139,7 +148,9 @@ class ImageIndex:
             schema.add_field("run_id", DataType.VARCHAR, max_length=256)
             schema.add_field("weights_mode", DataType.VARCHAR, max_length=16)
             schema.add_field("phash", DataType.FLOAT_VECTOR, dim=64)
-            schema.add_field("resnet", DataType.FLOAT_VECTOR, dim=2048)
+            schema.add_field("resnet", DataType.FLOAT_VECTOR, dim=self.resnet_dim)
+            # not searched: the input of a future re-whitening (see ndid_tasks.whitening)
+            schema.add_field("resnet_raw", DataType.ARRAY, element_type=DataType.FLOAT, max_capacity=MAX_RAW_DIM)
             params = self.client.prepare_index_params()
             # 0/1 floats with L2: squared distance == Hamming distance, and range search works
             params.add_index(field_name="phash", index_type="FLAT", metric_type="L2")
@@ -210,6 +221,31 @@ class ImageIndex:
             for row in self.client.query(self.clip, filter=ids_filter(chunk), output_fields=["id", "clip"]):
                 out[row["id"]] = np.asarray(row["clip"], dtype=np.float32)
         return out
+
+    def iter_rows(self, fields: list[str], batch_size: int = 512, collection: str | None = None) -> Iterable[list[dict[str, Any]]]:
+        """Every row of a collection (default: this index's), in pages: the input of a re-index."""
+        it = self.client.query_iterator(collection or self.images, batch_size=batch_size, filter="",
+                                        output_fields=["id", *fields])
+        try:
+            while True:
+                page = it.next()
+                if not page:
+                    return
+                yield page
+        finally:
+            it.close()
+
+    def point_alias(self, alias: str) -> str | None:
+        """Make ``alias`` name this index's collection; returns the collection it named before."""
+        try:
+            before = self.client.describe_alias(alias).get("collection_name")
+        except Exception:  # noqa: BLE001 - pymilvus raises when the alias does not exist yet
+            before = None
+        if before is None:
+            self.client.create_alias(self.images, alias)
+        elif before != self.images:
+            self.client.alter_alias(self.images, alias)
+        return before
 
     def count(self) -> int:
         res = self.client.query(self.images, filter="", output_fields=["count(*)"])

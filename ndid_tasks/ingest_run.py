@@ -84,7 +84,7 @@ def embed(settings: Settings, engine: Engine, batch: dict[str, Any], run_id: str
 
 
 def index(settings: Settings, engine: Engine, staged: dict[str, Any], run_id: str) -> dict[str, Any]:
-    prepared = unpack_prepared(S3Store(settings).get_bytes(staged["staged_key"]))
+    prepared = unpack_prepared(S3Store(settings).get_bytes(staged["staged_key"]), engine.resnet)
     engine.index_prepared(prepared, run_id)
     log.info("index batch %d: upserted %d rows", staged["batch_no"], len(prepared.images) + len(prepared.errors))
     return staged
@@ -93,7 +93,7 @@ def index(settings: Settings, engine: Engine, staged: dict[str, Any], run_id: st
 def decide(settings: Settings, engine: Engine, staged: dict[str, Any], run_id: str, run_at: str,
            partition_date: str) -> dict[str, Any]:
     store = S3Store(settings)
-    prepared = unpack_prepared(store.get_bytes(staged["staged_key"]))
+    prepared = unpack_prepared(store.get_bytes(staged["staged_key"]), engine.resnet)
     t0 = time.perf_counter()
     records = engine.decide(prepared.images, run_id, run_at) + prepared.errors
     order = {im.id: n for n, im in enumerate(prepared.images)}

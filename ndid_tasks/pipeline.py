@@ -24,11 +24,11 @@ from .decide import DecisionRecord, Matcher
 from .images import ImageDecodeError, LoadedImage, load_image
 from .index import ImageIndex, IndexedImage
 from .signals import ClipSignal, GeometricSignal, PHashSignal, ResNetSignal
+from .whitening import Whitening, WhiteningError, load_whitening_file, packaged_whitening
 
 log = logging.getLogger(__name__)
 
-ERROR_RESNET = np.eye(1, 2048, 0, dtype=np.float32)[0]  # placeholder vector of error rows
-LOCAL_FEATURE_CACHE = 4096  # images whose SIFT features stay in memory
+LOCAL_FEATURE_CACHE = 2048  # images whose SIFT features stay in memory (~130 KB each as uint8)
 SEARCH_BATCH = 64  # query vectors per Milvus search call
 
 
@@ -83,10 +83,12 @@ class Engine:
     """Signals, index and calibration for one process; heavy parts are built on first use."""
 
     def __init__(self, settings: Settings, calibration: Calibration | None = None,
-                 index: ImageIndex | None = None) -> None:
+                 index: ImageIndex | None = None, whitening: Whitening | None = None) -> None:
+        """``calibration`` and ``whitening`` given together replace the active ones (benchmarks, tests)."""
         self.settings = settings
+        self._whitening = whitening
         self.phash = PHashSignal()
-        self.resnet = ResNetSignal(settings)
+        self._resnet: ResNetSignal | None = None
         self.clip = ClipSignal(settings)
         self.geometry = GeometricSignal()
         self._local: dict[str, Any] = {}
@@ -99,9 +101,31 @@ class Engine:
 
     # ---------------------------------------------------------------- parts
     @property
+    def resnet(self) -> ResNetSignal:
+        """The ResNet signal with the whitening that the active calibration names."""
+        if self._resnet is None:
+            whitening = self._whitening or resolve_whitening(self.settings, self.calibration)
+            if self._whitening is not None and whitening.version != self.calibration.whitening_version:
+                raise WhiteningError(f"whitening {whitening.version} given with calibration "
+                                     f"{self.calibration.version}, which was fitted with {self.calibration.whitening_version}")
+            self._resnet = ResNetSignal(self.settings, whitening=whitening)
+        return self._resnet
+
+    @property
+    def index_version(self) -> str:
+        """What the images collection is named after: the whitening (or the raw descriptor)."""
+        w = self.resnet.whitening
+        if w is not None:
+            return w.version
+        import hashlib
+
+        return "raw-" + hashlib.sha256(self.settings.resnet_descriptor.encode()).hexdigest()[:8]
+
+    @property
     def index(self) -> ImageIndex:
         if self._index is None:
-            self._index = ImageIndex(self.settings)
+            self._index = ImageIndex(self.settings, self.settings.images_collection(self.index_version),
+                                     self.resnet.dim)
         return self._index
 
     @property
@@ -167,12 +191,13 @@ class Engine:
         pics = [im for _, im in loaded]
         phashes = self.phash.compute(pics)
         t2 = time.perf_counter()
-        embeddings = self.resnet.compute(pics)
+        raw = self.resnet.compute_raw(pics)
+        embeddings = self.resnet.whiten(raw)
         t3 = time.perf_counter()
         self.timings.update({"decode_s": t1 - t0, "phash_s": t2 - t1, "resnet_s": t3 - t2})
         images = [IndexedImage(id=item.id, sha256=im.sha256, source=item.source, width=im.width,
                                height=im.height, num_bytes=im.num_bytes, created_at=item.created_at_ms,
-                               phash=phashes[i], resnet=embeddings[i])
+                               phash=phashes[i], resnet=embeddings[i], raw=raw[i])
                   for i, (item, im) in enumerate(loaded)]
         return Prepared(images, errors, {im.image_id: im for im in pics})
 
@@ -190,7 +215,8 @@ class Engine:
         for err in prepared.errors:
             created = int(datetime.fromisoformat(err.created_at).timestamp() * 1000)
             rows.append(IndexedImage(id=err.id, sha256="", source=err.source, width=0, height=0, num_bytes=0,
-                                     created_at=created, phash=np.zeros(64, np.float32), resnet=ERROR_RESNET,
+                                     created_at=created, phash=np.zeros(64, np.float32),
+                                     resnet=np.eye(1, self.resnet.dim, 0, dtype=np.float32)[0],  # placeholder
                                      decision="error", run_id=run_id, matched_id="", original_id=""))
         self.index.upsert(rows, now_ms)
         self._loaded.update(prepared.loaded)
@@ -281,10 +307,18 @@ class Engine:
         if query_id not in clip or query_id not in local:
             return {}
         t0 = time.perf_counter()
+        mirror: list[Any] = []
+
+        def query_mirror():  # the mirrored query, computed at most once and only for weak pairs
+            if not mirror:
+                pic = self.pictures([query_id]).get(query_id)
+                mirror.append(self.geometry.compute([pic], mirror=True)[0] if pic else local[query_id])
+            return mirror[0]
+
         out = {}
         for cid in candidate_ids:
             if cid in clip and cid in local:
-                inliers = self.geometry.compare(local[query_id], local[cid])
+                inliers = self.geometry.verify(local[query_id], local[cid], query_mirror)
                 out[cid] = {"clip_cosine": float(np.dot(clip[query_id], clip[cid])),
                             "log_inliers": float(np.log1p(inliers))}
         self.timings["geometry_s"] += time.perf_counter() - t0
@@ -344,6 +378,32 @@ def _is_client_error(exc: Exception) -> bool:
         "404", "NoSuchKey", "403", "AccessDenied", "InvalidObjectState")
 
 
+def resolve_whitening(settings: Settings, calibration: Calibration) -> Whitening | None:
+    """The whitening the calibration was fitted with: NDID_WHITENING_FILE, else the packaged one,
+    else the one stored beside the calibrations in S3. None for a calibration without whitening."""
+    wanted = calibration.whitening_version
+    if settings.whitening_file:
+        w = load_whitening_file(settings.whitening_file)
+        if wanted and w.version != wanted:
+            raise WhiteningError(f"NDID_WHITENING_FILE holds whitening {w.version} but calibration "
+                                 f"{calibration.version} was fitted with {wanted}; use both from one "
+                                 f"`ndid whitening fit` run")
+        return w
+    if not wanted:
+        return None
+    shipped = packaged_whitening(settings.weights_mode)
+    if shipped is not None and shipped.version == wanted:
+        return shipped
+    if settings.s3_access_key:
+        from .calibration_store import CalibrationStore
+
+        stored = CalibrationStore(settings).whitening(wanted)
+        if stored is not None:
+            return stored
+    raise WhiteningError(f"calibration {calibration.version} needs whitening {wanted}, which is neither packaged "
+                         f"nor in S3 ({settings.s3_calibration_prefix}whitening/); set NDID_WHITENING_FILE")
+
+
 def resolve_calibration(settings: Settings) -> Calibration:
     """NDID_CALIBRATION_FILE, else the active calibration in S3 (if reachable), else the shipped one."""
     if settings.calibration_file:
@@ -392,13 +452,17 @@ def pack_prepared(prepared: Prepared) -> bytes:
     np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
              errors=np.frombuffer(json.dumps([e.to_dict() for e in prepared.errors]).encode(), dtype=np.uint8),
              phash=np.array([im.phash for im in prepared.images], dtype=np.float32).reshape(-1, 64),
-             resnet=np.array([im.resnet for im in prepared.images], dtype=np.float32).reshape(-1, 2048))
+             raw=np.array([im.raw for im in prepared.images], dtype=np.float32).reshape(len(prepared.images), -1))
     return buf.getvalue()
 
 
-def unpack_prepared(data: bytes) -> Prepared:
+def unpack_prepared(data: bytes, resnet: ResNetSignal) -> Prepared:
+    """Staged signals back; the raw descriptors are whitened here, by the consumer's whitening, so a
+    whitening switch between the embed and the index task cannot mix vector spaces."""
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         meta = json.loads(npz["meta"].tobytes())
         errors = [DecisionRecord(**e) for e in json.loads(npz["errors"].tobytes())]
-        images = [IndexedImage(**m, phash=npz["phash"][i], resnet=npz["resnet"][i]) for i, m in enumerate(meta)]
+        raw = npz["raw"]
+        whitened = resnet.whiten(raw) if len(meta) else raw
+        images = [IndexedImage(**m, phash=npz["phash"][i], resnet=whitened[i], raw=raw[i]) for i, m in enumerate(meta)]
     return Prepared(images, errors)

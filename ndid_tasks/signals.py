@@ -2,7 +2,7 @@
 
     exact   sha256 of the bytes             compare -> 1.0 if identical else 0.0
     phash   64-bit perceptual hash          compare -> Hamming distance (0..64)
-    resnet  ResNet-50 pooled 2048-d, L2=1   compare -> cosine similarity
+    resnet  ResNet-50 GeM, whitened, L2=1   compare -> cosine similarity
     clip    open_clip ViT-B-32 512-d, L2=1  compare -> cosine similarity
 
 New signals (PDQ, local features, ...) plug in by subclassing :class:`Signal`.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import imagehash
 import numpy as np
@@ -55,7 +55,7 @@ class PHashSignal(Signal):
     def compute(self, images: Sequence[LoadedImage]) -> np.ndarray:
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         for i, im in enumerate(images):
-            out[i] = imagehash.phash(im.image, hash_size=8).hash.flatten()
+            out[i] = imagehash.phash(im.content, hash_size=8).hash.flatten()
         return out
 
     def compare(self, a: np.ndarray, b: np.ndarray) -> float:
@@ -117,7 +117,7 @@ class TorchEmbeddingSignal(Signal):
 
         batch = []
         for im in images:
-            t = F.pil_to_tensor(im.image)
+            t = F.pil_to_tensor(im.content)
             t = F.resize(t, [self.input_size], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
             t = F.center_crop(t, [self.input_size, self.input_size])
             batch.append(t)
@@ -145,67 +145,99 @@ class TorchEmbeddingSignal(Signal):
 
 
 class ResNetSignal(TorchEmbeddingSignal):
-    """Pooled ResNet-50, optionally centred on the corpus mean before L2 normalisation.
+    """ResNet-50 descriptor: GeM pooling of a stage's feature map (layer3 by default), then whitening.
 
-    Centring removes the component that every image shares (with random weights it makes all
-    cosines ~0.99); the mean is data (``.npy``), fitted by ``ndid calibrate --bootstrap``.
+    ``compute_raw`` gives the L2-normalised pooled descriptor (what the index keeps for re-whitening);
+    ``compute`` applies the :class:`~ndid_tasks.whitening.Whitening` (PCA, ``dim`` axes) when one is
+    set. layer3 + GeM on the whole (squashed) image keeps the spatial detail that crops share with
+    their original; with layer3 the network stops there, so layer4 costs nothing.
     """
 
-    name, dim = "resnet", 2048
+    name = "resnet"
 
-    def __init__(self, settings: Settings, precision: str | None = None, center: np.ndarray | None = None) -> None:
+    def __init__(self, settings: Settings, precision: str | None = None, whitening=None) -> None:
         super().__init__(settings, precision)
-        self._center = center
+        self.whitening = whitening
+        if whitening is not None and whitening.descriptor != settings.resnet_descriptor:
+            from .whitening import WhiteningError
+
+            raise WhiteningError(f"whitening {whitening.version} was fitted on {whitening.descriptor} descriptors "
+                                 f"but the settings give {settings.resnet_descriptor}; fit a new one with "
+                                 f"`ndid whitening fit`")
 
     @property
-    def center(self) -> np.ndarray | None:
-        if self._center is None and self.settings.resnet_centering:
-            self._center = load_center(self.settings)
-        return self._center
+    def raw_dim(self) -> int:
+        return 1024 if self.settings.resnet_layer == "layer3" else 2048
+
+    @property
+    def dim(self) -> int:  # type: ignore[override]
+        return self.whitening.dim if self.whitening is not None else self.raw_dim
 
     def _build(self):
         from .weights import build_resnet50
 
-        return build_resnet50(self.settings)
+        return PooledResNet(build_resnet50(self.settings), self.settings.resnet_layer, self.settings.resnet_gem_p)
+
+    def preprocess(self, images: Sequence[LoadedImage]):
+        if self.settings.resnet_input == "center_crop":
+            return super().preprocess(images)
+        import torch
+        from torchvision.transforms.v2 import functional as F
+
+        size = [self.input_size, self.input_size]
+        batch = [F.resize(F.pil_to_tensor(im.content), size, interpolation=F.InterpolationMode.BILINEAR, antialias=True)
+                 for im in images]
+        return F.normalize(torch.stack(batch).float().div_(255.0), list(self._mean), list(self._std))
 
     def compute(self, images: Sequence[LoadedImage]) -> np.ndarray:
-        return self.compute_from_raw(self.compute_raw(images))
+        return self.whiten(self.compute_raw(images))
 
-    def compute_from_raw(self, raw: np.ndarray) -> np.ndarray:
-        if self.center is None or not len(raw):
-            return raw
-        centred = raw - self.center[None, :]
-        return (centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    def whiten(self, raw: np.ndarray) -> np.ndarray:
+        if self.whitening is None:
+            return np.asarray(raw, dtype=np.float32)
+        if not len(raw):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.whitening.apply(raw)
 
     def compute_raw(self, images: Sequence[LoadedImage]) -> np.ndarray:
-        return super().compute(images)
+        raw = super().compute(images)
+        if self.settings.resnet_flip_symmetric and len(images):
+            import dataclasses
+
+            from PIL import Image
+
+            mirrored = [dataclasses.replace(im, image=im.content.transpose(Image.Transpose.FLIP_LEFT_RIGHT), box=None)
+                        for im in images]
+            raw = raw + super().compute(mirrored)
+            raw = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
+        return raw.astype(np.float32)
 
 
-def center_path(settings: Settings):
-    from importlib import resources
-    from pathlib import Path
+def _pooled_resnet_class():
+    import torch
 
-    if settings.resnet_center_file:
-        return Path(settings.resnet_center_file)
-    return resources.files("ndid_tasks").joinpath("data", f"resnet_center_{settings.weights_mode}.npy")
+    class _PooledResNet(torch.nn.Module):
+        """conv1 .. ``layer`` of a torchvision ResNet, then GeM pooling (computed in fp32)."""
+
+        def __init__(self, resnet, layer: str, p: float) -> None:
+            super().__init__()
+            stages = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"]
+            if layer == "layer4":
+                stages.append("layer4")
+            self.body = torch.nn.Sequential(*[getattr(resnet, s) for s in stages])
+            self.p = float(p)
+
+        def forward(self, x):
+            f = self.body(x).float()
+            if self.p == 1.0:
+                return f.mean(dim=(2, 3))
+            return f.clamp(min=1e-6).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+    return _PooledResNet
 
 
-def load_center(settings: Settings) -> np.ndarray:
-    """The mean vector for centring (.npy, loaded without pickle)."""
-    from .calibration import CalibrationError
-
-    path = center_path(settings)
-    try:
-        with path.open("rb") as fh:
-            center = np.load(fh, allow_pickle=False)
-    except FileNotFoundError as exc:
-        raise CalibrationError(
-            f"NDID_RESNET_CENTERING is on but there is no centre vector at {path}: fit one with "
-            f"`ndid calibrate --bootstrap DIR --center-output FILE` and set NDID_RESNET_CENTER_FILE, "
-            f"or set NDID_RESNET_CENTERING=false") from exc
-    if center.shape != (2048,):
-        raise ValueError(f"{path}: centre vector has shape {center.shape}, expected (2048,)")
-    return center.astype(np.float32)
+def PooledResNet(resnet, layer: str, p: float):  # noqa: N802 - builds a torch module lazily (torch import)
+    return _pooled_resnet_class()(resnet, layer, p)
 
 
 class ClipSignal(TorchEmbeddingSignal):
@@ -232,46 +264,62 @@ def precision_agreement(signal_cls: type[TorchEmbeddingSignal], settings: Settin
 
 
 class LocalFeatures:
-    """SIFT keypoints of an image and of its mirror (flipped copies must verify too)."""
+    """SIFT keypoints of an image; descriptors as uint8 (SIFT's values are 0..255 integers, so this
+    is lossless and 4x smaller than OpenCV's float32)."""
 
-    __slots__ = ("points", "descriptors", "mirror_points", "mirror_descriptors")
+    __slots__ = ("points", "descriptors")
 
-    def __init__(self, points, descriptors, mirror_points, mirror_descriptors) -> None:
-        self.points, self.descriptors = points, descriptors
-        self.mirror_points, self.mirror_descriptors = mirror_points, mirror_descriptors
+    def __init__(self, points: np.ndarray, descriptors: np.ndarray | None) -> None:
+        self.points = points
+        self.descriptors = None if descriptors is None else np.clip(np.rint(descriptors), 0, 255).astype(np.uint8)
+
+    @property
+    def nbytes(self) -> int:
+        return self.points.nbytes + (0 if self.descriptors is None else self.descriptors.nbytes)
 
 
 class GeometricSignal(Signal):
     """Geometric verification: SIFT, ratio test, one-to-one matches, RANSAC homography inliers.
 
-    ``compare`` returns the number of *distinct* inlier points (best of direct and mirrored):
-    repeated matches onto blank backgrounds cannot inflate it, and no scale limit is imposed, so
-    thumbnails verify. Expensive (~0.1 s an image), hence only run for ambiguous pairs.
+    ``compare`` returns the number of *distinct* inlier points: repeated matches onto blank
+    backgrounds cannot inflate it, and no scale limit is imposed, so thumbnails verify. Mirrored
+    copies: :meth:`compute` with ``mirror=True`` gives the features of the mirrored image, which the
+    caller compares too -- only for the query, and only when the direct match is weak.
+    Expensive (~0.05 s an image), hence only run for ambiguous pairs.
     """
 
     name, dim = "geometry", 0
     ratio = 0.8
     ransac_px = 5.0
+    verified = 12  # distinct inliers above which a pair is geometrically verified (unrelated: <= 6)
 
     def __init__(self, max_features: int = 1000) -> None:
         self.max_features = max_features
 
-    def compute(self, images: Sequence[LoadedImage]) -> list[LocalFeatures]:
+    def compute(self, images: Sequence[LoadedImage], mirror: bool = False) -> list[LocalFeatures]:
         import cv2
 
         sift = cv2.SIFT_create(nfeatures=self.max_features)
         out = []
         for im in images:
             grey = np.asarray(im.image.convert("L"))
+            if mirror:
+                grey = np.ascontiguousarray(grey[:, ::-1])
             kp, desc = sift.detectAndCompute(grey, None)
-            mkp, mdesc = sift.detectAndCompute(np.ascontiguousarray(grey[:, ::-1]), None)
-            out.append(LocalFeatures(np.float32([k.pt for k in kp]).reshape(-1, 2), desc,
-                                     np.float32([k.pt for k in mkp]).reshape(-1, 2), mdesc))
+            out.append(LocalFeatures(np.float32([k.pt for k in kp]).reshape(-1, 2), desc))
         return out
 
     def compare(self, a: LocalFeatures, b: LocalFeatures) -> float:
-        return float(max(self._inliers(a.points, a.descriptors, b.points, b.descriptors),
-                         self._inliers(a.mirror_points, a.mirror_descriptors, b.points, b.descriptors)))
+        return float(self._inliers(a.points, a.descriptors, b.points, b.descriptors))
+
+    def verify(self, query: LocalFeatures, candidate: LocalFeatures,
+               query_mirror: Callable[[], LocalFeatures] | None = None) -> float:
+        """Distinct inliers of the query (or, when that is weak, of its mirror) on the candidate.
+        ``query_mirror`` is called at most once per weak pair; callers cache it per query."""
+        direct = self.compare(query, candidate)
+        if direct >= self.verified or query_mirror is None:
+            return direct
+        return max(direct, self.compare(query_mirror(), candidate))
 
     def _inliers(self, pa, da, pb, db) -> int:
         import cv2
@@ -280,7 +328,7 @@ class GeometricSignal(Signal):
             return 0
         matcher = cv2.BFMatcher(cv2.NORM_L2)
         best: dict[int, tuple[float, int]] = {}  # one-to-one: each b point keeps its best a point
-        for pair in matcher.knnMatch(da, db, k=2):
+        for pair in matcher.knnMatch(da.astype(np.float32), db.astype(np.float32), k=2):
             if len(pair) < 2:
                 continue
             m, n = pair

@@ -37,8 +37,12 @@ def test_derived_values():
     s = Settings(state_dir="/srv/ndid", weights_mode="random")
     assert s.resolved_milvus_uri == "/srv/ndid/milvus.db"
     assert s.resolved_model_dir == Path("/srv/ndid/models")
-    assert s.images_collection == "ndid_images_random_centered"  # never mixes encoders or descriptors
-    assert s.replace(resnet_centering=False).images_collection == "ndid_images_random"
+    # never mixes encoders or whitenings
+    assert s.images_collection("w256-0123456789") == "ndid_images_random_w256_0123456789"
+    assert s.images_alias == "ndid_images_random"
+    assert s.resnet_descriptor == "resnet50-layer3-gem3-squash224"
+    assert s.replace(resnet_layer="layer4", resnet_flip_symmetric=True).resnet_descriptor == \
+        "resnet50-layer4-gem3-squash224-flip"
     assert Settings(milvus_uri="http://milvus:19530").resolved_milvus_uri == "http://milvus:19530"
 
 

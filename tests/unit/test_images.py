@@ -103,3 +103,23 @@ def test_sha256_is_of_the_bytes():
 
     data = jpeg_bytes(make_noise_image(6))
     assert load_image(data, "x").sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_flat_borders_are_trimmed_for_descriptors(photos):
+    """A meme canvas with a caption is cut away; a plain photo keeps its whole frame."""
+    from ndid_tasks import augment
+    from ndid_tasks.images import content_box, load_image
+
+    photo = photos["chelsea"]
+    rng = np.random.default_rng(1)
+    meme = augment.attack_meme_border(photo, rng)
+    loaded = load_image(jpeg_bytes(meme, 90), "meme")
+    left, top, right, bottom = loaded.box
+    scale = loaded.image.width / meme.width
+    print(f"meme {meme.size} -> box {loaded.box} of {loaded.image.size}; photo {photo.size}")
+    assert abs((right - left) - photo.width * scale) <= 0.05 * loaded.image.width
+    assert abs((bottom - top) - photo.height * scale) <= 0.05 * loaded.image.height
+    assert loaded.content.size == (right - left, bottom - top)
+    plain = load_image(jpeg_bytes(photo), "plain")
+    assert plain.box == (0, 0, *plain.image.size) and plain.content is plain.image
+    assert content_box(photo.resize((10, 10))) == (0, 0, 10, 10)  # too small to judge

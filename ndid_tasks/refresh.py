@@ -1,0 +1,148 @@
+"""Whitening refresh: fit a whitening on the indexed corpus, re-index, recalibrate, switch atomically.
+
+    1. sample raw descriptors of the indexed corpus (kept in ``resnet_raw`` of every row)
+    2. decode a smaller sample and make attacked copies: the whitening learns how copies differ,
+       and the same synthetic pairs fit the calibration (never audited or benchmark labels)
+    3. copy every row into the collection named after the new whitening, vectors re-whitened from
+       ``resnet_raw``; decisions and all other fields are copied unchanged
+    4. store the whitening, then move the calibration's ``active.json`` (one S3 write): the next
+       task of any run reads the new calibration -> new whitening -> new collection
+
+Run it where nothing else writes the index (the recalibration DAG holds the ``ndid_milvus`` pool
+slot that ingest's index/decide tasks also need); the old collection is kept for rollback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .calibrate import bootstrap_features_from_images
+from .calibration import Calibration, fit_calibration
+from .config import Settings
+from .index import ImageIndex
+from .whitening import Whitening
+
+log = logging.getLogger(__name__)
+
+COPY_FIELDS = ["sha256", "source", "width", "height", "num_bytes", "created_at", "ingested_at", "decision",
+               "matched_id", "original_id", "run_id", "weights_mode", "phash", "resnet_raw"]
+
+
+def sample_corpus(index: ImageIndex, limit: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Ids and raw descriptors of up to ``limit`` searchable rows (uniform reservoir sample)."""
+    rng = np.random.default_rng(seed)
+    ids: list[str] = []
+    raws: list[np.ndarray] = []
+    seen = 0
+    for page in index.iter_rows(["decision", "resnet_raw"]):
+        for row in page:
+            if row["decision"] == "error" or not row.get("resnet_raw"):
+                continue
+            seen += 1
+            if len(ids) < limit:
+                ids.append(row["id"])
+                raws.append(np.asarray(row["resnet_raw"], np.float32))
+            else:
+                j = int(rng.integers(seen))
+                if j < limit:
+                    ids[j], raws[j] = row["id"], np.asarray(row["resnet_raw"], np.float32)
+    return ids, (np.stack(raws) if raws else np.zeros((0, 0), np.float32))
+
+
+def reindex(source: ImageIndex, target: ImageIndex, whitening: Whitening,
+            progress: Callable[[int], None] | None = None) -> dict[str, int]:
+    """Copy every row of ``source`` into ``target`` with the ResNet vector re-whitened from its raw
+    descriptor. Idempotent (upsert by id). Rows without a raw descriptor cannot be re-whitened:
+    they are copied as not searchable and counted, so a later run re-embeds them."""
+    counts = {"rows": 0, "rewhitened": 0, "errors": 0, "missing_raw": 0}
+    placeholder = np.eye(1, whitening.dim, 0, dtype=np.float32)[0].tolist()
+    for page in source.iter_rows(COPY_FIELDS):
+        rows = []
+        for row in page:
+            row = {k: row[k] for k in ["id", *COPY_FIELDS]}
+            raw = row.get("resnet_raw") or []
+            if row["decision"] == "error":
+                row["resnet"] = placeholder
+                counts["errors"] += 1
+            elif len(raw) == whitening.raw_dim:
+                row["resnet"] = whitening.apply(np.asarray(raw, np.float32))[0].tolist()
+                counts["rewhitened"] += 1
+            else:
+                row["resnet"], row["decision"] = placeholder, "error"
+                counts["missing_raw"] += 1
+            rows.append(row)
+        if rows:
+            target.client.upsert(target.images, rows)
+        counts["rows"] += len(rows)
+        if progress:
+            progress(len(rows))
+    return counts
+
+
+def switch_to(settings: Settings, engine, cal: Calibration, whitening: Whitening,
+              activate: bool = True) -> dict[str, Any]:
+    """Re-index the engine's current collection into ``whitening``'s, then (with ``activate``) store
+    the whitening and move the calibration's ``active.json`` -- the one atomic switch."""
+    from .calibration_store import CalibrationStore
+
+    current = engine.index
+    target = ImageIndex(settings, settings.images_collection(whitening.version), whitening.dim,
+                        client=current.client)
+    counts = reindex(current, target, whitening) if target.images != current.images else {"rows": 0}
+    out: dict[str, Any] = {"previous_collection": current.images, "collection": target.images, "reindex": counts,
+                           "status": "fitted"}
+    if activate:
+        store = CalibrationStore(settings)
+        store.save_whitening(whitening)  # first: the calibration that names it must always resolve
+        store.activate(cal)
+        target.point_alias(settings.images_alias)
+        out["status"] = "activated"
+    return out
+
+
+def refresh_due(settings: Settings, engine) -> tuple[bool, str]:
+    """A refresh pays once the index is big enough and the active whitening was not fitted on it,
+    or the index has doubled since that fit."""
+    rows = engine.index.count()
+    w = engine.resnet.whitening
+    fitted = (w.fitted_on if w is not None else {}) or {}
+    if rows < settings.whitening_min_images:
+        return False, f"{rows} indexed rows < NDID_WHITENING_MIN_IMAGES={settings.whitening_min_images}"
+    if fitted.get("source") != "index":
+        return True, f"whitening {w.version if w else 'none'} was not fitted on this index ({rows} rows)"
+    if rows >= 2 * int(fitted.get("index_rows", 0)):
+        return True, f"index grew to {rows} rows from {fitted.get('index_rows')} at the last fit"
+    return False, f"whitening {w.version} fitted when the index had {fitted.get('index_rows')} of now {rows} rows"
+
+
+def refresh_whitening(settings: Settings, engine, sample_images: int = 150, copies: int = 3,
+                      corpus_sample: int = 20_000, seed: int = 0, activate: bool = True,
+                      progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Fit a whitening + calibration on the current index and switch to them (see module doc)."""
+    t0 = time.perf_counter()
+    current = engine.index
+    ids, corpus_raw = sample_corpus(current, corpus_sample, seed)
+    if len(ids) < max(3, sample_images // 10):
+        return {"status": "skipped", "reason": f"only {len(ids)} indexed images", "indexed": len(ids)}
+    chosen = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))[:sample_images]]
+    pictures = engine.pictures(chosen)
+    originals = [pictures[i] for i in chosen if i in pictures]
+    feats, labels, summary, whitening = bootstrap_features_from_images(
+        settings, originals, copies=copies, seed=seed, progress=progress, corpus_raw=corpus_raw)
+    summary["source"] = "index"
+    whitening.fitted_on["index_rows"] = current.count()  # metadata only: not part of the version hash
+    cal: Calibration = fit_calibration(feats, labels, settings.weights_mode, training=summary, seed=seed,
+                                       whitening_version=whitening.version)
+    cal.version = f"index-{cal.version}-{whitening.version}"
+    result = {"status": "fitted", "whitening": whitening.version, "calibration": cal.version,
+              "corpus_descriptors": int(len(corpus_raw)), "bootstrap_images": len(originals),
+              "calibration_metrics": cal.metrics.get("gated", {})}
+    result.update(switch_to(settings, engine, cal, whitening, activate=activate))
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["_calibration"], result["_whitening"] = cal, whitening
+    log.info("whitening refresh: %s", {k: v for k, v in result.items() if not k.startswith("_")})
+    return result
