@@ -23,9 +23,9 @@ data interval (or the explicit `start`/`end` params), and for each one writes ex
 | `plan` | list the window, skip objects another run already decided (unless `reprocess`) | - |
 | `embed` | fetch, decode, pHash + ResNet-50 per batch; staged as NPZ under `{SETTINGS.s3_staging_prefix}` | mapped, parallel |
 | `index` | upsert into Milvus | mapped, pool `{MILVUS_POOL}` |
-| `decide` | candidates (pHash radius + ResNet top-K) -> logistic regression -> CLIP only when ambiguous | mapped, pool `{MILVUS_POOL}` |
+| `decide` | candidates (pHash radius + ResNet top-K) -> logistic regression -> geometric verification (+ CLIP if calibrated) only when ambiguous | mapped, pool `{MILVUS_POOL}` |
 | `tag` | S3 tags `ndid-duplicate-of`, `ndid-probability`, `ndid-decision-version` on duplicates | mapped |
-| `summarize` | counts per decision / stage / error, CLIP share, images/s (XCom + `_summary.json`) | - |
+| `summarize` | counts per decision / stage / error, stage-2 share, images/s (XCom + `_summary.json`) | - |
 
 **Outputs:** `s3://<bucket>/{SETTINGS.s3_decisions_prefix}date=YYYY-MM-DD/run=<run id>/batch-NNNNN.jsonl`
 (decision and error records) and `_summary.json` beside them. Retries overwrite, never duplicate.

@@ -21,7 +21,7 @@ a labelling tool emits the event through the Airflow API after writing a file).
 Labels are JSON Lines or CSV objects under `s3://{SETTINGS.s3_bucket}/{SETTINGS.s3_labels_prefix}` with
 `image_a, image_b, is_duplicate, auditor, labelled_at` (image ids as in the decision records).
 
-1. features for every labelled pair (pHash distance, ResNet cosine from Milvus; CLIP computed if missing);
+1. features for every labelled pair (pHash distance, ResNet cosine from Milvus; SIFT inliers and CLIP computed);
 2. both logistic regressions fitted on a training split;
 3. candidate vs the **active** calibration on the held-out labels (F1 and average precision);
 4. the candidate is stored under `{SETTINGS.s3_calibration_prefix}versions/`, the comparison under

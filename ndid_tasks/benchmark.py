@@ -36,7 +36,7 @@ from .pipeline import Engine, local_items
 
 log = logging.getLogger(__name__)
 
-METHODS = ("full", "phash_only", "resnet_only", "phash_resnet_lr", "always_clip",
+METHODS = ("full", "phash_only", "resnet_only", "phash_resnet_lr", "always_stage2",
            "peer_imagehash_phash", "peer_imagehash_dhash", "peer_pdq")
 
 
@@ -110,7 +110,7 @@ def read_ground_truth(folder: Path) -> list[dict[str, str]]:
 class QueryResult:
     predictions: dict[str, Prediction]
     candidate_hit: bool
-    clip_invoked: bool
+    stage2_invoked: bool
 
 
 def _hamming_nn(q: np.ndarray, refs: np.ndarray) -> tuple[int, float]:
@@ -162,7 +162,7 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
         items = local_items([folder / "refs"])
         rss0 = _peak_rss_mb()
         t0 = time.perf_counter()
-        engine.ingest(items, run_id="bench", run_at="bench")
+        ingest_records = engine.ingest(items, run_id="bench", run_at="bench")
         ingest_s = time.perf_counter() - t0
         loaded_refs = []
         for item in items:
@@ -173,6 +173,9 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
         ref_ids = [p.image_id for p in loaded_refs]
         ref_name = {i.id: Path(i.source).name for i in items}
         report["speed"] = _speed(settings, engine, loaded_refs, ingest_s, len(items), rss0)
+        from .pipeline import summarize
+
+        report["speed"]["stage2_share_at_ingest"] = round(summarize(ingest_records)["stage2_share"], 3)
         if fit_whitening:  # the corpus-specific whitening + calibration, as `ndid whitening fit` makes them
             from .refresh import refresh_whitening
 
@@ -211,7 +214,7 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
                     path.name, pic, ph[k], rn[k], dh[k], pdq[k] if pdq else None, matcher, cal, engine,
                     ref_ids, ref_name, ref_phash, ref_resnet, ref_dhash, ref_pdq, truth, wanted)
                 latencies.append(time.perf_counter() - t_q + sig_per_image)
-                engine._loaded.pop(pic.image_id, None)
+                engine.forget([pic.image_id])
             if progress:
                 progress(len(batch_files))
         report["query_latency_ms"] = {"p50": round(1000 * float(np.percentile(latencies, 50)), 1),
@@ -226,7 +229,7 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
                 "max_score": {m: round(max(results[q].predictions[m].score for q in hard), 4)
                               for m in wanted if all(m in results[q].predictions for q in hard)}}
         positives = [q for q in results if truth[q]]
-        report["clip_share_of_queries"] = sum(results[q].clip_invoked for q in results) / max(len(results), 1)
+        report["stage2_share_of_queries"] = sum(results[q].stage2_invoked for q in results) / max(len(results), 1)
         report["candidate_recall"] = {
             fam: sum(results[q].candidate_hit for q in positives if family[q] == fam) /
             max(1, sum(1 for q in positives if family[q] == fam))
@@ -246,14 +249,14 @@ def _evaluate_query(qname, pic, phash, resnet, dhash, pdq, matcher: Matcher, cal
                          num_bytes=pic.num_bytes, created_at=0, phash=phash, resnet=resnet)
     cands = matcher.candidates(image, before=False)
     hit = bool(truth[qname]) and any(ref_name.get(c) == truth[qname] for c in cands)
-    clip_invoked = False
+    stage2_invoked = False
     if "full" in wanted:
-        before = matcher.clip_pairs
+        before = matcher.stage2_pairs
         scores = matcher.score(image, cands)
-        clip_invoked = matcher.clip_pairs > before
+        stage2_invoked = matcher.stage2_pairs > before
         preds["full"] = Prediction(qname, ref_name[scores[0].candidate_id], scores[0].probability) if scores \
             else Prediction(qname, "", 0.0)
-    if cands and ("phash_resnet_lr" in wanted or "always_clip" in wanted):
+    if cands and ("phash_resnet_lr" in wanted or "always_stage2" in wanted):
         rows = engine.index.get_rows(cands, ["phash", "resnet"])
         feats = {c: {"phash_distance": float(np.count_nonzero(phash != np.asarray(rows[c]["phash"]))) / 64.0,
                      "resnet_cosine": float(np.dot(resnet, np.asarray(rows[c]["resnet"], np.float32)))}
@@ -261,13 +264,13 @@ def _evaluate_query(qname, pic, phash, resnet, dhash, pdq, matcher: Matcher, cal
         if "phash_resnet_lr" in wanted:
             best = max(feats, key=lambda c: cal.stage1.probability(feats[c]))
             preds["phash_resnet_lr"] = Prediction(qname, ref_name[best], cal.stage1.probability(feats[best]))
-        if "always_clip" in wanted:
+        if "always_stage2" in wanted:
             extra = engine.stage2_features(pic.image_id, list(feats))
             for c in feats:
                 feats[c].update(extra.get(c, {"clip_cosine": 0.0, "log_inliers": 0.0}))
             best = max(feats, key=lambda c: cal.stage2.probability(feats[c]))
-            preds["always_clip"] = Prediction(qname, ref_name[best], cal.stage2.probability(feats[best]))
-    for m in ("phash_resnet_lr", "always_clip"):
+            preds["always_stage2"] = Prediction(qname, ref_name[best], cal.stage2.probability(feats[best]))
+    for m in ("phash_resnet_lr", "always_stage2"):
         if m in wanted and m not in preds:
             preds[m] = Prediction(qname, "", 0.0)
     if "phash_only" in wanted or "peer_imagehash_phash" in wanted:
@@ -285,7 +288,7 @@ def _evaluate_query(qname, pic, phash, resnet, dhash, pdq, matcher: Matcher, cal
         d = np.min(np.stack([np.count_nonzero(ref_pdq != v[None, :], axis=1) for v in pdq]), axis=0)
         i = int(np.argmin(d))
         preds["peer_pdq"] = Prediction(qname, ref_name[ref_ids[i]], -float(d[i]))
-    return QueryResult(preds, hit, clip_invoked)
+    return QueryResult(preds, hit, stage2_invoked)
 
 
 def _accuracy(results: dict[str, QueryResult], truth, family, wanted) -> dict[str, Any]:
@@ -414,13 +417,14 @@ def markdown(r: dict[str, Any]) -> str:
                       f"(`--fit-whitening`): whitening {wr['whitening']}, calibration {wr['calibration']}, "
                       f"{wr['corpus_descriptors']} corpus descriptors + {wr['bootstrap_images']} images with attacked "
                       f"copies, re-indexed {wr['reindex'].get('rows')} rows in {wr['seconds']} s."]
-    lines += [f"CLIP invoked for {100 * r['clip_share_of_queries']:.1f} % of queries. Candidate recall per family: "
+    lines += [f"Stage 2 (verification, CLIP if calibrated) invoked for {100 * r['stage2_share_of_queries']:.1f} % of queries. Candidate recall per family: "
               + ", ".join(f"{k} {v:.3f}" for k, v in r["candidate_recall"].items()) + "."]
     s = r["speed"]
     lines += ["", "## Speed", "", "| figure | value |", "|---|---|",
               f"| end-to-end ingest (decode → signals → upsert → decide) | {s['ingest_images_per_s']} img/s |",
               f"| bare ResNet-50 forward ({s['precision']}, same images, same run) | {s['bare_resnet50_images_per_s']} img/s |",
               f"| ingest / bare model | **{s['ingest_to_bare_ratio']}** |",
+              f"| refs that reached stage 2 while being ingested | {100 * s.get('stage2_share_at_ingest', 0):.1f} % |",
               f"| query latency p50 / p95 | {r['query_latency_ms']['p50']} / {r['query_latency_ms']['p95']} ms |",
               f"| peak RSS | {s['peak_rss_mb']} MB |",
               f"| index: searched vector bytes / image (+ raw descriptor kept for re-whitening; disk bytes / image) "
@@ -464,3 +468,99 @@ def _plots(results, truth, family, out: Path, wanted, report) -> None:
     fig.tight_layout()
     fig.savefig(out / "families.png", dpi=110)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- descriptor ablation
+
+def descriptor_ablation(settings: Settings, folder: str | Path, out: str | Path,
+                        progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """The ResNet-50 descriptor levers alone (no pHash, no verification): input framing, layer,
+    GeM vs average pooling, flip symmetry, whitening. Nearest neighbour by cosine over refs; the
+    whitening is fitted on the refs and their mirrors (the indexed corpus), never on queries."""
+    import torch
+
+    from .signals import ResNetSignal
+    from .whitening import fit_whitening, l2_normalise
+
+    folder, out = Path(folder), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    gt = read_ground_truth(folder)
+    truth = {r["query"]: r["original"] for r in gt}
+    family = {r["query"]: r["family"] for r in gt}
+    ref_paths = sorted((folder / "refs").iterdir())
+    paths = ref_paths + [folder / "queries" / r["query"] for r in gt]
+    pics = [load_image(p.read_bytes(), p.name) for p in paths]
+    n_refs = len(ref_paths)
+    # pooled descriptors per (input, layer, p, mirrored): one forward pass per input and mirror
+    pooled: dict[tuple[str, str, float, bool], np.ndarray] = {}
+    from .weights import build_resnet50
+
+    layer4 = build_resnet50(settings).layer4.eval()  # the same (seeded or pretrained) weights
+    for framing in ("center_crop", "squash"):
+        signal = ResNetSignal(settings.replace(resnet_input=framing, resnet_layer="layer3"))
+        body = signal.model  # conv1 .. layer3
+        for mirrored in (False, True):
+            for start in range(0, len(pics), settings.embed_batch_size):
+                batch = pics[start:start + settings.embed_batch_size]
+                if mirrored:
+                    import dataclasses
+
+                    from PIL import Image as _Image
+                    batch = [dataclasses.replace(p, image=p.content.transpose(_Image.Transpose.FLIP_LEFT_RIGHT),
+                                                 box=None) for p in batch]
+                dtype = next(body.parameters()).dtype
+                with torch.inference_mode():
+                    f3 = body.body(signal.preprocess(batch).to(dtype).contiguous(memory_format=torch.channels_last))
+                    f4 = layer4(f3.float())
+                for layer, fmap in (("layer3", f3.float()), ("layer4", f4.float())):
+                    for p in (1.0, 3.0):
+                        v = (fmap.mean(dim=(2, 3)) if p == 1.0 else
+                             fmap.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1 / p)).numpy()
+                        pooled.setdefault((framing, layer, p, mirrored), []).append(v)  # type: ignore[arg-type]
+                if progress:
+                    progress(len(batch))
+    pooled = {k: np.concatenate(v) for k, v in pooled.items()}  # type: ignore[misc]
+    rows = []
+    ref_name = [p.name for p in ref_paths]
+    queries = [r["query"] for r in gt]
+    for framing, layer, p in [(f, layer, p) for f in ("center_crop", "squash") for layer in ("layer4", "layer3")
+                              for p in (1.0, 3.0)]:
+        for flip in (False, True):
+            raw = l2_normalise(pooled[(framing, layer, p, False)] + (pooled[(framing, layer, p, True)] if flip else 0))
+            for white in (0, 256):
+                if white:
+                    fit = np.concatenate([raw[:n_refs], l2_normalise(pooled[(framing, layer, p, True)][:n_refs]
+                                                                     + (pooled[(framing, layer, p, False)][:n_refs] if flip else 0))])
+                    w = fit_whitening(fit, "ablation", settings.weights_mode, dim=white)
+                    vec = w.apply(raw)
+                else:
+                    vec = raw
+                sims = vec[n_refs:] @ vec[:n_refs].T
+                best = np.argmax(sims, axis=1)
+                preds = [Prediction(q, ref_name[best[k]], float(sims[k, best[k]])) for k, q in enumerate(queries)]
+                top10 = np.argsort(-sims, axis=1)[:, :10]
+                row = {"input": framing, "layer": layer, "pooling": "avg" if p == 1.0 else f"gem{p:g}",
+                       "flip_symmetric": flip, "whitening": f"pca{white}" if white else "none",
+                       "dims": vec.shape[1], **_scores(preds, truth)}
+                for fam in sorted({family[q] for q in queries if truth[q]}):
+                    idx = [k for k, q in enumerate(queries) if family[q] == fam]
+                    row[f"{fam}_r1"] = round(float(np.mean([ref_name[best[k]] == truth[queries[k]] for k in idx])), 3)
+                    row[f"{fam}_candidates10"] = round(float(np.mean(
+                        [truth[queries[k]] in {ref_name[j] for j in top10[k]} for k in idx])), 3)
+                rows.append(row)
+    report = {"folder": str(folder), "weights_mode": settings.weights_mode, "untrained": settings.untrained,
+              "rows": rows, "machine": machine()}
+    (out / "descriptors.json").write_text(json.dumps(report, indent=2))
+    fams = sorted({family[q] for q in queries if truth[q]})
+    lines = [f"# ResNet-50 descriptor ablation — {'UNTRAINED (random weights)' if settings.untrained else 'pretrained'}",
+             "", "Nearest neighbour by cosine, descriptor alone (no pHash, no verification); whitening "
+                 "fitted on refs + their mirrors.", "",
+             "| input | layer | pooling | flip-sym | whitening | micro-AP | R@P99 | R@1 | " +
+             " | ".join(f"{f} R@1 / cand@10" for f in fams) + " |", "|---" * (8 + len(fams)) + "|"]
+    for r in rows:
+        lines.append(f"| {r['input']} | {r['layer']} | {r['pooling']} | {'yes' if r['flip_symmetric'] else 'no'} | "
+                     f"{r['whitening']} | {r['micro_ap']:.3f} | {r['recall_at_p99']:.3f} | {r['recall_at_1']:.3f} | "
+                     + " | ".join(f"{r[f + '_r1']:.2f} / {r[f + '_candidates10']:.2f}" for f in fams) + " |")
+    (out / "descriptors.md").write_text("\n".join(lines) + "\n")
+    report["markdown"] = str(out / "descriptors.md")
+    return report

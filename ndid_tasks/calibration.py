@@ -1,8 +1,9 @@
 """The decision model as data: two tiny logistic regressions, stored as versioned JSON.
 
 Stage 1 sees cheap features (pHash distance, ResNet cosine). Pairs whose stage-1 probability lies
-in the ambiguous band get CLIP similarity and geometric verification (log of 1 + distinct RANSAC
-inliers) and are decided by stage 2. Coefficients are kept in raw
+in the band -- from the lowest probability that is not confidently unrelated up to 1: stage 1
+rejects alone but never accepts alone -- get geometric verification (log of 1 + distinct RANSAC
+inliers) and, where it pays, CLIP similarity, and are decided by stage 2. Coefficients are kept in raw
 feature units so that ``coefficient x value`` is each feature's contribution to the log-odds.
 Nothing here is pickled: a calibration is a JSON document, validated on load.
 """
@@ -22,6 +23,8 @@ import numpy as np
 SCHEMA = "ndid.calibration/1"
 STAGE1_FEATURES = ("phash_distance", "resnet_cosine")
 STAGE2_FEATURES = ("phash_distance", "resnet_cosine", "clip_cosine", "log_inliers")
+OPTIONAL_STAGE2 = ("clip_cosine",)  # a calibration may leave these out when they do not pay (see fit)
+SELECTION_TOLERANCE = 0.002  # held-out AP a signal must add to be worth computing
 DEFAULT_BAND = (0.2, 0.8)
 
 
@@ -83,7 +86,7 @@ class Calibration:
             if d.get("schema") != SCHEMA:
                 raise CalibrationError(f"unknown calibration schema {d.get('schema')!r} (want {SCHEMA})")
             s1, s2 = Stage(**d["stage1"]), Stage(**d["stage2"])
-            if tuple(s1.features) != STAGE1_FEATURES or tuple(s2.features) != STAGE2_FEATURES:
+            if tuple(s1.features) != STAGE1_FEATURES or tuple(s2.features) not in _stage2_choices():
                 raise CalibrationError(f"calibration features {s1.features}/{s2.features} do not match "
                                        f"this engine's {STAGE1_FEATURES}/{STAGE2_FEATURES}")
             for stage in (s1, s2):
@@ -106,6 +109,10 @@ class Calibration:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
             raise CalibrationError(f"calibration is not JSON: {exc}") from exc
+
+
+def _stage2_choices() -> list[tuple[str, ...]]:
+    return [STAGE2_FEATURES, tuple(f for f in STAGE2_FEATURES if f not in OPTIONAL_STAGE2)]
 
 
 def default_calibration(weights_mode: str) -> Calibration:
@@ -186,7 +193,6 @@ def fit_calibration(features: dict[str, np.ndarray], labels: np.ndarray, weights
     """Fit both stages on a random split, measure on the held-out part, then refit on all data."""
     y = np.asarray(labels, dtype=int)
     x1 = np.column_stack([features[f] for f in STAGE1_FEATURES]).astype(np.float64)
-    x2 = np.column_stack([features[f] for f in STAGE2_FEATURES]).astype(np.float64)
     if len(np.unique(y)) < 2:
         raise CalibrationError("need both duplicate and non-duplicate pairs to calibrate")
     rng = np.random.default_rng([seed, 0x5EED])  # own stream: independent of how pairs were drawn
@@ -194,23 +200,27 @@ def fit_calibration(features: dict[str, np.ndarray], labels: np.ndarray, weights
     if len(np.unique(y[~test])) < 2 or len(np.unique(y[test])) < 2:
         test = np.zeros(len(y), dtype=bool)
     train = ~test
-    s1, s2 = _fit_stage(x1[train], y[train], STAGE1_FEATURES), _fit_stage(x2[train], y[train], STAGE2_FEATURES)
-    metrics: dict[str, Any] = {}
     eval_mask = test if test.any() else train
+    stage2_names, selection = _select_stage2(features, y, train, eval_mask)
+    x2 = np.column_stack([features[f] for f in stage2_names]).astype(np.float64)
+    s1, s2 = _fit_stage(x1[train], y[train], STAGE1_FEATURES), _fit_stage(x2[train], y[train], stage2_names)
+    metrics: dict[str, Any] = {"stage2_selection": selection}
     p1 = _probabilities(s1, x1[eval_mask])
-    band = choose_band(y[eval_mask], p1)
+    # stage 1 may reject on its own but never accept: every duplicate claim is verified, because
+    # same-scene photos get stage-1 probabilities as high as true copies (measured: 0.9998)
+    band = (choose_band(y[eval_mask], p1)[0], 1.0)
     p2 = _probabilities(s2, x2[eval_mask])
     in_band = (p1 >= band[0]) & (p1 <= band[1])
     combined = np.where(in_band, p2, p1)
     if threshold is None:
         threshold = choose_threshold(y[eval_mask], combined)
     if test.any():
-        metrics = {"heldout_pairs": int(test.sum()), "stage1": _binary_metrics(y[test], p1, threshold),
+        metrics = {**metrics, "heldout_pairs": int(test.sum()), "stage1": _binary_metrics(y[test], p1, threshold),
                    "stage2": _binary_metrics(y[test], p2, threshold),
                    "gated": _binary_metrics(y[test], combined, threshold),
-                   "clip_share_of_pairs": float(in_band.mean())}
+                   "stage2_share_of_pairs": float(in_band.mean())}
     # final model: all data
-    s1, s2 = _fit_stage(x1, y, STAGE1_FEATURES), _fit_stage(x2, y, STAGE2_FEATURES)
+    s1, s2 = _fit_stage(x1, y, STAGE1_FEATURES), _fit_stage(x2, y, stage2_names)
     now = datetime.now(timezone.utc)
     return Calibration(version=version or now.strftime("%Y%m%dT%H%M%SZ"), weights_mode=weights_mode,
                        stage1=s1, stage2=s2, band=band, threshold=threshold,
@@ -219,13 +229,31 @@ def fit_calibration(features: dict[str, np.ndarray], labels: np.ndarray, weights
                        created_at=now.isoformat(timespec="seconds"))
 
 
+def _select_stage2(features: dict[str, np.ndarray], y: np.ndarray, train: np.ndarray, held: np.ndarray
+                   ) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """Keep an optional stage-2 signal (CLIP) only if it adds held-out average precision: with
+    random weights it does not, and leaving it out saves a second network pass per ambiguous image."""
+    from sklearn.metrics import average_precision_score
+
+    full, lean = _stage2_choices()
+    if 0 in (y[held].sum(), (1 - y[held]).sum()):
+        return full, {"features": list(full), "reason": "held-out split lacks a class: kept all"}
+    ap = {}
+    for names in (full, lean):
+        x = np.column_stack([features[f] for f in names]).astype(np.float64)
+        ap[names] = float(average_precision_score(y[held], _probabilities(_fit_stage(x[train], y[train], names), x[held])))
+    keep = full if ap[full] > ap[lean] + SELECTION_TOLERANCE else lean
+    return keep, {"features": list(keep), "heldout_ap_with": round(ap[full], 4),
+                  "heldout_ap_without": round(ap[lean], 4), "dropped": [f for f in full if f not in keep]}
+
+
 def evaluate(cal: Calibration, features: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any]:
     """Gated (stage 1, then stage 2 inside the band) metrics of a calibration on labelled pairs."""
     y = np.asarray(labels, dtype=int)
     x1 = np.column_stack([features[f] for f in STAGE1_FEATURES]).astype(np.float64)
-    x2 = np.column_stack([features[f] for f in STAGE2_FEATURES]).astype(np.float64)
+    x2 = np.column_stack([features[f] for f in cal.stage2.features]).astype(np.float64)
     p1, p2 = _probabilities(cal.stage1, x1), _probabilities(cal.stage2, x2)
     in_band = (p1 >= cal.band[0]) & (p1 <= cal.band[1])
     out = _binary_metrics(y, np.where(in_band, p2, p1), cal.threshold)
-    out["clip_share_of_pairs"] = float(in_band.mean()) if len(y) else 0.0
+    out["stage2_share_of_pairs"] = float(in_band.mean()) if len(y) else 0.0
     return out

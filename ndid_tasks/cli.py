@@ -245,6 +245,13 @@ def cmd_bench(args) -> int:
                                           max_originals=args.max_originals, max_distractors=args.max_distractors)
         print(json.dumps(report, indent=2))
         return EXIT_OK
+    if args.action == "descriptors":
+        gt = benchmark.read_ground_truth(Path(args.folder))
+        total = 4 * (len(list((Path(args.folder) / "refs").iterdir())) + len(gt))
+        with _progress(total, "descriptors") as bar:
+            report = benchmark.descriptor_ablation(settings, args.folder, args.out, progress=bar.update)
+        print(Path(report["markdown"]).read_text())
+        return EXIT_OK
     report = benchmark.run_benchmark(settings, args.folder, args.out, methods=args.methods,
                                      fit_whitening=args.fit_whitening)
     print(Path(report["markdown"]).read_text())
@@ -321,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fit-whitening", action="store_true",
                    help="after indexing refs, fit whitening + calibration on them (as `ndid whitening fit` "
                         "does on a real index) and answer the queries with those")
+    d = bsub.add_parser("descriptors", help="ablation of the ResNet-50 descriptor levers alone")
+    d.add_argument("folder")
+    d.add_argument("--out", default="bench_out")
     s.set_defaults(func=cmd_bench)
     return p
 

@@ -3,7 +3,8 @@
     exact sha256 match ──▶ duplicate (stage "exact")
     else candidates = pHash range search (wide radius) ∪ ResNet top-K, all strictly earlier
          features per candidate ──▶ stage-1 LR ──▶ outside band: decided (stage "stage1")
-                                                └─ inside band: + CLIP cosine ──▶ stage-2 LR ("clip")
+                                                └─ inside band: + geometric verification
+                                                   (+ CLIP cosine if the calibration uses it) ──▶ stage-2 LR
     best candidate with probability >= threshold ──▶ duplicate of that candidate's original
 """
 
@@ -20,7 +21,7 @@ from .index import ImageIndex, IndexedImage
 
 log = logging.getLogger(__name__)
 
-RECORD_SCHEMA = "ndid.decision/1"
+RECORD_SCHEMA = "ndid.decision/2"  # /2: stage "clip" -> "stage2", clip_pairs -> stage2_pairs
 PHASH_CANDIDATES = 64  # most pHash neighbours taken from the radius search
 PHASH_BITS = 64.0
 
@@ -30,7 +31,7 @@ class PairScore:
     candidate_id: str
     features: dict[str, float]
     probability: float
-    stage: str  # "stage1" or "clip"
+    stage: str  # "stage1", "stage2" or "unverified" (in the band but beyond the verification cap)
     contributions: dict[str, float]
 
 
@@ -45,11 +46,11 @@ class DecisionRecord:
     original_id: str = ""
     matched_id: str = ""
     probability: float = 0.0
-    stage: str = ""  # exact | stage1 | clip | "" (unique with no candidates, or error)
+    stage: str = ""  # exact | stage1 | stage2 | unverified | "" (unique with no candidates, or error)
     features: dict[str, float] = field(default_factory=dict)
     contributions: dict[str, float] = field(default_factory=dict)
     candidates: int = 0
-    clip_pairs: int = 0  # pairs sent to stage 2 (CLIP + geometric verification); 0: CLIP not invoked
+    stage2_pairs: int = 0  # pairs sent to stage 2 (geometric verification, CLIP if calibrated); 0: none
     error_reason: str = ""
     error_message: str = ""
     calibration_version: str = ""
@@ -88,8 +89,17 @@ class Matcher:
         self.threshold = calibration.threshold if threshold is None else threshold
         self.band = calibration.band if band is None else band
         self.stage2_max = stage2_max
-        self.clip_pairs = 0
+        self.stage2_pairs = 0
         self.pairs = 0
+        self._rows: dict[str, dict[str, Any]] = {}  # candidate rows fetched ahead (see prefetch)
+        self._exact: dict[str, str | None] = {}
+
+    def prefetch(self, images: Sequence[IndexedImage], candidates: dict[str, list[str]]) -> None:
+        """Fetch the candidates' vectors and the exact-copy answers of many images in a few calls
+        (instead of two Milvus round trips per image)."""
+        ids = list(dict.fromkeys(c for im in images for c in candidates.get(im.id, [])))
+        self._rows = self.index.get_rows(ids, ["phash", "resnet"]) if ids else {}
+        self._exact = self.index.earliest_with_sha256_many(images)
 
     def candidates(self, image: IndexedImage, before: bool = True) -> list[str]:
         return self.candidates_many([image], before)[image.id]
@@ -116,10 +126,11 @@ class Matcher:
             out[im.id] = list(dict.fromkeys(ids))
         return out
 
-    def score(self, image: IndexedImage, candidate_ids: list[str]) -> list[PairScore]:
-        if not candidate_ids:
-            return []
-        rows = self.index.get_rows(candidate_ids, ["phash", "resnet"])
+    def _stage1(self, image: IndexedImage, candidate_ids: list[str]
+                ) -> tuple[list[PairScore], list[tuple[str, dict[str, float]]]]:
+        """Stage-1 scores of the confident pairs, and the ambiguous pairs (best first)."""
+        missing = [c for c in candidate_ids if c not in self._rows]
+        rows = {**self._rows, **(self.index.get_rows(missing, ["phash", "resnet"]) if missing else {})}
         scores: list[PairScore] = []
         ambiguous: list[tuple[str, dict[str, float]]] = []
         for cid in candidate_ids:
@@ -129,29 +140,49 @@ class Matcher:
             feats = pair_features(np.asarray(image.phash), np.asarray(row["phash"], np.float32),
                                   np.asarray(image.resnet), np.asarray(row["resnet"], np.float32))
             p1 = self.cal.stage1.probability(feats)
-            self.pairs += 1
             if self.band[0] <= p1 <= self.band[1]:
                 ambiguous.append((cid, feats))
             else:
                 scores.append(PairScore(cid, feats, p1, "stage1", self.cal.stage1.contributions(feats)))
-        if ambiguous:
-            # only the most promising ambiguous pairs pay for CLIP + verification; the rest keep stage 1
-            ambiguous.sort(key=lambda a: -self.cal.stage1.probability(a[1]))
-            for cid, feats in ambiguous[self.stage2_max:]:
-                scores.append(PairScore(cid, feats, self.cal.stage1.probability(feats), "stage1",
-                                        self.cal.stage1.contributions(feats)))
-            ambiguous = ambiguous[:self.stage2_max]
-            extra = self.stage2_features(image.id, [cid for cid, _ in ambiguous])
-            for cid, feats in ambiguous:
-                more = extra.get(cid)
-                if more is None:  # e.g. the candidate's source is gone: stage 1 decides
-                    p1 = self.cal.stage1.probability(feats)
-                    scores.append(PairScore(cid, feats, p1, "stage1", self.cal.stage1.contributions(feats)))
-                    continue
-                feats = {**feats, **more}
-                self.clip_pairs += 1
-                scores.append(PairScore(cid, feats, self.cal.stage2.probability(feats), "clip",
-                                        self.cal.stage2.contributions(feats)))
+        ambiguous.sort(key=lambda a: (-self.cal.stage1.probability(a[1]), a[0]))
+        return scores, ambiguous
+
+    def _unverified(self, cid: str, feats: dict[str, float]) -> PairScore:
+        p1 = self.cal.stage1.probability(feats)
+        return PairScore(cid, feats, min(p1, self.band[0]), "unverified", self.cal.stage1.contributions(feats))
+
+    def stage2_plan(self, images: Sequence[IndexedImage], candidates: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Which candidates of each image will reach stage 2 (so their CLIP vectors and local
+        features can be computed in batches first). Exact copies never need it."""
+        plan = {}
+        for im in images:
+            if self._exact.get(im.id):
+                continue
+            chosen = [cid for cid, _ in self._stage1(im, candidates.get(im.id, []))[1][:self.stage2_max]]
+            if chosen:
+                plan[im.id] = chosen
+        return plan
+
+    def score(self, image: IndexedImage, candidate_ids: list[str]) -> list[PairScore]:
+        if not candidate_ids:
+            return []
+        scores, ambiguous = self._stage1(image, candidate_ids)
+        self.pairs += len(scores) + len(ambiguous)
+        # only the most promising ambiguous pairs pay for verification; the others cannot be
+        # accepted unverified: their probability is capped at the band's lower edge
+        for cid, feats in ambiguous[self.stage2_max:]:
+            scores.append(self._unverified(cid, feats))
+        ambiguous = ambiguous[:self.stage2_max]
+        extra = self.stage2_features(image.id, [cid for cid, _ in ambiguous]) if ambiguous else {}
+        for cid, feats in ambiguous:
+            more = extra.get(cid)
+            if more is None:  # e.g. the candidate's source is gone: it cannot be verified
+                scores.append(self._unverified(cid, feats))
+                continue
+            feats = {**feats, **more}
+            self.stage2_pairs += 1
+            scores.append(PairScore(cid, feats, self.cal.stage2.probability(feats), "stage2",
+                                    self.cal.stage2.contributions(feats)))
         scores.sort(key=lambda s: (-s.probability, s.candidate_id))
         return scores
 
@@ -161,7 +192,8 @@ class Matcher:
         ``candidates`` may come precomputed from :meth:`candidates_many`."""
         record = DecisionRecord(id=image.id, source=image.source, decision="unique", sha256=image.sha256,
                                 original_id=image.id)
-        exact = self.index.earliest_with_sha256(image.sha256, image.created_at, image.id)
+        exact = (self._exact[image.id] if image.id in self._exact
+                 else self.index.earliest_with_sha256(image.sha256, image.created_at, image.id))
         if exact is not None:
             record.decision, record.stage, record.probability = "duplicate", "exact", 1.0
             record.matched_id = exact

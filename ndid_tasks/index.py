@@ -258,6 +258,25 @@ class ImageIndex:
             return None
         return min(rows, key=lambda r: (r["created_at"], r["id"]))["id"]
 
+    def earliest_with_sha256_many(self, images: Sequence[IndexedImage]) -> dict[str, str | None]:
+        """:meth:`earliest_with_sha256` for many images with one query per chunk."""
+        out: dict[str, str | None] = {im.id: None for im in images}
+        hashes = list(dict.fromkeys(im.sha256 for im in images if im.sha256))
+        rows: list[dict[str, Any]] = []
+        latest = max((im.created_at for im in images), default=0)
+        for start in range(0, len(hashes), QUERY_CHUNK):
+            chunk = hashes[start:start + QUERY_CHUNK]
+            rows += self.client.query(self.images, filter=f"sha256 in [{', '.join(_quote(h) for h in chunk)}] and "
+                                                          f"{SEARCHABLE} and created_at <= {int(latest)}",
+                                      output_fields=["id", "created_at", "sha256"])
+        by_hash: dict[str, list[tuple[int, str]]] = {}
+        for r in rows:
+            by_hash.setdefault(r["sha256"], []).append((r["created_at"], r["id"]))
+        for im in images:
+            earlier = [k for k in by_hash.get(im.sha256, []) if k < (im.created_at, im.id)]
+            out[im.id] = min(earlier)[1] if earlier else None
+        return out
+
     def search_many(self, field: str, vectors: Sequence[np.ndarray], limit: int,
                     latest_created_at: int | None = None, radius: int | None = None) -> list[list[Hit]]:
         """One search call for many query vectors (``field`` is "phash" or "resnet").

@@ -90,8 +90,9 @@ class Engine:
         self.phash = PHashSignal()
         self._resnet: ResNetSignal | None = None
         self.clip = ClipSignal(settings)
-        self.geometry = GeometricSignal()
-        self._local: dict[str, Any] = {}
+        self.geometry = GeometricSignal.from_settings(settings)
+        self._local: dict[str, Any] = {}  # SIFT features and CLIP vectors of recent images (bounded)
+        self._clip: dict[str, np.ndarray] = {}
         self._index = index
         self._calibration = calibration
         self._s3 = {}
@@ -237,10 +238,13 @@ class Engine:
         candidates: dict[str, list[str]] = {}
         for start in range(0, len(ordered), SEARCH_BATCH):
             candidates.update(matcher.candidates_many(ordered[start:start + SEARCH_BATCH]))
+        matcher.prefetch(ordered, candidates)
+        plan = matcher.stage2_plan(ordered, candidates)
+        self.warm_stage2(list(plan) + [c for cands in plan.values() for c in cands])
         for image in ordered:
-            before = matcher.clip_pairs
+            before = matcher.stage2_pairs
             rec = matcher.decide(image, originals, candidates[image.id])
-            rec.clip_pairs = matcher.clip_pairs - before
+            rec.stage2_pairs = matcher.stage2_pairs - before
             rec.calibration_version = cal.version
             rec.weights_mode = self.settings.weights_mode
             rec.untrained = self.settings.untrained or cal.untrained
@@ -270,7 +274,9 @@ class Engine:
         """CLIP vectors: stored ones are reused; missing ones are computed once and stored
         (only for indexed images -- a query's vector is never written)."""
         t0 = time.perf_counter()
-        found = self.index.get_clip(ids)
+        found = {i: self._clip[i] for i in ids if i in self._clip}
+        lookup = [i for i in dict.fromkeys(ids) if i not in found]
+        found.update(self.index.get_clip(lookup) if lookup else {})
         missing = [i for i in dict.fromkeys(ids) if i not in found]
         if missing:
             pics = self.pictures(missing)
@@ -282,6 +288,9 @@ class Engine:
                 self.index.upsert_clip({k: v for k, v in new.items() if k in indexed})
                 found.update(new)
                 self.clip_images_computed += len(order)
+        self._clip.update(found)
+        while len(self._clip) > LOCAL_FEATURE_CACHE:
+            self._clip.pop(next(iter(self._clip)))
         self.timings["clip_s"] += time.perf_counter() - t0
         return found
 
@@ -299,12 +308,28 @@ class Engine:
         self.timings["geometry_s"] += time.perf_counter() - t0
         return {i: self._local[i] for i in ids if i in self._local}
 
-    def stage2_features(self, query_id: str, candidate_ids: list[str]) -> dict[str, dict[str, float]]:
-        """CLIP cosine and log(1 + distinct inliers) for ambiguous pairs (query vs each candidate)."""
+    @property
+    def uses_clip(self) -> bool:
+        """CLIP is computed only if the active calibration's stage 2 uses it (see calibration fit)."""
+        return "clip_cosine" in self.calibration.stage2.features
+
+    def warm_stage2(self, ids: list[str]) -> None:
+        """CLIP vectors and local features for many images at once (batched CLIP forward passes),
+        so that the per-pair stage 2 below only compares."""
+        if ids:
+            if self.uses_clip:
+                self.clip_vectors(ids)
+            self.local_features(ids)
+
+    def stage2_features(self, query_id: str, candidate_ids: list[str],
+                        with_clip: bool | None = None) -> dict[str, dict[str, float]]:
+        """log(1 + distinct inliers) and (when the calibration uses it, or ``with_clip``) CLIP
+        cosine for ambiguous pairs (query vs each candidate)."""
         ids = [query_id, *candidate_ids]
-        clip = self.clip_vectors(ids)
+        use_clip = self.uses_clip if with_clip is None else with_clip
+        clip = self.clip_vectors(ids) if use_clip else None
         local = self.local_features(ids)
-        if query_id not in clip or query_id not in local:
+        if query_id not in local or (clip is not None and query_id not in clip):
             return {}
         t0 = time.perf_counter()
         mirror: list[Any] = []
@@ -317,10 +342,11 @@ class Engine:
 
         out = {}
         for cid in candidate_ids:
-            if cid in clip and cid in local:
+            if cid in local and (clip is None or cid in clip):
                 inliers = self.geometry.verify(local[query_id], local[cid], query_mirror)
-                out[cid] = {"clip_cosine": float(np.dot(clip[query_id], clip[cid])),
-                            "log_inliers": float(np.log1p(inliers))}
+                out[cid] = {"log_inliers": float(np.log1p(inliers))}
+                if clip is not None:
+                    out[cid]["clip_cosine"] = float(np.dot(clip[query_id], clip[cid]))
         self.timings["geometry_s"] += time.perf_counter() - t0
         return out
 
@@ -350,7 +376,20 @@ class Engine:
         image = IndexedImage(id=image_id, sha256=pic.sha256, source="", width=pic.width, height=pic.height,
                              num_bytes=pic.num_bytes, created_at=0, phash=self.phash.compute([pic])[0],
                              resnet=self.resnet.compute([pic])[0])
+        self.forget([image_id])  # a reused query id must not see the previous query's features
         self._loaded[image_id] = pic
+        try:
+            return self._query(image, pic, limit)
+        finally:
+            self.forget([image_id])
+
+    def forget(self, ids: Sequence[str]) -> None:
+        """Drop cached pixels, local features and CLIP vectors of these ids."""
+        for image_id in ids:
+            for cache in (self._loaded, self._local, self._clip):
+                cache.pop(image_id, None)
+
+    def _query(self, image: IndexedImage, pic: LoadedImage, limit: int) -> list[dict[str, Any]]:
         matcher = Matcher(self.index, self.calibration, self.settings.phash_radius,
                           max(self.settings.resnet_top_k, limit), self.stage2_features,
                           threshold=self.settings.decision_threshold,
@@ -428,9 +467,9 @@ def summarize(records: Sequence[dict[str, Any] | DecisionRecord], seconds: float
     stages = Counter(r["stage"] for r in rows if r["decision"] != "error")
     errors = Counter(r["error_reason"] for r in rows if r["decision"] == "error")
     decided = [r for r in rows if r["decision"] != "error"]
-    clip_images = sum(1 for r in decided if r.get("clip_pairs", 0) > 0)
+    clip_images = sum(1 for r in decided if r.get("stage2_pairs", 0) > 0)
     out = {"objects": len(rows), "decisions": dict(decisions), "stages": dict(stages), "errors": dict(errors),
-           "clip_share": clip_images / len(decided) if decided else 0.0,
+           "stage2_share": clip_images / len(decided) if decided else 0.0,
            "untrained": any(r.get("untrained") for r in rows)}
     if seconds:
         out["seconds"] = round(seconds, 3)

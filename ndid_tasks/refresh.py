@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .calibrate import bootstrap_features_from_images
+from .calibrate import bootstrap_features_from_images, set_query_level_threshold
 from .calibration import Calibration, fit_calibration
 from .config import Settings
 from .index import ImageIndex
@@ -131,12 +131,13 @@ def refresh_whitening(settings: Settings, engine, sample_images: int = 150, copi
     chosen = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))[:sample_images]]
     pictures = engine.pictures(chosen)
     originals = [pictures[i] for i in chosen if i in pictures]
-    feats, labels, summary, whitening = bootstrap_features_from_images(
+    feats, labels, summary, whitening, query_level = bootstrap_features_from_images(
         settings, originals, copies=copies, seed=seed, progress=progress, corpus_raw=corpus_raw)
     summary["source"] = "index"
     whitening.fitted_on["index_rows"] = current.count()  # metadata only: not part of the version hash
     cal: Calibration = fit_calibration(feats, labels, settings.weights_mode, training=summary, seed=seed,
                                        whitening_version=whitening.version)
+    set_query_level_threshold(cal, query_level, settings)
     cal.version = f"index-{cal.version}-{whitening.version}"
     result = {"status": "fitted", "whitening": whitening.version, "calibration": cal.version,
               "corpus_descriptors": int(len(corpus_raw)), "bootstrap_images": len(originals),

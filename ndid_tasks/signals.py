@@ -285,7 +285,7 @@ class GeometricSignal(Signal):
     backgrounds cannot inflate it, and no scale limit is imposed, so thumbnails verify. Mirrored
     copies: :meth:`compute` with ``mirror=True`` gives the features of the mirrored image, which the
     caller compares too -- only for the query, and only when the direct match is weak.
-    Expensive (~0.05 s an image), hence only run for ambiguous pairs.
+    Expensive (~27 ms an image at 384 px, 3 ms a pair), hence only run for ambiguous pairs.
     """
 
     name, dim = "geometry", 0
@@ -293,8 +293,13 @@ class GeometricSignal(Signal):
     ransac_px = 5.0
     verified = 12  # distinct inliers above which a pair is geometrically verified (unrelated: <= 6)
 
-    def __init__(self, max_features: int = 1000) -> None:
+    def __init__(self, max_features: int = 500, max_side: int = 384) -> None:
         self.max_features = max_features
+        self.max_side = max_side
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "GeometricSignal":
+        return cls(settings.sift_features, settings.sift_max_side)
 
     def compute(self, images: Sequence[LoadedImage], mirror: bool = False) -> list[LocalFeatures]:
         import cv2
@@ -302,7 +307,9 @@ class GeometricSignal(Signal):
         sift = cv2.SIFT_create(nfeatures=self.max_features)
         out = []
         for im in images:
-            grey = np.asarray(im.image.convert("L"))
+            small = im.image.convert("L")
+            small.thumbnail((self.max_side, self.max_side))
+            grey = np.asarray(small)
             if mirror:
                 grey = np.ascontiguousarray(grey[:, ::-1])
             kp, desc = sift.detectAndCompute(grey, None)

@@ -84,7 +84,7 @@ def test_ingest_decides_tags_records_errors_and_a_second_run_adds_nothing(dagbag
     summary = summary_of(store, dr.run_id)
     assert summary["objects"] == 8 and summary["errors"] == {records["other/broken.jpg"]["error_reason"]: 1}
     assert summary["decisions"]["duplicate"] == 3 and summary["untrained"] is True
-    assert 0.0 <= summary["clip_share"] <= 1.0 and summary["images_per_s"] > 0
+    assert 0.0 <= summary["stage2_share"] <= 1.0 and summary["images_per_s"] > 0
 
     before = sorted(o.key for o in store.iter_objects("decisions/") if o.key.endswith(".jsonl"))
     dr2 = run_ingest(dagbag, airflow_env, t0, t1)

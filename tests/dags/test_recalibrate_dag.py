@@ -42,6 +42,9 @@ def test_too_few_labels_skip_and_enough_labels_are_evaluated(dagbag, airflow_env
 
     store.put_bytes("labels/batch-1.jsonl", "".join(json.dumps(r) + "\n" for r in rows[:4]).encode())
     dr = dag.test()
+    refresh = dr.get_task_instance("refresh_whitening")
+    assert refresh.state == "success"
+    assert refresh.xcom_pull(task_ids="refresh_whitening")["status"] == "not due"  # 24 images < 1000
     ti = dr.get_task_instance("recalibrate")
     assert ti.state == "skipped"
     assert not store.exists("calibration/active.json")
@@ -62,3 +65,29 @@ def test_too_few_labels_skip_and_enough_labels_are_evaluated(dagbag, airflow_env
         assert active.training["source"] == "audited_labels"
     else:
         assert active is None  # the shipped default stays in force
+
+
+def test_whitening_refresh_from_the_dag_switches_the_index(dagbag, airflow_env, photos, tmp_path):
+    """param refresh_whitening=always: fit on the index, re-index, move active.json -- then
+    recalibrate (no labels: skipped) runs against the new calibration."""
+    settings = airflow_env.replace(weights_mode="random")
+    index_and_label(settings, photos, tmp_path)
+    before = Engine(settings)
+    try:
+        old_collection, rows = before.index.images, before.index.count()
+    finally:
+        before.close()
+    dr = dagbag.get_dag("ndid_recalibrate").test(run_conf={"refresh_whitening": "always"})
+    ti = dr.get_task_instance("refresh_whitening")
+    assert ti.state == "success"
+    result = ti.xcom_pull(task_ids="refresh_whitening")
+    assert result["status"] == "activated" and result["previous_collection"] == old_collection
+    assert result["reindex"]["rows"] == rows
+    active = CalibrationStore(settings).active()
+    assert active.whitening_version == result["whitening"] and active.training["source"] == "index"
+    after = Engine(settings)
+    try:
+        assert after.index.images == result["collection"] != old_collection and after.index.count() == rows
+    finally:
+        after.close()
+    assert dr.get_task_instance("recalibrate").state == "skipped"

@@ -10,19 +10,23 @@ from tests.conftest import jpeg_bytes
 pytestmark = pytest.mark.integration
 
 
-def test_make_and_run_a_tiny_benchmark(tmp_path, photos, random_settings):
+def source_folders(tmp_path, photos, n_originals):
+    """The first photos as originals, the rest as distractors."""
     originals, distractors = tmp_path / "o", tmp_path / "d"
     originals.mkdir()
     distractors.mkdir()
-    names = list(photos)
-    for n in names[:4]:
-        (originals / f"{n}.jpg").write_bytes(jpeg_bytes(photos[n]))
-    for n in names[4:]:
-        (distractors / f"{n}.jpg").write_bytes(jpeg_bytes(photos[n]))
+    for k, (name, img) in enumerate(photos.items()):
+        ((originals if k < n_originals else distractors) / f"{name}.jpg").write_bytes(jpeg_bytes(img))
+    return originals, distractors
+
+
+def test_make_and_run_a_tiny_benchmark(tmp_path, photos, random_settings):
+    originals, distractors = source_folders(tmp_path, photos, 4)
     made = benchmark.make_benchmark(originals, distractors, tmp_path / "bench", seed=1, negative_share=0.34)
     assert made["originals"] == 4 and made["queries"] == 4 * 3 + made["negative_queries"]
     gt = benchmark.read_ground_truth(tmp_path / "bench")
-    assert {r["family"] for r in gt} == {"crop", "jpeg", "strong", "negative"}
+    assert {r["family"] for r in gt} == {"crop", "jpeg", "strong", "negative", "hard_negative"}
+    assert made["hard_negative_queries"] >= 1  # same-scene views: one in refs, one as a negative query
     assert all((tmp_path / "bench" / "queries" / r["query"]).exists() for r in gt)
 
     report = benchmark.run_benchmark(random_settings, tmp_path / "bench", tmp_path / "out",
@@ -33,9 +37,23 @@ def test_make_and_run_a_tiny_benchmark(tmp_path, photos, random_settings):
         assert {"crop", "jpeg", "strong", "overall"} == set(method)
     assert report["accuracy"]["full"]["jpeg"]["recall_at_1"] == 1.0  # JPEG copies of 4 photos: all found
     assert report["untrained"] is True and report["speed"]["bare_resnet50_images_per_s"] > 0
+    assert report["hard_negatives"]["queries"] == made["hard_negative_queries"]
+    assert report["speed"]["index_vector_bytes_per_image"] == (64 + 256) * 4
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["accuracy"] == report["accuracy"]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "UNTRAINED" in md and "micro-AP" in md
     for png in ("pr_curves.png", "families.png"):
         assert (tmp_path / "out" / png).stat().st_size > 5000
+
+
+def test_descriptor_ablation_reports_every_lever(tmp_path, photos, random_settings):
+    originals, distractors = source_folders(tmp_path, photos, 3)
+    benchmark.make_benchmark(originals, distractors, tmp_path / "bench", seed=2, negative_share=0.34)
+    report = benchmark.descriptor_ablation(random_settings, tmp_path / "bench", tmp_path / "out")
+    rows = report["rows"]
+    assert len(rows) == 2 * 2 * 2 * 2 * 2  # input x layer x pooling x flip x whitening
+    assert {r["dims"] for r in rows if r["whitening"] == "none"} == {1024, 2048}
+    assert all(0.0 <= r["micro_ap"] <= 1.0 and 0.0 <= r["crop_candidates10"] <= 1.0 for r in rows)
+    assert all(r["jpeg_r1"] == 1.0 for r in rows if r["whitening"] == "none")  # JPEG copies: always found
+    assert "UNTRAINED" in (tmp_path / "out" / "descriptors.md").read_text()

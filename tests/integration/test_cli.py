@@ -44,6 +44,14 @@ def test_index_then_query_exit_codes(env, tmp_path, photos, capsys):
     (tmp_path / "bad.jpg").write_bytes(b"nope")
     assert cli.main(["query", str(tmp_path / "bad.jpg")]) == cli.EXIT_INPUT
     assert cli.main(["query", str(tmp_path / "missing.jpg")]) == cli.EXIT_INPUT
+    capsys.readouterr()
+    assert cli.main(["whitening", "status"]) == cli.EXIT_OK
+    status = json.loads(capsys.readouterr().out)
+    assert status["rows"] == 3 and status["collection"].endswith(status["whitening"].replace("-", "_"))
+    # activating needs S3 (where calibrations live); without credentials: a clear config error
+    assert cli.main(["whitening", "fit"]) == cli.EXIT_CONFIG
+    assert "--no-activate" in capsys.readouterr().err
+    assert cli.main(["whitening", "fit", "--no-activate", "--sample-images", "150"]) == cli.EXIT_NO_MATCH
 
 
 def test_index_an_s3_prefix_through_the_milvus_lite_server(s3_settings, monkeypatch, photos, tmp_path, capsys):

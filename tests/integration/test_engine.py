@@ -82,19 +82,36 @@ def test_reindexing_changes_nothing(random_settings, corpus):
     assert first == second
 
 
-def test_clip_runs_only_for_ambiguous_pairs(random_settings, corpus):
+def with_clip(cal):
+    """The shipped calibration with CLIP added to stage 2 (the untrained one leaves CLIP out)."""
+    from ndid_tasks.calibration import STAGE2_FEATURES, Calibration
+
+    d = cal.to_dict()
+    coef = dict(zip(d["stage2"]["features"], d["stage2"]["coefficients"]))
+    d["stage2"] = {"features": list(STAGE2_FEATURES), "intercept": d["stage2"]["intercept"],
+                   "coefficients": [coef.get(f, 1.0) for f in STAGE2_FEATURES]}
+    return Calibration.from_dict(d)
+
+
+def test_stage2_runs_only_for_ambiguous_pairs(random_settings, corpus):
+    from ndid_tasks.calibration import default_calibration
+
+    shipped = default_calibration("random")
+    assert "clip_cosine" not in shipped.stage2.features  # random CLIP adds nothing: never computed
     engine = Engine(random_settings.replace(ambiguous_low=0.0, ambiguous_high=0.0))
     try:
         recs = engine.ingest(local_items([corpus]), run_id="r1", run_at="t")
-        assert engine.clip_images_computed == 0 and all(r.clip_pairs == 0 for r in recs)
+        assert engine.clip_images_computed == 0 and all(r.stage2_pairs == 0 for r in recs)
     finally:
         engine.close()
     engine = Engine(random_settings.replace(milvus_uri=str(random_settings.state_dir) + "/m2.db",
-                                            ambiguous_low=0.0, ambiguous_high=1.0, stage2_max_candidates=100))
+                                            ambiguous_low=0.0, ambiguous_high=1.0, stage2_max_candidates=100),
+                    calibration=with_clip(shipped))
     try:
         recs = engine.ingest(local_items([corpus]), run_id="r1", run_at="t")
         decided_with_candidates = [r for r in recs if r.candidates and r.stage != "exact"]
-        assert decided_with_candidates and all(r.stage == "clip" for r in decided_with_candidates)
+        assert decided_with_candidates and all(r.stage == "stage2" for r in decided_with_candidates)
+        assert all("log_inliers" in r.features and "clip_cosine" in r.features for r in decided_with_candidates)
         assert engine.clip_images_computed > 0
         computed = engine.clip_images_computed
         engine.ingest(local_items([corpus]), run_id="r1", run_at="t")
@@ -105,7 +122,10 @@ def test_clip_runs_only_for_ambiguous_pairs(random_settings, corpus):
                                             ambiguous_low=0.0, ambiguous_high=1.0, stage2_max_candidates=1))
     try:
         recs = engine.ingest(local_items([corpus]), run_id="r1", run_at="t")
-        assert max(r.clip_pairs for r in recs) == 1  # the cap on stage-2 pairs per image holds
+        assert max(r.stage2_pairs for r in recs) == 1  # the cap on stage-2 pairs per image holds
+        assert engine.clip_images_computed == 0
+        # pairs beyond the cap are never accepted unverified
+        assert all(r.stage != "unverified" for r in recs if r.decision == "duplicate")
     finally:
         engine.close()
 

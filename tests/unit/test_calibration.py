@@ -70,7 +70,7 @@ def test_evaluate_counts_false_positives():
     cal = fit_calibration(feats, y, "random", training={})
     m = evaluate(cal, feats, y)
     assert m["n"] == len(y) and 0 <= m["false_positives"] <= len(y)
-    assert 0 <= m["clip_share_of_pairs"] <= 1
+    assert 0 <= m["stage2_share_of_pairs"] <= 1
 
 
 def test_shipped_default_for_random_weights_loads_and_is_marked_untrained():
@@ -82,3 +82,21 @@ def test_shipped_default_for_random_weights_loads_and_is_marked_untrained():
 def test_no_shipped_default_for_pretrained_says_how_to_make_one():
     with pytest.raises(CalibrationError, match="ndid calibrate --bootstrap"):
         default_calibration("pretrained")
+
+
+def test_clip_is_kept_only_where_it_adds_heldout_precision():
+    feats, y = synthetic_pairs(n=600)
+    # CLIP as noise: a calibration does not pay for a second network pass it gains nothing from
+    noisy = {**feats, "clip_cosine": np.random.default_rng(5).uniform(0, 1, len(y))}
+    lean = fit_calibration(noisy, y, "random", training={})
+    assert "clip_cosine" not in lean.stage2.features
+    assert lean.metrics["stage2_selection"]["dropped"] == ["clip_cosine"]
+    x = {"phash_distance": 0.5, "resnet_cosine": 0.4, "log_inliers": 0.5}  # no clip value needed
+    assert lean.stage2.probability(x) < 0.5
+    assert Calibration.from_json(lean.to_json()).stage2.features == list(lean.stage2.features)
+    # CLIP as the only clean separator of the hard middle: kept
+    rng = np.random.default_rng(6)
+    hard = {"phash_distance": rng.uniform(0.2, 0.4, len(y)), "resnet_cosine": rng.uniform(0.5, 0.8, len(y)),
+            "log_inliers": np.log1p(rng.integers(0, 20, len(y))),
+            "clip_cosine": np.where(y, rng.uniform(0.7, 1.0, len(y)), rng.uniform(0.0, 0.6, len(y)))}
+    assert "clip_cosine" in fit_calibration(hard, y, "random", training={}).stage2.features
