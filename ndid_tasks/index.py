@@ -237,10 +237,9 @@ class ImageIndex:
 
     def point_alias(self, alias: str) -> str | None:
         """Make ``alias`` name this index's collection; returns the collection it named before."""
-        try:
+        before = None
+        if alias in (self.client.list_aliases().get("aliases") or []):
             before = self.client.describe_alias(alias).get("collection_name")
-        except Exception:  # noqa: BLE001 - pymilvus raises when the alias does not exist yet
-            before = None
         if before is None:
             self.client.create_alias(self.images, alias)
         elif before != self.images:

@@ -105,6 +105,10 @@ class Engine:
     def resnet(self) -> ResNetSignal:
         """The ResNet signal with the whitening that the active calibration names."""
         if self._resnet is None:
+            if self.settings.weights_mode == "pretrained":  # the first thing to fix, so say it first
+                from .weights import RESNET50, require_weights
+
+                require_weights(self.settings, RESNET50)
             whitening = self._whitening or resolve_whitening(self.settings, self.calibration)
             if self._whitening is not None and whitening.version != self.calibration.whitening_version:
                 raise WhiteningError(f"whitening {whitening.version} given with calibration "

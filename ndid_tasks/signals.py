@@ -221,6 +221,7 @@ def _pooled_resnet_class():
 
         def __init__(self, resnet, layer: str, p: float) -> None:
             super().__init__()
+            fuse_batchnorm(resnet)
             stages = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"]
             if layer == "layer4":
                 stages.append("layer4")
@@ -234,6 +235,24 @@ def _pooled_resnet_class():
             return f.clamp(min=1e-6).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
 
     return _PooledResNet
+
+
+def fuse_batchnorm(resnet) -> None:
+    """Fold every eval-mode BatchNorm into the convolution before it (same function, measured
+    25 % less ResNet time on CPU: batch_norm took 6 of 21 s). In place; BNs become Identity."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    resnet.eval()
+    resnet.conv1, resnet.bn1 = fuse_conv_bn_eval(resnet.conv1, resnet.bn1), torch.nn.Identity()
+    for layer in (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4):
+        for block in layer:
+            for i in (1, 2, 3):
+                conv, bn = getattr(block, f"conv{i}"), getattr(block, f"bn{i}")
+                setattr(block, f"conv{i}", fuse_conv_bn_eval(conv, bn))
+                setattr(block, f"bn{i}", torch.nn.Identity())
+            if block.downsample is not None:
+                block.downsample = torch.nn.Sequential(fuse_conv_bn_eval(block.downsample[0], block.downsample[1]))
 
 
 def PooledResNet(resnet, layer: str, p: float):  # noqa: N802 - builds a torch module lazily (torch import)

@@ -9,7 +9,7 @@ from ndid_tasks import augment
 from ndid_tasks.calibration_store import CalibrationStore
 from ndid_tasks.pipeline import Engine, local_items
 from ndid_tasks.storage import S3Store
-from tests.conftest import jpeg_bytes
+from tests.conftest import jpeg_bytes, make_noise_image
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +71,8 @@ def test_whitening_refresh_from_the_dag_switches_the_index(dagbag, airflow_env, 
     """param refresh_whitening=always: fit on the index, re-index, move active.json -- then
     recalibrate (no labels: skipped) runs against the new calibration."""
     settings = airflow_env.replace(weights_mode="random")
+    for k in range(24):  # a refresh needs >= 30 images decided unique
+        (tmp_path / f"noise_{k}.jpg").write_bytes(jpeg_bytes(make_noise_image(200 + k)))
     index_and_label(settings, photos, tmp_path)
     before = Engine(settings)
     try:

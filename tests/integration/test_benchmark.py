@@ -23,7 +23,8 @@ def source_folders(tmp_path, photos, n_originals):
 def test_make_and_run_a_tiny_benchmark(tmp_path, photos, random_settings):
     originals, distractors = source_folders(tmp_path, photos, 4)
     made = benchmark.make_benchmark(originals, distractors, tmp_path / "bench", seed=1, negative_share=0.34)
-    assert made["originals"] == 4 and made["queries"] == 4 * 3 + made["negative_queries"]
+    assert made["originals"] == 4
+    assert made["queries"] == 4 * 3 + made["negative_queries"] + made["hard_negative_queries"]
     gt = benchmark.read_ground_truth(tmp_path / "bench")
     assert {r["family"] for r in gt} == {"crop", "jpeg", "strong", "negative", "hard_negative"}
     assert made["hard_negative_queries"] >= 1  # same-scene views: one in refs, one as a negative query

@@ -10,7 +10,7 @@ from ndid_tasks import augment
 from ndid_tasks.calibration_store import CalibrationStore
 from ndid_tasks.pipeline import Engine, local_items
 from ndid_tasks.refresh import refresh_due, refresh_whitening
-from tests.conftest import jpeg_bytes
+from tests.conftest import jpeg_bytes, make_noise_image
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +29,9 @@ def test_refresh_reindexes_keeps_decisions_and_switches(s3_settings, photos, tmp
         (folder / f"{name}_copy.jpg").write_bytes(jpeg_bytes(augment.attack_jpeg(photos[name], rng)))
         os.utime(folder / f"{name}.jpg", (t + n, t + n))
         os.utime(folder / f"{name}_copy.jpg", (t + 100 + n, t + 100 + n))
+    for k in range(24):  # more distinct corpus: a refresh needs >= 30 unique images
+        (folder / f"noise_{k}.jpg").write_bytes(jpeg_bytes(make_noise_image(100 + k)))
+        os.utime(folder / f"noise_{k}.jpg", (t + 50 + k, t + 50 + k))
     (folder / "broken.jpg").write_bytes(b"not an image")
     items = local_items([folder])
 
@@ -39,7 +42,7 @@ def test_refresh_reindexes_keeps_decisions_and_switches(s3_settings, photos, tmp
     due, why = refresh_due(settings, engine)
     assert due and "not fitted on this index" in why
 
-    result = refresh_whitening(settings, engine, sample_images=8, copies=2)
+    result = refresh_whitening(settings, engine, sample_images=40, copies=2)
     engine.close()
     assert result["status"] == "activated", result
     assert result["collection"] != old and result["previous_collection"] == old
@@ -56,7 +59,8 @@ def test_refresh_reindexes_keeps_decisions_and_switches(s3_settings, photos, tmp
         after = fresh.index.get_rows([i.id for i in items], FIELDS)
         assert after == before  # every row and every decision came along unchanged
         vec = fresh.index.get_rows([items[0].id], ["resnet"])[items[0].id]["resnet"]
-        assert len(vec) == fresh.resnet.dim == settings.whitening_dim
+        # at most NDID_WHITENING_DIM axes; a tiny index has fewer descriptors than that
+        assert len(vec) == fresh.resnet.dim == fresh.resnet.whitening.dim <= settings.whitening_dim
         assert fresh.index.client.describe_alias(settings.images_alias)["collection_name"] == result["collection"]
         assert old in fresh.index.client.list_collections()  # kept for rollback
         assert not refresh_due(settings, fresh)[0]
@@ -79,6 +83,6 @@ def test_refresh_skips_a_tiny_index(random_settings, photos, tmp_path):
         engine.ingest(local_items([tmp_path / "a.jpg"]), run_id="r", run_at="t")
         assert not refresh_due(random_settings, engine)[0]
         result = refresh_whitening(random_settings, engine, sample_images=150, activate=False)
-        assert result["status"] == "skipped" and engine.index.count() == 1
+        assert result["status"] == "skipped" and "at least 30" in result["reason"] and engine.index.count() == 1
     finally:
         engine.close()
