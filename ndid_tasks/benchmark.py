@@ -193,8 +193,7 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
         # --- queries
         qfiles = [folder / "queries" / r["query"] for r in gt]
         cal = engine.calibration
-        matcher = Matcher(engine.index, cal, settings.phash_radius, settings.resnet_top_k, engine.stage2_features,
-                          threshold=settings.decision_threshold, stage2_max=settings.stage2_max_candidates)
+        matcher = engine.matcher()
         results: dict[str, QueryResult] = {}
         latencies = []
         chunk = settings.embed_batch_size

@@ -231,11 +231,7 @@ class Engine:
         """Decide images (in ingestion order) and store the decisions on their index rows."""
         t0 = time.perf_counter()
         cal = self.calibration
-        band = ((self.settings.ambiguous_low, self.settings.ambiguous_high)
-                if self.settings.ambiguous_low is not None else None)
-        matcher = Matcher(self.index, cal, self.settings.phash_radius, self.settings.resnet_top_k,
-                          self.stage2_features, threshold=self.settings.decision_threshold, band=band,
-                          stage2_max=self.settings.stage2_max_candidates)
+        matcher = self.matcher()
         originals: dict[str, str] = {}
         records = []
         ordered = sorted(images, key=lambda im: (im.created_at, im.id))
@@ -393,11 +389,16 @@ class Engine:
             for cache in (self._loaded, self._local, self._clip):
                 cache.pop(image_id, None)
 
+    def matcher(self, top_k: int | None = None) -> Matcher:
+        """A Matcher with this engine's calibration and the settings' overrides (threshold, band)."""
+        band = ((self.settings.ambiguous_low, self.settings.ambiguous_high)
+                if self.settings.ambiguous_low is not None else None)
+        return Matcher(self.index, self.calibration, self.settings.phash_radius, top_k or self.settings.resnet_top_k,
+                       self.stage2_features, threshold=self.settings.decision_threshold, band=band,
+                       stage2_max=self.settings.stage2_max_candidates)
+
     def _query(self, image: IndexedImage, pic: LoadedImage, limit: int) -> list[dict[str, Any]]:
-        matcher = Matcher(self.index, self.calibration, self.settings.phash_radius,
-                          max(self.settings.resnet_top_k, limit), self.stage2_features,
-                          threshold=self.settings.decision_threshold,
-                          stage2_max=self.settings.stage2_max_candidates)
+        matcher = self.matcher(max(self.settings.resnet_top_k, limit))
         cands = matcher.candidates(image, before=False)
         hashes = self.index.get_rows(cands, ["sha256"]) if cands else {}
         exact = {c for c in cands if hashes.get(c, {}).get("sha256") == pic.sha256}

@@ -100,3 +100,12 @@ def test_clip_is_kept_only_where_it_adds_heldout_precision():
             "log_inliers": np.log1p(rng.integers(0, 20, len(y))),
             "clip_cosine": np.where(y, rng.uniform(0.7, 1.0, len(y)), rng.uniform(0.0, 0.6, len(y)))}
     assert "clip_cosine" in fit_calibration(hard, y, "random", training={}).stage2.features
+
+
+def test_band_lower_edge_keeps_almost_every_duplicate():
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 500 + [1] * 200)
+    p = np.concatenate([rng.uniform(0, 0.45, 500), rng.uniform(0.05, 1.0, 200)])  # positives spread low
+    lo, _ = choose_band(y, p)
+    assert np.mean(p[y == 1] < lo) == 0.0
+    assert choose_band(y, p, max_missed=0.05)[0] >= lo
