@@ -80,7 +80,7 @@ class Settings:
     # --- candidates and decision ---
     phash_radius: int = 24  # wide: pHash only proposes candidates
     resnet_top_k: int = 10
-    stage2_max_candidates: int = 3  # ambiguous pairs per image sent to CLIP + verification (best stage-1 first)
+    stage2_max_candidates: int = 8  # ambiguous pairs per image sent to verification (best stage-1 first; 3: crop R@1 0.86, 8: 0.92)
     decision_threshold: float | None = None  # None: the calibration's own threshold
     ambiguous_low: float | None = None  # None: the calibration's band
     ambiguous_high: float | None = None
