@@ -6,7 +6,7 @@ Not a DAG file (listed in .airflowignore). Nothing here touches the network at i
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ndid_tasks.config import Settings
@@ -88,7 +88,7 @@ def parse_time(value: Any) -> datetime | None:
         dt = value
     else:
         dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def run_window(context: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
@@ -101,7 +101,7 @@ def run_window(context: dict[str, Any]) -> tuple[datetime | None, datetime | Non
 
 def partition_date(context: dict[str, Any]) -> str:
     start, _ = run_window(context)
-    moment = start or context.get("logical_date") or datetime.now(timezone.utc)
+    moment = start or context.get("logical_date") or datetime.now(UTC)
     return moment.strftime("%Y-%m-%d")
 
 

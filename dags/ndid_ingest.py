@@ -6,9 +6,16 @@ import time
 from datetime import timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
-
-from ndid_airflow import (DAG_DEFAULTS, MILVUS_POOL, base_settings, partition_date, run_at, run_window,
-                          task_defaults, task_settings)
+from ndid_airflow import (
+    DAG_DEFAULTS,
+    MILVUS_POOL,
+    base_settings,
+    partition_date,
+    run_at,
+    run_window,
+    task_defaults,
+    task_settings,
+)
 
 SETTINGS = base_settings()
 

@@ -6,7 +6,6 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
-
 from ndid_airflow import DAG_DEFAULTS, MILVUS_POOL, base_settings, task_defaults, task_settings
 
 SETTINGS = base_settings()

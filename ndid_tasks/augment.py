@@ -7,7 +7,7 @@ takes an RGB PIL image and a numpy Generator, so a seed reproduces the exact sam
 from __future__ import annotations
 
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps

@@ -17,10 +17,11 @@ import platform
 import resource
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -156,7 +157,7 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
                                   if k in ("phash_radius", "resnet_top_k", "milvus_hnsw_ef", "precision",
                                            "embed_batch_size", "resnet_layer", "resnet_gem_p", "resnet_input",
                                            "resnet_flip_symmetric", "whitening_dim", "stage2_max_candidates")},
-                              "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                              "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     try:
         # --- index the refs: the end-to-end ingest path, timed
         items = local_items([folder / "refs"])
@@ -236,7 +237,7 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
         report["calibration_version"] = cal.version
     finally:
         engine.close()
-    report["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_report(report, results, truth, family, out, wanted)
     return report
 

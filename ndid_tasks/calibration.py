@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +82,7 @@ class Calibration:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Calibration":
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
         try:
             if d.get("schema") != SCHEMA:
                 raise CalibrationError(f"unknown calibration schema {d.get('schema')!r} (want {SCHEMA})")
@@ -104,7 +105,7 @@ class Calibration:
             raise CalibrationError(f"malformed calibration document: {exc!r}") from exc
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Calibration":
+    def from_json(cls, text: str | bytes) -> Calibration:
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
@@ -160,7 +161,7 @@ def _binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str,
     fn = int(np.sum(~pred & (y == 1)))
     return {"average_precision": float(average_precision_score(y, p)) if 0 < y.sum() < len(y) else float("nan"),
             "precision": tp / (tp + fp) if tp + fp else 1.0, "recall": tp / (tp + fn) if tp + fn else 1.0,
-            "false_positives": fp, "n": int(len(y)), "positives": int(y.sum())}
+            "false_positives": fp, "n": len(y), "positives": int(y.sum())}
 
 
 def choose_band(y: np.ndarray, p: np.ndarray, purity: float = 0.98, max_missed: float = 0.0) -> tuple[float, float]:
@@ -230,11 +231,11 @@ def fit_calibration(features: dict[str, np.ndarray], labels: np.ndarray, weights
                    "stage2_share_of_pairs": float(in_band.mean())}
     # final model: all data
     s1, s2 = _fit_stage(x1, y, STAGE1_FEATURES), _fit_stage(x2, y, stage2_names)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return Calibration(version=version or now.strftime("%Y%m%dT%H%M%SZ"), weights_mode=weights_mode,
                        stage1=s1, stage2=s2, band=band, threshold=threshold,
                        whitening_version=whitening_version, metrics=metrics,
-                       training={**training, "pairs": int(len(y)), "positives": int(y.sum())},
+                       training={**training, "pairs": len(y), "positives": int(y.sum())},
                        created_at=now.isoformat(timespec="seconds"))
 
 

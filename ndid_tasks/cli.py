@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 EXIT_OK, EXIT_NO_MATCH, EXIT_USAGE, EXIT_CONFIG, EXIT_SERVICE, EXIT_INPUT = 0, 1, 2, 3, 4, 5
@@ -85,7 +85,7 @@ def cmd_index(args) -> int:
     settings = load_settings()
     _untrained_banner(settings)
     items = _items_for(args.paths, settings)
-    run_id = args.run_id or "cli-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_id = args.run_id or "cli-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     engine = Engine(settings)
     t0 = time.perf_counter()
     try:

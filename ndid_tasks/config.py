@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ENV_PREFIX = "NDID_"
 WEIGHTS_MODES = ("pretrained", "random")
@@ -97,7 +98,7 @@ class Settings:
     max_image_bytes: int = 64 * 1024 * 1024
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build Settings from ``NDID_*`` variables (and optional explicit overrides)."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -108,7 +109,7 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         """A copy with some values changed (used for Airflow Connection overlays and params)."""
         return dataclasses.replace(self, **changes)
 

@@ -10,8 +10,9 @@ makes decisions independent of how a run was split into batches or re-run.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from pymilvus import DataType, MilvusClient

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .config import Settings
@@ -141,7 +141,7 @@ def write_summary(settings: Settings, results: list[dict[str, Any]], planned: di
                     "batches": len(results), "tagged": sum(r.get("tagged", 0) for r in results),
                     "records_prefix": f"s3://{settings.s3_bucket}/{run_prefix(settings, run_id, partition_date)}",
                     "untrained": summary["untrained"] or untrained,
-                    "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                    "written_at": datetime.now(UTC).isoformat(timespec="seconds")})
     S3Store(settings).put_json(run_prefix(settings, run_id, partition_date) + "_summary.json", summary)
     # staged NPZ files stay so that any task of the run can be cleared and re-run; expire the
     # staging prefix with an S3 lifecycle rule (README)

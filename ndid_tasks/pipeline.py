@@ -11,10 +11,11 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class SourceItem:
         return {"id": self.id, "source": self.source, "created_at_ms": self.created_at_ms, "size": self.size}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SourceItem":
+    def from_dict(cls, d: dict[str, Any]) -> SourceItem:
         return cls(d["id"], d["source"], int(d["created_at_ms"]), int(d.get("size", 0)))
 
 
@@ -59,7 +60,7 @@ class Prepared:
 
 
 def iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
 def local_items(paths: Iterable[str | Path]) -> list[SourceItem]:
@@ -184,7 +185,7 @@ class Engine:
                 loaded.append((item, self.load(item.id, data)))
             except ImageDecodeError as exc:
                 errors.append(self.error_record(item, exc.reason, exc.message, run_id, run_at))
-            except Exception as exc:  # noqa: BLE001 - a missing/unreadable object is that object's error
+            except Exception as exc:
                 from .storage import StorageError
 
                 if isinstance(exc, (FileNotFoundError, PermissionError, StorageError)) or _is_client_error(exc):
@@ -355,7 +356,7 @@ class Engine:
                progress: Callable[[int], None] | None = None) -> list[DecisionRecord]:
         """prepare -> index -> decide, chunk by chunk (items must be in ingestion order, as from
         local_items / S3 listings: each chunk's images only need earlier ones in the index)."""
-        run_at = run_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        run_at = run_at or datetime.now(UTC).isoformat(timespec="seconds")
         records: list[DecisionRecord] = []
         bs = self.settings.ingest_batch_size
         for start in range(0, len(items), bs):

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -147,7 +148,7 @@ def refresh_whitening(settings: Settings, engine, sample_images: int = 150, copi
     set_query_level_threshold(cal, query_level, settings)
     cal.version = f"index-{cal.version}-{whitening.version}"
     result = {"status": "fitted", "whitening": whitening.version, "calibration": cal.version,
-              "corpus_descriptors": int(len(corpus_raw)), "bootstrap_images": len(originals),
+              "corpus_descriptors": len(corpus_raw), "bootstrap_images": len(originals),
               "calibration_metrics": cal.metrics.get("gated", {})}
     result.update(switch_to(settings, engine, cal, whitening, activate=activate))
     result["seconds"] = round(time.perf_counter() - t0, 1)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import imagehash
 import numpy as np
@@ -255,7 +256,7 @@ def fuse_batchnorm(resnet) -> None:
                 block.downsample = torch.nn.Sequential(fuse_conv_bn_eval(block.downsample[0], block.downsample[1]))
 
 
-def PooledResNet(resnet, layer: str, p: float):  # noqa: N802 - builds a torch module lazily (torch import)
+def PooledResNet(resnet, layer: str, p: float):
     return _pooled_resnet_class()(resnet, layer, p)
 
 
@@ -286,7 +287,7 @@ class LocalFeatures:
     """SIFT keypoints of an image; descriptors as uint8 (SIFT's values are 0..255 integers, so this
     is lossless and 4x smaller than OpenCV's float32)."""
 
-    __slots__ = ("points", "descriptors")
+    __slots__ = ("descriptors", "points")
 
     def __init__(self, points: np.ndarray, descriptors: np.ndarray | None) -> None:
         self.points = points
@@ -317,7 +318,7 @@ class GeometricSignal(Signal):
         self.max_side = max_side
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "GeometricSignal":
+    def from_settings(cls, settings: Settings) -> GeometricSignal:
         return cls(settings.sift_features, settings.sift_max_side)
 
     def compute(self, images: Sequence[LoadedImage], mirror: bool = False) -> list[LocalFeatures]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 import boto3
 from botocore.config import Config
@@ -39,7 +40,7 @@ class ObjectInfo:
                 "last_modified": self.last_modified.isoformat()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ObjectInfo":
+    def from_dict(cls, d: dict[str, Any]) -> ObjectInfo:
         return cls(d["key"], int(d["size"]), d["etag"], datetime.fromisoformat(d["last_modified"]))
 
 

@@ -17,7 +17,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -86,12 +86,12 @@ class Whitening:
         return buf.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes, origin: str = "whitening") -> "Whitening":
+    def from_bytes(cls, data: bytes, origin: str = "whitening") -> Whitening:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 meta = json.loads(npz["meta"].tobytes())
                 mean, projection = npz["mean"].astype(np.float32), npz["projection"].astype(np.float32)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same error to the user
+        except Exception as exc:
             raise WhiteningError(f"{origin}: not a readable NDID whitening NPZ ({exc})") from exc
         if meta.get("schema") != SCHEMA:
             raise WhiteningError(f"{origin}: schema {meta.get('schema')!r}, expected {SCHEMA!r}")
@@ -126,8 +126,8 @@ def fit_whitening(raw: np.ndarray, descriptor: str, weights_mode: str, dim: int 
     sigma = s / np.sqrt(len(x))
     projection = vt[:dim] / (sigma[:dim, None] + shrinkage * sigma[0])
     return Whitening(descriptor, weights_mode, mean.astype(np.float32), projection.astype(np.float32),
-                     {**(fitted_on or {}), "descriptors": int(len(x)), "shrinkage": shrinkage},
-                     datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                     {**(fitted_on or {}), "descriptors": len(x), "shrinkage": shrinkage},
+                     datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 def packaged_whitening_path(weights_mode: str) -> Any:

@@ -11,7 +11,7 @@ import io
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from airflow_env import ROOT, airflow_environ, prepare_airflow
@@ -87,14 +87,14 @@ def main() -> int:
     store.ensure_bucket()
     first, later = sample_images()
     time.sleep(1.05 - time.time() % 1)
-    start = datetime.now(timezone.utc).replace(microsecond=0)
+    start = datetime.now(UTC).replace(microsecond=0)
     for suffix, data in first:
         store.put_bytes(f"{settings.s3_images_prefix}demo/{suffix}", data)
     time.sleep(1.1)  # originals strictly before their copies (S3 times have 1 s resolution)
     for suffix, data in later:
         store.put_bytes(f"{settings.s3_images_prefix}demo/{suffix}", data)
     time.sleep(1.05 - time.time() % 1)
-    end = datetime.now(timezone.utc).replace(microsecond=0)
+    end = datetime.now(UTC).replace(microsecond=0)
     print(f"== uploaded {len(first) + len(later)} objects to s3://{settings.s3_bucket}/{settings.s3_images_prefix}demo/")
 
     print("== running DAG ndid_ingest (airflow dag.test)")
@@ -122,7 +122,7 @@ def print_results(store, settings, run_id: str) -> None:
     keys = [o.key for o in store.iter_objects(settings.s3_decisions_prefix) if marker in o.key]
     rows = [r for k in sorted(keys) if k.endswith(".jsonl") for r in store.get_jsonl(k)]
     summary = next(store.get_json(k) for k in keys if k.endswith("_summary.json"))
-    short = lambda s: s.split("/demo/")[-1] if s else ""  # noqa: E731
+    short = lambda s: s.split("/demo/")[-1] if s else ""
     print(f"\n{'object':40s} {'decision':10s} {'original':34s} {'p':>6s}  stage")
     for r in sorted(rows, key=lambda r: r["id"]):
         extra = r["error_reason"] if r["decision"] == "error" else r["stage"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 def boundary() -> datetime:
     """A whole-second instant with nothing uploaded in its second yet (S3 LastModified has 1 s resolution)."""
     time.sleep(1.05 - (time.time() % 1))
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def run_ingest(dagbag, settings, start: datetime, end: datetime, **params):

@@ -76,9 +76,8 @@ def test_taken_port_gives_a_clear_error(tmp_path, s3_settings):
 
 
 def test_milvus_lite_server_serves_two_processes_at_once(tmp_path):
-    from tests.conftest import _free_port
-
     from ndid_tasks.config import Settings
+    from tests.conftest import _free_port
 
     port = _free_port()
     settings = Settings(state_dir=str(tmp_path / "var"))
@@ -113,10 +112,9 @@ def test_milvus_lite_server_serves_two_processes_at_once(tmp_path):
 
 def test_collections_are_usable_after_a_milvus_server_restart(tmp_path, photos):
     """A restarted Milvus server returns collections released; the index must load them again."""
-    from tests.conftest import _free_port, jpeg_bytes
-
     from ndid_tasks.config import Settings
     from ndid_tasks.pipeline import Engine, local_items
+    from tests.conftest import _free_port, jpeg_bytes
 
     port = _free_port()
     settings = Settings(state_dir=str(tmp_path / "var"), weights_mode="random", embed_batch_size=4,

@@ -4,8 +4,14 @@ import math
 import numpy as np
 import pytest
 
-from ndid_tasks.calibration import (Calibration, CalibrationError, choose_band, default_calibration, evaluate,
-                                    fit_calibration)
+from ndid_tasks.calibration import (
+    Calibration,
+    CalibrationError,
+    choose_band,
+    default_calibration,
+    evaluate,
+    fit_calibration,
+)
 
 
 def synthetic_pairs(n=400, seed=0):

@@ -57,7 +57,7 @@ def test_too_many_bytes_is_refused():
 def test_odd_modes_become_rgb(mode):
     base = make_noise_image(3)
     if mode == "I;16":
-        img = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 200))
+        img = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 200)
     else:
         img = base.convert(mode)
     fmt = "JPEG" if mode == "CMYK" else "PNG" if mode != "1" else "BMP"

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from ndid_tasks import augment
+from ndid_tasks.calibration import default_calibration
 from ndid_tasks.images import load_image
 from ndid_tasks.pipeline import resolve_whitening
-from ndid_tasks.calibration import default_calibration
 from ndid_tasks.signals import ResNetSignal
 from ndid_tasks.whitening import Whitening, WhiteningError, fit_whitening, packaged_whitening
 from tests.conftest import jpeg_bytes
