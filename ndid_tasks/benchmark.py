@@ -489,7 +489,8 @@ def descriptor_ablation(settings: Settings, folder: str | Path, out: str | Path,
     whitening is fitted on the refs and their mirrors (the indexed corpus), never on queries."""
     import torch
 
-    from .signals import ResNetSignal
+    from .signals import ResNetSignal, gem_pool, mirrored
+    from .weights import build_resnet50
     from .whitening import fit_whitening, l2_normalise
 
     folder, out = Path(folder), Path(out)
@@ -503,30 +504,23 @@ def descriptor_ablation(settings: Settings, folder: str | Path, out: str | Path,
     n_refs = len(ref_paths)
     # pooled descriptors per (input, layer, p, mirrored): one forward pass per input and mirror
     pooled: dict[tuple[str, str, float, bool], np.ndarray] = {}
-    from .weights import build_resnet50
-
     layer4 = build_resnet50(settings).layer4.eval()  # the same (seeded or pretrained) weights
     for framing in ("center_crop", "squash"):
         signal = ResNetSignal(settings.replace(resnet_input=framing, resnet_layer="layer3"))
         body = signal.model  # conv1 .. layer3
-        for mirrored in (False, True):
+        for flipped in (False, True):
             for start in range(0, len(pics), settings.embed_batch_size):
                 batch = pics[start:start + settings.embed_batch_size]
-                if mirrored:
-                    import dataclasses
-
-                    from PIL import Image as _Image
-                    batch = [dataclasses.replace(p, image=p.content.transpose(_Image.Transpose.FLIP_LEFT_RIGHT),
-                                                 box=None) for p in batch]
+                if flipped:
+                    batch = mirrored(batch)
                 dtype = next(body.parameters()).dtype
                 with torch.inference_mode():
                     f3 = body.body(signal.preprocess(batch).to(dtype).contiguous(memory_format=torch.channels_last))
                     f4 = layer4(f3.float())
-                for layer, fmap in (("layer3", f3.float()), ("layer4", f4.float())):
+                for layer, fmap in (("layer3", f3), ("layer4", f4)):
                     for p in (1.0, 3.0):
-                        v = (fmap.mean(dim=(2, 3)) if p == 1.0 else
-                             fmap.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1 / p)).numpy()
-                        pooled.setdefault((framing, layer, p, mirrored), []).append(v)  # type: ignore[arg-type]
+                        pooled.setdefault((framing, layer, p, flipped), []).append(  # type: ignore[arg-type]
+                            gem_pool(fmap, p).numpy())
                 if progress:
                     progress(len(batch))
     pooled = {k: np.concatenate(v) for k, v in pooled.items()}  # type: ignore[misc]

@@ -154,9 +154,9 @@ def cmd_calibrate(args) -> int:
     if args.output:
         Path(args.output).write_text(cal.to_json() + "\n")
         print(f"written {args.output}")
-    target = args.whitening_output or str(Path(args.output or ".").with_suffix("") if args.output else
-                                          settings.resolved_model_dir / f"whitening_{whitening.version}")
-    target = whitening.save(str(target) + ".npz" if not str(target).endswith(".npz") else target)
+    name = f"whitening_{whitening.version}.npz"
+    target = whitening.save(args.whitening_output or (Path(args.output).with_name(name) if args.output
+                                                      else settings.resolved_model_dir / name))
     print(f"written whitening {whitening.version} to {target} (with --output: use both via "
           f"NDID_CALIBRATION_FILE and NDID_WHITENING_FILE={target})")
     if args.activate:

@@ -75,6 +75,11 @@ class Hit:
     score: float  # Hamming distance for pHash hits, cosine for ResNet hits
 
 
+def placeholder_vector(dim: int) -> np.ndarray:
+    """The ResNet vector of error rows (they are never searched; Milvus needs a valid vector)."""
+    return np.eye(1, dim, 0, dtype=np.float32)[0]
+
+
 def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -223,9 +228,9 @@ class ImageIndex:
                 out[row["id"]] = np.asarray(row["clip"], dtype=np.float32)
         return out
 
-    def iter_rows(self, fields: list[str], batch_size: int = 512, collection: str | None = None) -> Iterable[list[dict[str, Any]]]:
-        """Every row of a collection (default: this index's), in pages: the input of a re-index."""
-        it = self.client.query_iterator(collection or self.images, batch_size=batch_size, filter="",
+    def iter_rows(self, fields: list[str], batch_size: int = 512) -> Iterable[list[dict[str, Any]]]:
+        """Every row, in pages: the input of a re-index."""
+        it = self.client.query_iterator(self.images, batch_size=batch_size, filter="",
                                         output_fields=["id", *fields])
         try:
             while True:

@@ -23,7 +23,7 @@ from .calibration import Calibration, CalibrationError, default_calibration, loa
 from .config import Settings
 from .decide import DecisionRecord, Matcher
 from .images import ImageDecodeError, LoadedImage, load_image
-from .index import ImageIndex, IndexedImage
+from .index import ImageIndex, IndexedImage, placeholder_vector
 from .signals import ClipSignal, GeometricSignal, PHashSignal, ResNetSignal
 from .whitening import Whitening, WhiteningError, load_whitening_file, packaged_whitening
 
@@ -222,7 +222,7 @@ class Engine:
             created = int(datetime.fromisoformat(err.created_at).timestamp() * 1000)
             rows.append(IndexedImage(id=err.id, sha256="", source=err.source, width=0, height=0, num_bytes=0,
                                      created_at=created, phash=np.zeros(64, np.float32),
-                                     resnet=np.eye(1, self.resnet.dim, 0, dtype=np.float32)[0],  # placeholder
+                                     resnet=placeholder_vector(self.resnet.dim),
                                      decision="error", run_id=run_id, matched_id="", original_id=""))
         self.index.upsert(rows, now_ms)
         self._loaded.update(prepared.loaded)

@@ -2,8 +2,8 @@
 
     1. sample raw descriptors of the indexed corpus (kept in ``resnet_raw`` of every row)
     2. decode a smaller sample (of images decided unique) and make attacked copies: the whitening
-      learns how copies differ,
-       and the same synthetic pairs fit the calibration (never audited or benchmark labels)
+       learns how copies differ, and the same synthetic pairs fit the calibration (never audited
+       or benchmark labels)
     3. copy every row into the collection named after the new whitening, vectors re-whitened from
        ``resnet_raw``; decisions and all other fields are copied unchanged
     4. store the whitening, then move the calibration's ``active.json`` (one S3 write): the next
@@ -25,7 +25,7 @@ import numpy as np
 from .calibrate import bootstrap_features_from_images, set_query_level_threshold
 from .calibration import Calibration, fit_calibration
 from .config import Settings
-from .index import ImageIndex
+from .index import ImageIndex, placeholder_vector
 from .whitening import Whitening
 
 log = logging.getLogger(__name__)
@@ -65,22 +65,19 @@ def reindex(source: ImageIndex, target: ImageIndex, whitening: Whitening,
     descriptor. Idempotent (upsert by id). Rows without a raw descriptor cannot be re-whitened:
     they are copied as not searchable and counted, so a later run re-embeds them."""
     counts = {"rows": 0, "rewhitened": 0, "errors": 0, "missing_raw": 0}
-    placeholder = np.eye(1, whitening.dim, 0, dtype=np.float32)[0].tolist()
+    placeholder = placeholder_vector(whitening.dim).tolist()
     for page in source.iter_rows(COPY_FIELDS):
-        rows = []
-        for row in page:
-            row = {k: row[k] for k in ["id", *COPY_FIELDS]}
-            raw = row.get("resnet_raw") or []
-            if row["decision"] == "error":
-                row["resnet"] = placeholder
-                counts["errors"] += 1
-            elif len(raw) == whitening.raw_dim:
-                row["resnet"] = whitening.apply(np.asarray(raw, np.float32))[0].tolist()
-                counts["rewhitened"] += 1
-            else:
+        rows = [{k: row[k] for k in ["id", *COPY_FIELDS]} for row in page]
+        usable = [r for r in rows if r["decision"] != "error" and len(r.get("resnet_raw") or []) == whitening.raw_dim]
+        if usable:
+            vectors = whitening.apply(np.asarray([r["resnet_raw"] for r in usable], np.float32))
+            for row, vector in zip(usable, vectors):
+                row["resnet"] = vector.tolist()
+        counts["rewhitened"] += len(usable)
+        for row in rows:
+            if "resnet" not in row:
+                counts["errors" if row["decision"] == "error" else "missing_raw"] += 1
                 row["resnet"], row["decision"] = placeholder, "error"
-                counts["missing_raw"] += 1
-            rows.append(row)
         if rows:
             target.client.upsert(target.images, rows)
         counts["rows"] += len(rows)

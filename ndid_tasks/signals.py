@@ -203,13 +203,7 @@ class ResNetSignal(TorchEmbeddingSignal):
     def compute_raw(self, images: Sequence[LoadedImage]) -> np.ndarray:
         raw = super().compute(images)
         if self.settings.resnet_flip_symmetric and len(images):
-            import dataclasses
-
-            from PIL import Image
-
-            mirrored = [dataclasses.replace(im, image=im.content.transpose(Image.Transpose.FLIP_LEFT_RIGHT), box=None)
-                        for im in images]
-            raw = raw + super().compute(mirrored)
+            raw = raw + super().compute(mirrored(images))
             raw = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
         return raw.astype(np.float32)
 
@@ -230,12 +224,27 @@ def _pooled_resnet_class():
             self.p = float(p)
 
         def forward(self, x):
-            f = self.body(x).float()
-            if self.p == 1.0:
-                return f.mean(dim=(2, 3))
-            return f.clamp(min=1e-6).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+            return gem_pool(self.body(x), self.p)
 
     return _PooledResNet
+
+
+def mirrored(images: Sequence[LoadedImage]) -> list[LoadedImage]:
+    """The images' content (flat borders already trimmed), flipped left-right."""
+    import dataclasses
+
+    from PIL import Image
+
+    return [dataclasses.replace(im, image=im.content.transpose(Image.Transpose.FLIP_LEFT_RIGHT), box=None)
+            for im in images]
+
+
+def gem_pool(fmap, p: float):
+    """Generalised-mean pooling of a (n, C, H, W) feature map over H, W, in fp32; p = 1 is average."""
+    f = fmap.float()
+    if p == 1.0:
+        return f.mean(dim=(2, 3))
+    return f.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
 
 
 def fuse_batchnorm(resnet) -> None:
