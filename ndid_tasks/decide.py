@@ -23,8 +23,10 @@ from .index import ImageIndex, IndexedImage
 log = logging.getLogger(__name__)
 
 RECORD_SCHEMA = "ndid.decision/2"  # /2: stage "clip" -> "stage2", clip_pairs -> stage2_pairs
-PHASH_CANDIDATES = 64  # most pHash neighbours taken from the radius search
+PHASH_CANDIDATES = 16  # most pHash neighbours taken from the radius search (nearest first)
+SEARCH_SLACK = 8  # extra hits per batch search, for the batch's own later images (see candidates_many)
 PHASH_BITS = 64.0
+PDQ_BITS = 256
 
 
 @dataclass
@@ -108,24 +110,37 @@ class Matcher:
     def candidates_many(self, images: Sequence[IndexedImage], before: bool = True) -> dict[str, list[str]]:
         """pHash-radius ∪ ResNet top-K candidates for many images with two search calls.
 
-        With ``before``, only images strictly earlier in ingestion order count. The search asks for
-        ``len(images)`` extra hits, since at most that many (the batch's own later images) can be
-        filtered out afterwards -- so the result equals a per-image search.
+        With ``before``, only images strictly earlier in ingestion order count. The batch search
+        asks for :data:`SEARCH_SLACK` extra hits, room for the batch's own later images, which are
+        filtered out afterwards; images that lost more than that (near-copies later in the same
+        batch, or a young index) are searched again together with room for the whole batch -- so
+        the result always equals a per-image search, while Milvus returns few hits (its cost grows
+        with the hit count).
         """
-        slack = len(images) if before else 0
+        if not images:
+            return {}
+        slack = min(len(images), SEARCH_SLACK) if before else 0
         latest = max(im.created_at for im in images) if before else None
-        ph = self.index.search_many("phash", [im.phash for im in images], PHASH_CANDIDATES + slack, latest,
-                                    radius=self.radius)
-        rn = self.index.search_many("resnet", [im.resnet for im in images], self.top_k + slack, latest)
-        out = {}
-        for im, ph_hits, rn_hits in zip(images, ph, rn):
+        searches = (("phash", PHASH_CANDIDATES, self.radius), ("resnet", self.top_k, None))
+        found: dict[str, list[list[str]]] = {}
+
+        def earlier(hits, im):
             key = (im.created_at, im.id)
-            ok = [h.id for h in ph_hits if h.id != im.id and (not before or (h.created_at, h.id) < key)]
-            ids = ok[:PHASH_CANDIDATES]
-            ok = [h.id for h in rn_hits if h.id != im.id and (not before or (h.created_at, h.id) < key)]
-            ids += ok[:self.top_k]
-            out[im.id] = list(dict.fromkeys(ids))
-        return out
+            return [h.id for h in hits if h.id != im.id and (not before or (h.created_at, h.id) < key)]
+
+        for kind, want, radius in searches:
+            hits = self.index.search_many(kind, [getattr(im, kind) for im in images], want + slack, latest,
+                                          radius=radius)
+            found[kind] = [earlier(h, im) for h, im in zip(hits, images)]
+            crowded = [n for n, (h, ok) in enumerate(zip(hits, found[kind]))
+                       if before and len(ok) < want and len(h) == want + slack]
+            if crowded:  # enough room for every later image of the batch: exact
+                again = self.index.search_many(kind, [getattr(images[n], kind) for n in crowded],
+                                               want + len(images), latest, radius=radius)
+                for n, h in zip(crowded, again):
+                    found[kind][n] = earlier(h, images[n])
+        return {im.id: list(dict.fromkeys(found["phash"][n][:PHASH_CANDIDATES] + found["resnet"][n][:self.top_k]))
+                for n, im in enumerate(images)}
 
     def _stage1(self, image: IndexedImage, candidate_ids: list[str]
                 ) -> tuple[list[PairScore], list[tuple[str, dict[str, float]]]]:

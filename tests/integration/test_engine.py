@@ -69,6 +69,34 @@ def test_copies_found_with_the_right_original(random_settings, corpus):
     assert set(dup.contributions) >= {"phash_distance", "resnet_cosine", "intercept"}
 
 
+def test_batched_candidates_equal_a_brute_force_search_of_earlier_images(random_settings, corpus):
+    """One search call for a whole batch, cut to each image's earlier rows, must give what an exact
+    search per image gives -- also when the batch's later images crowd out the earlier ones (a
+    small top-K on a young index forces the second, exact search)."""
+    from ndid_tasks.decide import PHASH_CANDIDATES
+
+    engine = Engine(random_settings.replace(resnet_top_k=3))
+    try:
+        prepared = engine.prepare(local_items([corpus]), run_id="r1")
+        engine.index_prepared(prepared, "r1")
+        images = prepared.images
+        calls = []
+        search = engine.index.search_many
+        engine.index.search_many = lambda *a, **k: calls.append(len(a[1])) or search(*a, **k)
+        got = engine.matcher().candidates_many(images)
+    finally:
+        engine.close()
+    radius = random_settings.phash_radius
+    for im in images:
+        earlier = [o for o in images if (o.created_at, o.id) < (im.created_at, im.id)]
+        near = sorted(earlier, key=lambda o: (int(np.sum(o.phash != im.phash)), o.id))
+        expected = {o.id for o in near[:PHASH_CANDIDATES] if np.sum(o.phash != im.phash) <= radius}
+        expected |= {o.id for o in sorted(earlier, key=lambda o: -float(np.dot(o.resnet, im.resnet)))[:3]}
+        assert set(got[im.id]) == expected, im.id
+    assert any(len(got[im.id]) > 3 for im in images)  # pHash and ResNet both contributed somewhere
+    assert len(calls) > 2 and calls[0] == len(images)  # one call for the batch, then the crowded ones
+
+
 def test_reindexing_changes_nothing(random_settings, corpus):
     items = local_items([corpus])
     engine = Engine(random_settings)
@@ -82,8 +110,8 @@ def test_reindexing_changes_nothing(random_settings, corpus):
     assert first == second
 
 
-def with_clip(cal):
-    """The shipped calibration with CLIP added to stage 2 (the untrained one leaves CLIP out)."""
+def with_optional_signals(cal):
+    """The shipped calibration with CLIP and PDQ added to stage 2 (the untrained one leaves CLIP out)."""
     from ndid_tasks.calibration import STAGE2_FEATURES, Calibration
 
     d = cal.to_dict()
@@ -106,12 +134,12 @@ def test_stage2_runs_only_for_ambiguous_pairs(random_settings, corpus):
         engine.close()
     engine = Engine(random_settings.replace(milvus_uri=str(random_settings.state_dir) + "/m2.db",
                                             ambiguous_low=0.0, ambiguous_high=1.0, stage2_max_candidates=100),
-                    calibration=with_clip(shipped))
+                    calibration=with_optional_signals(shipped))
     try:
         recs = engine.ingest(local_items([corpus]), run_id="r1", run_at="t")
         decided_with_candidates = [r for r in recs if r.candidates and r.stage != "exact"]
         assert decided_with_candidates and all(r.stage == "stage2" for r in decided_with_candidates)
-        assert all("log_inliers" in r.features and "clip_cosine" in r.features for r in decided_with_candidates)
+        assert all({"log_inliers", "clip_cosine", "pdq_distance"} <= set(r.features) for r in decided_with_candidates)
         assert engine.clip_images_computed > 0
         computed = engine.clip_images_computed
         engine.ingest(local_items([corpus]), run_id="r1", run_at="t")
