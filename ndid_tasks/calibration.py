@@ -23,8 +23,8 @@ import numpy as np
 
 SCHEMA = "ndid.calibration/1"
 STAGE1_FEATURES = ("phash_distance", "resnet_cosine")
-STAGE2_FEATURES = ("phash_distance", "resnet_cosine", "clip_cosine", "log_inliers")
-OPTIONAL_STAGE2 = ("clip_cosine",)  # a calibration may leave these out when they do not pay (see fit)
+STAGE2_FEATURES = ("phash_distance", "resnet_cosine", "clip_cosine", "pdq_distance", "log_inliers")
+OPTIONAL_STAGE2 = ("clip_cosine", "pdq_distance")  # a calibration leaves out those that do not pay (see fit)
 SELECTION_TOLERANCE = 0.002  # held-out AP a signal must add to be worth computing
 DEFAULT_BAND = (0.2, 0.8)
 
@@ -87,7 +87,7 @@ class Calibration:
             if d.get("schema") != SCHEMA:
                 raise CalibrationError(f"unknown calibration schema {d.get('schema')!r} (want {SCHEMA})")
             s1, s2 = Stage(**d["stage1"]), Stage(**d["stage2"])
-            if tuple(s1.features) != STAGE1_FEATURES or tuple(s2.features) not in _stage2_choices():
+            if tuple(s1.features) != STAGE1_FEATURES or not _valid_stage2(s2.features):
                 raise CalibrationError(f"calibration features {s1.features}/{s2.features} do not match "
                                        f"this engine's {STAGE1_FEATURES}/{STAGE2_FEATURES}")
             for stage in (s1, s2):
@@ -112,8 +112,12 @@ class Calibration:
             raise CalibrationError(f"calibration is not JSON: {exc}") from exc
 
 
-def _stage2_choices() -> list[tuple[str, ...]]:
-    return [STAGE2_FEATURES, tuple(f for f in STAGE2_FEATURES if f not in OPTIONAL_STAGE2)]
+BASE_STAGE2 = tuple(f for f in STAGE2_FEATURES if f not in OPTIONAL_STAGE2)
+
+
+def _valid_stage2(names: Sequence[str]) -> bool:
+    """The base stage-2 features plus any optional ones, in this engine's order."""
+    return set(BASE_STAGE2) <= set(names) and list(names) == [f for f in STAGE2_FEATURES if f in names]
 
 
 def default_calibration(weights_mode: str) -> Calibration:
@@ -196,8 +200,10 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, min_precision: float = 0.99) 
 
 def fit_calibration(features: dict[str, np.ndarray], labels: np.ndarray, weights_mode: str,
                     training: dict[str, Any], threshold: float | None = None, holdout: float = 0.3,
-                    seed: int = 0, version: str | None = None, whitening_version: str = "") -> Calibration:
-    """Fit both stages on a random split, measure on the held-out part, then refit on all data."""
+                    seed: int = 0, version: str | None = None, whitening_version: str = "",
+                    stage2_features: Sequence[str] | None = None) -> Calibration:
+    """Fit both stages on a random split, measure on the held-out part, then refit on all data.
+    ``stage2_features`` skips the selection of optional signals and uses these."""
     y = np.asarray(labels, dtype=int)
     x1 = np.column_stack([features[f] for f in STAGE1_FEATURES]).astype(np.float64)
     if len(np.unique(y)) < 2:
@@ -208,7 +214,12 @@ def fit_calibration(features: dict[str, np.ndarray], labels: np.ndarray, weights
         test = np.zeros(len(y), dtype=bool)
     train = ~test
     eval_mask = test if test.any() else train
-    stage2_names, selection = _select_stage2(features, y, train, eval_mask)
+    if stage2_features is not None:
+        if not _valid_stage2(stage2_features):
+            raise CalibrationError(f"stage-2 features {list(stage2_features)} are not a choice of {STAGE2_FEATURES}")
+        stage2_names, selection = tuple(stage2_features), {"features": list(stage2_features), "reason": "given"}
+    else:
+        stage2_names, selection = _select_stage2(features, y, train, eval_mask)
     x2 = np.column_stack([features[f] for f in stage2_names]).astype(np.float64)
     s1, s2 = _fit_stage(x1[train], y[train], STAGE1_FEATURES), _fit_stage(x2[train], y[train], stage2_names)
     metrics: dict[str, Any] = {"stage2_selection": selection}
@@ -241,20 +252,32 @@ def fit_calibration(features: dict[str, np.ndarray], labels: np.ndarray, weights
 
 def _select_stage2(features: dict[str, np.ndarray], y: np.ndarray, train: np.ndarray, held: np.ndarray
                    ) -> tuple[tuple[str, ...], dict[str, Any]]:
-    """Keep an optional stage-2 signal (CLIP) only if it adds held-out average precision: with
-    random weights it does not, and leaving it out saves a second network pass per ambiguous image."""
+    """Keep an optional stage-2 signal (CLIP, PDQ) only if adding it adds held-out average
+    precision (forward selection, one signal at a time): with random weights CLIP does not, and
+    leaving it out saves a second network pass per ambiguous image. Optional signals missing
+    from ``features`` are not considered."""
     from sklearn.metrics import average_precision_score
 
-    full, lean = _stage2_choices()
+    offered = [f for f in OPTIONAL_STAGE2 if f in features]
     if 0 in (y[held].sum(), (1 - y[held]).sum()):
-        return full, {"features": list(full), "reason": "held-out split lacks a class: kept all"}
-    ap = {}
-    for names in (full, lean):
+        keep = tuple(f for f in STAGE2_FEATURES if f in BASE_STAGE2 or f in offered)
+        return keep, {"features": list(keep), "reason": "held-out split lacks a class: kept all"}
+
+    def heldout_ap(names: tuple[str, ...]) -> float:
         x = np.column_stack([features[f] for f in names]).astype(np.float64)
-        ap[names] = float(average_precision_score(y[held], _probabilities(_fit_stage(x[train], y[train], names), x[held])))
-    keep = full if ap[full] > ap[lean] + SELECTION_TOLERANCE else lean
-    return keep, {"features": list(keep), "heldout_ap_with": round(ap[full], 4),
-                  "heldout_ap_without": round(ap[lean], 4), "dropped": [f for f in full if f not in keep]}
+        return float(average_precision_score(y[held], _probabilities(_fit_stage(x[train], y[train], names), x[held])))
+
+    keep = BASE_STAGE2
+    base_ap = best_ap = heldout_ap(keep)
+    adding = {}
+    for signal in offered:
+        names = tuple(f for f in STAGE2_FEATURES if f in keep or f == signal)
+        adding[signal] = heldout_ap(names)
+        if adding[signal] > best_ap + SELECTION_TOLERANCE:
+            keep, best_ap = names, adding[signal]
+    return keep, {"features": list(keep), "heldout_ap_base": round(base_ap, 4),
+                  "heldout_ap_adding": {f: round(v, 4) for f, v in adding.items()},
+                  "heldout_ap": round(best_ap, 4), "dropped": [f for f in offered if f not in keep]}
 
 
 def evaluate(cal: Calibration, features: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any]:

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .calibrate import bootstrap_features_from_images, set_query_level_threshold
-from .calibration import Calibration, fit_calibration
+from .calibrate import bootstrap_features_from_images, fit_bootstrapped
+from .calibration import Calibration
 from .config import Settings
 from .index import ImageIndex, placeholder_vector
 from .whitening import Whitening
@@ -140,9 +140,7 @@ def refresh_whitening(settings: Settings, engine, sample_images: int = 150, copi
         settings, originals, copies=copies, seed=seed, progress=progress, corpus_raw=corpus_raw)
     summary["source"] = "index"
     whitening.fitted_on["index_rows"] = current.count()  # metadata only: not part of the version hash
-    cal: Calibration = fit_calibration(feats, labels, settings.weights_mode, training=summary, seed=seed,
-                                       whitening_version=whitening.version)
-    set_query_level_threshold(cal, query_level, settings)
+    cal = fit_bootstrapped(settings, feats, labels, summary, whitening, query_level, seed)
     cal.version = f"index-{cal.version}-{whitening.version}"
     result = {"status": "fitted", "whitening": whitening.version, "calibration": cal.version,
               "corpus_descriptors": len(corpus_raw), "bootstrap_images": len(originals),

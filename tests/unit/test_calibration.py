@@ -115,3 +115,46 @@ def test_band_lower_edge_keeps_almost_every_duplicate():
     lo, _ = choose_band(y, p)
     assert np.mean(p[y == 1] < lo) == 0.0
     assert choose_band(y, p, max_missed=0.05)[0] >= lo
+
+
+def test_each_optional_signal_is_judged_on_its_own():
+    _, y = synthetic_pairs(n=600)
+    rng = np.random.default_rng(7)
+    hard = {"phash_distance": rng.uniform(0.2, 0.4, len(y)), "resnet_cosine": rng.uniform(0.5, 0.8, len(y)),
+            "log_inliers": np.log1p(rng.integers(0, 20, len(y))),
+            "clip_cosine": rng.uniform(0, 1, len(y)),  # noise: left out
+            "pdq_distance": np.where(y, rng.uniform(0.0, 0.3, len(y)), rng.uniform(0.25, 0.6, len(y)))}
+    cal = fit_calibration(hard, y, "random", training={})
+    assert cal.stage2.features == ["phash_distance", "resnet_cosine", "pdq_distance", "log_inliers"]
+    sel = cal.metrics["stage2_selection"]
+    assert sel["dropped"] == ["clip_cosine"] and sel["heldout_ap_adding"]["pdq_distance"] > sel["heldout_ap_base"]
+    assert Calibration.from_json(cal.to_json()).stage2.features == cal.stage2.features
+    d = cal.to_dict()
+    d["stage2"]["features"] = list(reversed(d["stage2"]["features"]))  # not this engine's order
+    with pytest.raises(CalibrationError):
+        Calibration.from_dict(d)
+
+
+def test_image_level_selection_adds_a_signal_only_when_it_raises_image_recall():
+    from ndid_tasks.calibrate import IMAGE_LEVEL_GAIN, select_by_image_level
+    from ndid_tasks.config import Settings
+
+    feats, y = synthetic_pairs(n=600)
+    feats["pdq_distance"] = feats["phash_distance"]
+
+    def fit(stage2_features=None):
+        return fit_calibration(feats, y, "random", training={}, stage2_features=stage2_features)
+
+    lean = fit(["phash_distance", "resnet_cosine", "log_inliers"])
+
+    def query_level(recall_of):  # a stand-in for the check set: recall by which signal is in stage 2
+        return lambda cal, _cap: {"recall": max([0.80] + [r for f, r in recall_of.items() if f in cal.stage2.features])}
+
+    settings = Settings()
+    helps = select_by_image_level(lean, fit, query_level({"pdq_distance": 0.80 + 2 * IMAGE_LEVEL_GAIN}), settings)
+    assert helps.stage2.features == ["phash_distance", "resnet_cosine", "pdq_distance", "log_inliers"]
+    assert helps.metrics["stage2_selection"]["dropped"] == ["clip_cosine"]
+    idle = select_by_image_level(lean, fit, query_level({"pdq_distance": 0.80 + IMAGE_LEVEL_GAIN / 2}), settings)
+    assert idle.stage2.features == ["phash_distance", "resnet_cosine", "log_inliers"]
+    assert idle.metrics["stage2_selection"]["image_level_recall_adding"] == {
+        "clip_cosine": 0.8, "pdq_distance": round(0.80 + IMAGE_LEVEL_GAIN / 2, 4)}

@@ -62,13 +62,33 @@ def test_geometric_verification_separates_copies_from_unrelated(photos):
         photos["rocket"]])]
     geo = GeometricSignal()
     f = geo.compute(pics)
-    mirrored = geo.compute(pics, mirror=True)
     assert f[0].descriptors.dtype == np.uint8 and f[0].nbytes < 200_000
-    crop, mirror, thumb = (geo.verify(f[i], f[0], lambda i=i: mirrored[i]) for i in (1, 2, 3))
-    # un-mirroring the mirrored copy restores the match; verify() tries it only when direct is weak
-    assert geo.compare(mirrored[2], f[0]) > 3 * geo.verified
-    unrelated = max(geo.verify(f[4], f[0], lambda: mirrored[4]), geo.verify(f[5], f[0], lambda: mirrored[5]),
-                    geo.verify(f[5], f[4], lambda: mirrored[5]))
+    crop, mirror, thumb = (geo.verify(f[i], f[0]) for i in (1, 2, 3))
+    # the mirrored copy is found through the mirror features, far more than directly
+    assert geo.compare(f[2].mirrored(), f[0]) > 3 * max(geo.verified, geo.compare(f[2], f[0]))
+    # permuted descriptors ~ SIFT run on the mirrored pixels
+    assert geo.compare(f[0].mirrored(), f[2]) > 0.8 * geo.compare(f[0], f[0])
+    # one batched call equals pair-by-pair calls
+    assert geo.verify_many(f[0], f[1:]) == [geo.verify(f[0], g) for g in f[1:]]
+    unrelated = max(geo.verify(f[4], f[0]), geo.verify(f[5], f[0]), geo.verify(f[5], f[4]))
     print(f"inliers: crop {crop}, mirror {mirror}, thumbnail {thumb}, unrelated <= {unrelated}")
     assert unrelated <= 8
     assert min(crop, mirror, thumb) >= 12
+
+
+def test_pdq_dihedral_distance_finds_rotated_and_mirrored_copies(photos):
+    from PIL import Image, ImageOps
+
+    from ndid_tasks.signals import PDQSignal
+
+    a = photos["astronaut"]
+    pics = [load_image(jpeg_bytes(img), str(n)) for n, img in enumerate([
+        a, a.transpose(Image.Transpose.ROTATE_90), ImageOps.mirror(a), photos["coffee"]])]
+    pdq = PDQSignal()
+    plain, dihedral = pdq.compute(pics), pdq.dihedral(pics)
+    assert plain.shape == (4, 256) and dihedral.shape == (4, 8, 256)
+    assert (dihedral[:, 0] == plain).mean() > 0.99  # row 0 is the image's own hash
+    for copy in (1, 2):
+        assert pdq.compare(plain[copy], plain[0]) > 64  # plain PDQ misses rotations and flips
+        assert pdq.dihedral_distance(dihedral[copy], plain[0]) <= 31  # the minimum does (31: PDQ's match threshold)
+    assert pdq.dihedral_distance(dihedral[3], plain[0]) > 64
