@@ -208,7 +208,8 @@ def start_s3(settings: Settings, wait: float = 60.0) -> ServiceStatus:
     if pid is not None:
         return s3_status(settings)
     ports = weed_ports(port)
-    taken = [p for p in ports.values() for p in (p, p + 10000) if port_in_use("127.0.0.1", p)]
+    # a grace for each port: a server just stopped (ours too) can hold a socket while it shuts down
+    taken = [p for p in ports.values() for p in (p, p + 10000) if _port_stays_taken("127.0.0.1", p, grace=5.0)]
     if taken:
         raise ServiceError(f"port(s) {taken} on 127.0.0.1 are already taken by another program (S3 needs "
                            f"{sorted(ports.values())} and each +10000); stop it or point "

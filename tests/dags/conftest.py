@@ -22,9 +22,6 @@ os.environ.update({
     "AIRFLOW__API_AUTH__JWT_SECRET": "ndid-tests-" + "x" * 64,
     "AIRFLOW__CORE__PARALLELISM": "2",
     "PYTHONWARNINGS": "ignore",
-    # DAG parsing reads <state_dir>/ndid.env into the environment: not a developer's var/ (its local
-    # S3 credentials would leak into every later test)
-    "NDID_STATE_DIR": os.path.join(_HOME, "ndid-state"),
 })
 sys.path[:0] = [str(ROOT / "dags"), str(ROOT / "plugins")]
 

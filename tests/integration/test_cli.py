@@ -16,6 +16,8 @@ def env(monkeypatch, tmp_path):
     monkeypatch.setenv("NDID_STATE_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("NDID_WEIGHTS_MODE", "random")
     monkeypatch.setenv("NDID_EMBED_BATCH_SIZE", "8")
+    for name in ("NDID_S3_ACCESS_KEY", "NDID_S3_SECRET_KEY"):  # as on a machine without local services
+        monkeypatch.delenv(name, raising=False)
     return tmp_path
 
 
