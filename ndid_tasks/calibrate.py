@@ -238,8 +238,9 @@ def select_by_image_level(cal: Calibration, fit: Callable, query_level: Callable
 
     Synthetic pairs are too easy to tell a signal's worth (held-out pair AP is 1.0 with or
     without CLIP or PDQ), while the product decides per image, from the best of many candidates.
-    So each left-out signal is added in turn and kept if the check set's image-level recall at
-    99 % precision rises by at least :data:`IMAGE_LEVEL_GAIN`.
+    So each left-out signal is added in turn and kept if the check set's image-level recall (at
+    its threshold: precision >= 0.99 and no negative above it; stored as
+    ``image_level_recall_at_p99``) rises by at least :data:`IMAGE_LEVEL_GAIN`.
     """
     pair_level = dict(cal.metrics.get("stage2_selection", {}))
     best = query_level(cal, settings.stage2_max_candidates)
