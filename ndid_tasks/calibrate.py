@@ -151,6 +151,13 @@ def bootstrap_features_from_images(settings: Settings, originals: Sequence[Loade
     queries = [(n + k, i if i % 3 != 2 else None) for k, (i, _) in enumerate(copies_list) if i not in scene_sources]
     queries += [(first_scene + k + 1, None) for k in range(0, len(scene_views), 2)]
 
+    inliers_of: dict[tuple[int, int], float] = {}  # query_level runs once per candidate calibration
+
+    def log_inliers(q: int, c: int) -> float:
+        if (q, c) not in inliers_of:
+            inliers_of[q, c] = float(np.log1p(geometry.verify(local[q], local[c])))
+        return inliers_of[q, c]
+
     def query_level(cal: Calibration, stage2_max: int, min_precision: float = 0.99) -> dict[str, Any]:
         """Top-1 decisions of every check query against the corpus, as the Matcher makes them
         (stage 1, verification of the best ``stage2_max`` pairs in the band); the threshold is the
@@ -169,7 +176,7 @@ def bootstrap_features_from_images(settings: Settings, originals: Sequence[Loade
                     verified += 1
                     pf = {**pf, "clip_cosine": float(np.dot(clip[q], clip[c])),
                           "pdq_distance": PDQSignal.dihedral_distance(pdq[q], pdq[c]) / PDQ_BITS,
-                          "log_inliers": float(np.log1p(geometry.verify(local[q], local[c])))}
+                          "log_inliers": log_inliers(q, c)}
                     p = cal.stage2.probability(pf)
                 else:
                     p = min(p1, cal.band[0]) if cal.in_band(p1) else p1

@@ -32,17 +32,6 @@ def jpeg_bytes(img: Image.Image, quality: int = 92) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(autouse=True)
-def _restore_environment():
-    """The CLI reads ``<state_dir>/ndid.env`` into os.environ (as a shell would source it); a test
-    that runs it must not leave those credentials to the tests after it."""
-    saved = dict(os.environ)
-    yield
-    if os.environ != saved:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 @pytest.fixture(scope="session")
 def photos() -> dict[str, Image.Image]:
     return {name: skimage_photo(name) for name in SKIMAGE_PHOTOS}
