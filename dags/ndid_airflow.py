@@ -5,11 +5,14 @@ Not a DAG file (listed in .airflowignore). Nothing here touches the network at i
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from ndid_tasks.config import Settings
+from ndid_tasks.errors import is_permanent
 from ndid_tasks.services import load_env_file
 
 log = logging.getLogger(__name__)
@@ -19,14 +22,37 @@ MILVUS_CONN_ID = "ndid_milvus"
 MILVUS_POOL = "ndid_milvus"
 OWNER = "ndid"
 
-# what every NDID DAG shares: one run at a time, no catch-up storms after a pause
+# what every NDID DAG shares: windows one after another (an image is compared with every earlier
+# one, so a window must be indexed before a later window decides), no catch-up storms after a pause
 DAG_DEFAULTS: dict[str, Any] = {"start_date": datetime(2026, 1, 1), "catchup": False, "max_active_runs": 1}
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def task_defaults(retries: int, retry_delay: timedelta) -> dict[str, Any]:
-    """default_args: owner, retries with exponential backoff (transient S3/Milvus errors), a timeout."""
-    return {"owner": OWNER, "retries": retries, "retry_delay": retry_delay, "retry_exponential_backoff": True,
-            "max_retry_delay": timedelta(minutes=10), "execution_timeout": timedelta(hours=2)}
+
+def task_defaults(settings: Settings, retry_delay: timedelta) -> dict[str, Any]:
+    """default_args: owner, retries with exponential backoff for transient S3/Milvus errors (permanent
+    ones fail at once, see :func:`fail_fast`), a timeout."""
+    return {"owner": OWNER, "retries": settings.task_retries, "retry_delay": retry_delay,
+            "retry_exponential_backoff": True, "max_retry_delay": timedelta(minutes=5),
+            "execution_timeout": timedelta(hours=2)}
+
+
+def fail_fast(func: F) -> F:
+    """Failures no retry can fix (settings, weights, calibration, whitening: ndid_tasks.errors)
+    fail the task at once with their message; everything else keeps its retries."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            if is_permanent(exc):
+                from airflow.sdk.exceptions import AirflowFailException
+
+                raise AirflowFailException(f"{type(exc).__name__}: {exc} (not retried: a retry cannot fix this)") from exc
+            raise
+
+    return wrapper  # type: ignore[return-value]
 
 
 def base_settings() -> Settings:

@@ -10,6 +10,7 @@ from ndid_airflow import (
     DAG_DEFAULTS,
     MILVUS_POOL,
     base_settings,
+    fail_fast,
     partition_date,
     run_at,
     run_window,
@@ -20,26 +21,31 @@ from ndid_airflow import (
 SETTINGS = base_settings()
 
 DOC = f"""
-### NDID ingestion
+### NDID ingestion ({"**UNTRAINED: random weights**" if SETTINGS.untrained else "pretrained weights"})
 
 Every run takes the objects under **s3://`bucket`/`prefix`** whose *LastModified* falls in the run's
-data interval (or the explicit `start`/`end` params), and for each one writes exactly one record:
+data interval (or the explicit `start`/`end` params), and gives each one exactly one record:
 
 | step | what | parallel |
 |---|---|---|
-| `plan` | list the window, skip objects another run already decided (unless `reprocess`) | - |
-| `embed` | fetch, decode, pHash + ResNet-50 per batch; staged as NPZ under `{SETTINGS.s3_staging_prefix}` | mapped, parallel |
-| `index` | upsert into Milvus | mapped, pool `{MILVUS_POOL}` |
-| `decide` | candidates (pHash radius + ResNet top-K) -> logistic regression -> geometric verification (+ CLIP if calibrated) only when ambiguous | mapped, pool `{MILVUS_POOL}` |
-| `tag` | S3 tags `ndid-duplicate-of`, `ndid-probability`, `ndid-decision-version` on duplicates | mapped |
-| `summarize` | counts per decision / stage / error, stage-2 share, images/s (XCom + `_summary.json`) | - |
+| `plan` | stream the listing, skip objects that already have a record (unless `reprocess`), write the manifest of batches to `{SETTINGS.s3_staging_prefix}` | - |
+| `embed` | per slice of the manifest: fetch, decode, pHash + ResNet-50, staged as NPZ | mapped, parallel |
+| `index` | per slice: upsert into Milvus | mapped, pool `{MILVUS_POOL}` |
+| `decide` | per slice: candidates -> logistic regression -> geometric verification only when ambiguous -> S3 tags on duplicates -> one record per object | mapped, pool `{MILVUS_POOL}` |
+| `summarize` | counts per decision / stage / error, stage-2 share, images/s | - |
 
-**Outputs:** `s3://<bucket>/{SETTINGS.s3_decisions_prefix}date=YYYY-MM-DD/run=<run id>/batch-NNNNN.jsonl`
-(decision and error records) and `_summary.json` beside them. Retries overwrite, never duplicate.
+At most {SETTINGS.ingest_max_parallel} mapped tasks per step, whatever the window size; each works
+through its slice batch by batch and resumes after a retry.
 
-**Backfill:** `airflow backfill create --dag-id ndid_ingest --from-date 2026-01-01 --to-date 2026-01-08`
-re-processes exactly the objects of those intervals. Pool `{MILVUS_POOL}` must have 1 slot with a
-Milvus Lite file; more with a Milvus server.
+**Outputs:** one record per object at `s3://<bucket>/{SETTINGS.s3_decisions_prefix}records/date=YYYY-MM-DD/hour=HH/<hash of object>.json`
+(written after the object's tags, so a record means "done"), and the run's `_summary.json` under
+`{SETTINGS.s3_decisions_prefix}runs/`. Retries, clears and re-runs rewrite the same keys.
+
+**Failures:** settings / weights / calibration problems fail the task at once (no retries);
+S3 or Milvus outages are retried {SETTINGS.task_retries} times with backoff. A bad object never fails
+a run: it gets an error record. Re-run a failed window with *Clear*: it finishes what is missing.
+
+**Backfill:** `airflow backfill create --dag-id ndid_ingest --from-date 2026-01-01 --to-date 2026-01-08`.
 """
 
 
@@ -47,9 +53,9 @@ Milvus Lite file; more with a Milvus server.
     dag_id="ndid_ingest",
     # data intervals (not trigger-only cron): each run owns [start, end), so backfills re-list a range
     schedule=CronDataIntervalTimetable(SETTINGS.ingest_schedule, timezone="UTC"),
-    tags=["ndid", "ingestion"],
+    tags=["ndid", "ingestion", "untrained" if SETTINGS.untrained else "pretrained"],
     doc_md=DOC,
-    default_args=task_defaults(retries=3, retry_delay=timedelta(seconds=30)),
+    default_args=task_defaults(SETTINGS, retry_delay=timedelta(seconds=30)),
     **DAG_DEFAULTS,
     params={
         "bucket": Param(SETTINGS.s3_bucket, type="string", description="S3 bucket holding the images"),
@@ -63,84 +69,74 @@ Milvus Lite file; more with a Milvus server.
     },
 )
 def ndid_ingest():
-    @task(pool=MILVUS_POOL)
+    @task
+    @fail_fast
     def plan() -> dict:
         from ndid_tasks import ingest_run
-        from ndid_tasks.pipeline import Engine
 
         ctx = get_current_context()
         p = ctx["params"]
         start, end = run_window(ctx)
         settings = task_settings()
-        engine = Engine(settings)
-        try:
-            planned = ingest_run.plan(settings, engine, p["bucket"], p["prefix"], start, end,
-                                      int(p["batch_size"]), bool(p["reprocess"]), ctx["run_id"])
-        finally:
-            engine.close()
-        planned["started"] = time.time()
-        return planned
+        if settings.weights_mode == "pretrained":  # fail here, in seconds, not in every embed task
+            from ndid_tasks.weights import RESNET50, require_weights
+
+            require_weights(settings, RESNET50)
+        outline = ingest_run.plan(settings, p["bucket"], p["prefix"], start, end, int(p["batch_size"]),
+                                  bool(p["reprocess"]), ctx["run_id"])
+        return {**outline, "started": time.time()}
 
     @task
-    def batches(planned: dict) -> list[dict]:
-        return planned["batches"]
+    def slices(outline: dict) -> list[dict]:
+        return outline["slices"]
 
-    @task(map_index_template="batch {{ task.op_kwargs['batch']['batch_no'] }}")
-    def embed(batch: dict) -> dict:
+    @task(map_index_template="slice {{ task.op_kwargs['part']['slice'] }}")
+    @fail_fast
+    def embed(part: dict) -> dict:
         from ndid_tasks import ingest_run
         from ndid_tasks.pipeline import Engine
 
         ctx = get_current_context()
         settings = task_settings()
-        engine = Engine(settings)
-        return ingest_run.embed(settings, engine, batch, ctx["run_id"], run_at(ctx))
+        with Engine(settings) as engine:
+            return ingest_run.embed(settings, engine, part, ctx["run_id"], run_at(ctx))
 
-    @task(pool=MILVUS_POOL)
-    def index(staged: dict) -> dict:
+    @task(pool=MILVUS_POOL, map_index_template="slice {{ task.op_kwargs['part']['slice'] }}")
+    @fail_fast
+    def index(part: dict) -> dict:
         from ndid_tasks import ingest_run
         from ndid_tasks.pipeline import Engine
 
         settings = task_settings()
-        engine = Engine(settings)
-        try:
-            return ingest_run.index(settings, engine, staged, get_current_context()["run_id"])
-        finally:
-            engine.close()
+        with Engine(settings) as engine:
+            return ingest_run.index(settings, engine, part, get_current_context()["run_id"])
 
-    @task(pool=MILVUS_POOL)
-    def decide(staged: dict) -> dict:
+    @task(pool=MILVUS_POOL, map_index_template="slice {{ task.op_kwargs['part']['slice'] }}")
+    @fail_fast
+    def decide(part: dict) -> dict:
         from ndid_tasks import ingest_run
         from ndid_tasks.pipeline import Engine
 
         ctx = get_current_context()
         settings = task_settings()
-        engine = Engine(settings)
-        try:
-            return ingest_run.decide(settings, engine, staged, ctx["run_id"], run_at(ctx), partition_date(ctx))
-        finally:
-            engine.close()
-
-    @task
-    def tag(decided: dict) -> dict:
-        from ndid_tasks import ingest_run
-
-        return ingest_run.tag(task_settings(), decided)
+        with Engine(settings) as engine:
+            return ingest_run.decide(settings, engine, part, ctx["run_id"], run_at(ctx))
 
     @task(trigger_rule="none_failed")
-    def summarize(results: list[dict] | None, planned: dict) -> dict:
+    @fail_fast
+    def summarize(parts: list[dict] | None, outline: dict) -> dict:
         from ndid_tasks import ingest_run
 
         ctx = get_current_context()
         settings = task_settings()
-        return ingest_run.write_summary(settings, list(results or []), planned, ctx["run_id"], partition_date(ctx),
-                                        time.time() - planned["started"], settings.untrained)
+        return ingest_run.write_summary(settings, outline, list(parts or []), partition_date(ctx),
+                                        time.time() - outline["started"], settings.untrained)
 
-    planned = plan()
-    staged = embed.expand(batch=batches(planned))
-    indexed = index.expand(staged=staged)
-    decided = decide.expand(staged=indexed)
-    tagged = tag.expand(decided=decided)
-    summarize(tagged, planned)
+    outline = plan()
+    embedded = embed.expand(part=slices(outline))
+    indexed = index.expand(part=embedded)
+    decided = decide.expand(part=indexed)
+    summarize(decided, outline)
 
 
 ndid_ingest()

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
-from ndid_airflow import DAG_DEFAULTS, MILVUS_POOL, base_settings, task_defaults, task_settings
+from ndid_airflow import DAG_DEFAULTS, MILVUS_POOL, base_settings, fail_fast, task_defaults, task_settings
 
 SETTINGS = base_settings()
 LABELS = Asset(f"s3://{SETTINGS.s3_bucket}/{SETTINGS.s3_labels_prefix}", extra={"format": "jsonl or csv"})
@@ -43,13 +43,14 @@ one atomic switch. It holds the `ndid_milvus` pool slot, so no ingest task write
                                  assets=[LABELS]),
     tags=["ndid", "calibration"],
     doc_md=DOC,
-    default_args=task_defaults(retries=2, retry_delay=timedelta(minutes=1)),
+    default_args=task_defaults(SETTINGS, retry_delay=timedelta(minutes=1)),
     params={"refresh_whitening": Param("auto", enum=["auto", "always", "never"],
                                        description="fit a new descriptor whitening on the index and re-index")},
     **DAG_DEFAULTS,
 )
 def ndid_recalibrate():
     @task(pool=MILVUS_POOL)
+    @fail_fast
     def refresh_whitening() -> dict:
         from ndid_tasks.pipeline import Engine
         from ndid_tasks.refresh import refresh_due, refresh_whitening
@@ -67,6 +68,7 @@ def ndid_recalibrate():
         return {k: v for k, v in result.items() if not k.startswith("_")}
 
     @task(pool=MILVUS_POOL)
+    @fail_fast
     def recalibrate() -> dict:
         from ndid_tasks.calibrate import recalibration_run
         from ndid_tasks.pipeline import Engine

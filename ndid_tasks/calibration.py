@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import PermanentError
+
 SCHEMA = "ndid.calibration/1"
 STAGE1_FEATURES = ("phash_distance", "resnet_cosine")
 STAGE2_FEATURES = ("phash_distance", "resnet_cosine", "clip_cosine", "pdq_distance", "log_inliers")
@@ -29,7 +31,7 @@ SELECTION_TOLERANCE = 0.002  # held-out AP a signal must add to be worth computi
 DEFAULT_BAND = (0.2, 0.8)
 
 
-class CalibrationError(ValueError):
+class CalibrationError(PermanentError, ValueError):
     """A calibration document is missing, malformed or does not fit this deployment."""
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .errors import PermanentError
+
 ENV_PREFIX = "NDID_"
 WEIGHTS_MODES = ("pretrained", "random")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -21,7 +23,7 @@ RESNET_LAYERS = ("layer3", "layer4")
 RESNET_INPUTS = ("squash", "center_crop")
 
 
-class SettingsError(ValueError):
+class SettingsError(PermanentError, ValueError):
     """A setting has a value NDID cannot use."""
 
 
@@ -77,6 +79,9 @@ class Settings:
     # --- batching ---
     embed_batch_size: int = 32
     ingest_batch_size: int = 64
+    # mapped tasks per ingest step, whatever the window size: each owns a slice of the run's
+    # manifest (far below Airflow's max_map_length of 1024)
+    ingest_max_parallel: int = 16
 
     # --- candidates and decision ---
     phash_radius: int = 24  # wide: pHash only proposes candidates
@@ -92,10 +97,12 @@ class Settings:
     recalibrate_schedule: str = "@weekly"
     recalibrate_min_labels: int = 20
     milvus_pool_slots: int = 1  # 1 for a Milvus Lite file; raise it with a Milvus server
+    task_retries: int = 3  # retries of transient failures (S3, Milvus, network); permanent ones fail at once
 
     # --- input safety ---
     max_image_pixels: int = 80_000_000
     max_image_bytes: int = 64 * 1024 * 1024
+    max_decode_bytes: int = 256 * 1024 * 1024  # memory a decoder may hold for one image (else too_large)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -125,9 +132,15 @@ class Settings:
         if not self.resnet_gem_p >= 1:
             raise SettingsError("NDID_RESNET_GEM_P must be >= 1 (1 = average pooling)")
         for name in ("embed_batch_size", "ingest_batch_size", "resnet_top_k", "milvus_hnsw_ef",
-                     "stage2_max_candidates", "whitening_dim", "sift_max_side", "sift_features"):
+                     "stage2_max_candidates", "whitening_dim", "sift_max_side", "sift_features",
+                     "ingest_max_parallel", "max_decode_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"NDID_{name.upper()} must be >= 1")
+        if self.task_retries < 0:
+            raise SettingsError("NDID_TASK_RETRIES must be >= 0")
+        if "://" in self.milvus_uri and not self.milvus_uri.startswith(("http://", "https://", "tcp://")):
+            raise SettingsError(f"NDID_MILVUS_URI must be a Milvus Lite file path or http(s):// / tcp:// "
+                                f"address, not {self.milvus_uri!r}")
         if not 0 <= self.phash_radius <= 64:
             raise SettingsError("NDID_PHASH_RADIUS must be within 0..64 (bits of a 64-bit hash)")
         if (self.ambiguous_low is None) != (self.ambiguous_high is None):

@@ -83,7 +83,8 @@ class Matcher:
     def __init__(self, index: ImageIndex, calibration: Calibration, phash_radius: int, top_k: int,
                  stage2_features: Callable[[str, list[str]], dict[str, dict[str, float]]],
                  threshold: float | None = None, band: tuple[float, float] | None = None,
-                 stage2_max: int = 3) -> None:
+                 stage2_max: int = 3,
+                 decide_earlier: Callable[[str, dict[str, str]], str] | None = None) -> None:
         self.index = index
         self.cal = calibration
         self.radius = phash_radius
@@ -92,6 +93,9 @@ class Matcher:
         self.threshold = calibration.threshold if threshold is None else threshold
         self.band = calibration.band if band is None else band
         self.stage2_max = stage2_max
+        # names the original of an earlier image that is indexed but not decided yet (another task
+        # of the run decides it): see resolve_original
+        self.decide_earlier = decide_earlier
         self.stage2_pairs = 0
         self.pairs = 0
         self._rows: dict[str, dict[str, Any]] = {}  # candidate rows fetched ahead (see prefetch)
@@ -233,10 +237,17 @@ class Matcher:
         return record
 
     def resolve_original(self, matched_id: str, originals: dict[str, str]) -> str:
-        """The earliest member of the matched image's group (its recorded original, else itself)."""
+        """The earliest member of the matched image's group (its recorded original, else itself).
+
+        An earlier image that is indexed but not decided yet (its batch is decided by another task,
+        which may run later or in parallel) is decided here first, so the original never depends on
+        the order in which a run's tasks happen to run."""
         if matched_id in originals:
             return originals[matched_id]
-        row = self.index.get_rows([matched_id], ["original_id"]).get(matched_id)
-        original = (row or {}).get("original_id") or matched_id
+        row = self.index.get_rows([matched_id], ["original_id", "decision"]).get(matched_id)
+        if row is not None and not row.get("decision") and self.decide_earlier is not None:
+            original = self.decide_earlier(matched_id, originals)
+        else:
+            original = (row or {}).get("original_id") or matched_id
         originals[matched_id] = original
         return original

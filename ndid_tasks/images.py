@@ -11,14 +11,18 @@ import io
 import warnings
 from dataclasses import dataclass, field
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 # Long side the signals ever need: pHash works at 32x32, the CNNs at 224. JPEG draft mode
 # decodes at 1/2, 1/4 or 1/8 scale directly, which is several times faster for big photos.
 WORKING_SIZE = 512
+# bytes a decoder may hold for one image (see decoded_bytes); NDID_MAX_DECODE_BYTES
+MAX_DECODE_BYTES = 256 * 1024 * 1024
 
 ERROR_REASONS = ("empty", "too_large", "not_an_image", "unsupported_format", "corrupt",
                  "truncated", "decompression_bomb")
+# reasons an object gets besides decoding: unreadable from its store, key longer than an index id
+OBJECT_ERROR_REASONS = ("unreadable", "key_too_long", "undecodable")
 
 
 class ImageDecodeError(ValueError):
@@ -57,8 +61,16 @@ def sha256_hex(data: bytes) -> str:
 
 
 def load_image(data: bytes, image_id: str, max_pixels: int = 80_000_000,
-               max_bytes: int = 64 * 1024 * 1024, working_size: int = WORKING_SIZE) -> LoadedImage:
-    """Decode ``data`` safely; raise ImageDecodeError with a reason for anything unusable."""
+               max_bytes: int = 64 * 1024 * 1024, working_size: int = WORKING_SIZE,
+               max_decode_bytes: int = MAX_DECODE_BYTES) -> LoadedImage:
+    """Decode ``data`` safely; raise ImageDecodeError with a reason for anything unusable.
+
+    Memory is bounded before any pixel is decoded: the header's size and mode give the bytes the
+    decoder will hold (:func:`decoded_bytes`; JPEGs are first drafted down towards
+    ``working_size``), and more than ``max_decode_bytes`` is refused as ``too_large``. The decoded
+    picture is shrunk by an integer factor before any conversion, so the peak per image is about
+    ``max_decode_bytes`` plus a quarter of it.
+    """
     if not data:
         raise ImageDecodeError("empty", "zero-byte object")
     if len(data) > max_bytes:
@@ -80,6 +92,11 @@ def load_image(data: bytes, image_id: str, max_pixels: int = 80_000_000,
             if fmt == "JPEG":
                 # draft() only ever decodes at >= the requested size, so quality is unaffected
                 img.draft("RGB", (working_size, working_size))
+            need = decoded_bytes(img.mode, *img.size)
+            if need > max_decode_bytes:
+                raise ImageDecodeError("too_large", f"{img.mode} {img.size[0]}x{img.size[1]} needs {need} bytes "
+                                                    f"to decode, over the {max_decode_bytes}-byte budget")
+            orientation = _exif_orientation(img)
             img.load()
     except ImageDecodeError:
         raise
@@ -89,6 +106,8 @@ def load_image(data: bytes, image_id: str, max_pixels: int = 80_000_000,
         raise ImageDecodeError("decompression_bomb", str(exc)) from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError("not_an_image", "no image format recognises these bytes") from exc
+    except MemoryError as exc:
+        raise ImageDecodeError("too_large", "out of memory while decoding") from exc
     except OSError as exc:
         text = str(exc)
         reason = "truncated" if "truncated" in text.lower() else "corrupt"
@@ -97,17 +116,71 @@ def load_image(data: bytes, image_id: str, max_pixels: int = 80_000_000,
         raise ImageDecodeError("corrupt", f"{type(exc).__name__}: {exc}") from exc
 
     try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the picture
-        notes.append("EXIF orientation unreadable: ignored")
-    width, height = _oriented_size(width, height, img)
-    img = to_rgb(img, notes)
+        img = shrink(img, working_size, notes)
+        if orientation in _TRANSPOSE:
+            img = img.transpose(_TRANSPOSE[orientation])
+        img = to_rgb(img, notes)
+    except MemoryError as exc:
+        raise ImageDecodeError("too_large", "out of memory while converting") from exc
+    except (OSError, ValueError) as exc:  # e.g. a mode Pillow cannot convert
+        raise ImageDecodeError("unsupported_format", f"{type(exc).__name__}: {exc}") from exc
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
     img.thumbnail((working_size, working_size), Image.Resampling.BILINEAR)
     box = content_box(img)
     if box != (0, 0, *img.size):
         notes.append(f"flat borders trimmed to {box}")
     return LoadedImage(image_id=image_id, sha256=digest, image=img, width=width, height=height,
                        format=fmt, num_bytes=len(data), notes=notes, box=box)
+
+
+def decoded_bytes(mode: str, width: int, height: int) -> int:
+    """Bytes Pillow (and the conversion after it) holds for a decoded ``mode`` picture: Pillow
+    keeps every multi-band mode at 4 bytes a pixel; 16-bit greyscale is copied once to numpy;
+    palette images are expanded to RGB(A)."""
+    pixels = width * height
+    if mode in ("1", "L"):
+        return pixels
+    if mode.startswith("I;16"):
+        return 4 * pixels
+    if mode == "P":
+        return 5 * pixels
+    return 4 * pixels
+
+
+def shrink(img: Image.Image, working_size: int, notes: list[str] | None = None) -> Image.Image:
+    """Box-reduce by the largest integer factor that keeps the long side >= ``working_size``, before
+    any mode conversion (so converting a huge alpha or 16-bit picture never happens at full size)."""
+    factor = max(img.size) // working_size
+    if factor < 2:
+        return img
+    if img.mode.startswith("I;16"):
+        import numpy as np
+
+        arr = np.asarray(img)
+        h, w = (arr.shape[0] // factor) * factor, (arr.shape[1] // factor) * factor
+        small = arr[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3), dtype=np.float32)
+        if notes is not None:
+            notes.append(f"reduced 1/{factor}")
+        return Image.fromarray(small, "F")
+    if img.mode in ("1", "P"):
+        img = img.convert("RGBA" if "transparency" in img.info else ("L" if img.mode == "1" else "RGB"))
+    if notes is not None:
+        notes.append(f"reduced 1/{factor}")
+    return img.reduce(factor)
+
+
+# EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose)
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112) or 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the picture
+        return 1
 
 
 def content_box(img: Image.Image, tolerance: int = 2, flat_share: float = 0.4, max_trim: float = 0.35,
@@ -140,14 +213,6 @@ def content_box(img: Image.Image, tolerance: int = 2, flat_share: float = 0.4, m
     return (left, top, w - right, h - bottom)
 
 
-def _oriented_size(width: int, height: int, img: Image.Image) -> tuple[int, int]:
-    # draft mode shrinks img; keep the original size, swapped when EXIF rotated it by 90 degrees
-    w, h = img.size
-    if (w > h) != (width > height) and w != h and width != height:
-        return height, width
-    return width, height
-
-
 def to_rgb(img: Image.Image, notes: list[str] | None = None) -> Image.Image:
     """Any mode -> 8-bit RGB. Transparent pixels are composited on white (how viewers show them)."""
     notes = [] if notes is None else notes
@@ -158,17 +223,16 @@ def to_rgb(img: Image.Image, notes: list[str] | None = None) -> Image.Image:
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         notes.append("palette->rgb")
         mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16/32-bit greyscale: scale to 8 bits by the actual range, not by clipping
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16/32-bit or float greyscale (F also comes from shrink() of a 16-bit picture): scale to
+        # 8 bits by the actual range, not by clipping
         import numpy as np
 
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img, dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())
         scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
         notes.append(f"{mode}->8-bit")
-        return Image.fromarray(scaled.astype("uint8"), "L").convert("RGB")
-    if mode == "F":
-        img = img.convert("L")
+        return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype("uint8"), "L").convert("RGB")
     if mode in ("RGBA", "LA", "PA") or (mode == "RGBa"):
         rgba = img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))

@@ -23,12 +23,14 @@ from .calibration import OPTIONAL_STAGE2, Calibration, CalibrationError, default
 from .config import Settings
 from .decide import PDQ_BITS, DecisionRecord, Matcher
 from .images import ImageDecodeError, LoadedImage, load_image
-from .index import ImageIndex, IndexedImage, placeholder_vector
+from .index import MAX_ID_LENGTH, ImageIndex, IndexedImage
 from .signals import ClipSignal, GeometricSignal, PDQSignal, PHashSignal, ResNetSignal
 from .whitening import Whitening, WhiteningError, load_whitening_file, packaged_whitening
 
 log = logging.getLogger(__name__)
 
+# the index fields an IndexedImage is rebuilt from (see Engine._decide_earlier)
+IMAGE_ROW_FIELDS = ("id", "sha256", "source", "width", "height", "num_bytes", "created_at", "phash", "resnet")
 LOCAL_FEATURE_CACHE = 2048  # images whose SIFT features stay in memory (~130 KB each as uint8)
 SEARCH_BATCH = 64  # query vectors per Milvus search call
 
@@ -163,6 +165,12 @@ class Engine:
             self._s3[bucket] = S3Store(self.settings, bucket=bucket)
         return self._s3[bucket]
 
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self._index is not None:
             self._index.close()
@@ -182,7 +190,7 @@ class Engine:
 
     def load(self, item_id: str, data: bytes) -> LoadedImage:
         return load_image(data, item_id, max_pixels=self.settings.max_image_pixels,
-                          max_bytes=self.settings.max_image_bytes)
+                          max_bytes=self.settings.max_image_bytes, max_decode_bytes=self.settings.max_decode_bytes)
 
     # ---------------------------------------------------------------- stages
     def prepare(self, items: Sequence[SourceItem], run_id: str = "", run_at: str = "") -> Prepared:
@@ -191,19 +199,28 @@ class Engine:
         loaded: list[tuple[SourceItem, LoadedImage]] = []
         errors: list[DecisionRecord] = []
         for item in items:
+            if len(item.id.encode()) > MAX_ID_LENGTH:  # cannot be a Milvus key: a record, not a failed batch
+                errors.append(self.error_record(item, "key_too_long", f"id of {len(item.id.encode())} bytes exceeds "
+                                                f"the index's {MAX_ID_LENGTH}-byte key", run_id, run_at))
+                continue
             try:
                 data = self.read_bytes(item.source)
-                loaded.append((item, self.load(item.id, data)))
-            except ImageDecodeError as exc:
-                errors.append(self.error_record(item, exc.reason, exc.message, run_id, run_at))
             except Exception as exc:
                 from .storage import StorageError
 
-                if isinstance(exc, (FileNotFoundError, PermissionError, StorageError)) or _is_client_error(exc):
+                if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, StorageError)) \
+                        or _is_client_error(exc):
                     reason = "too_large" if "limit" in str(exc) else "unreadable"
                     errors.append(self.error_record(item, reason, str(exc), run_id, run_at))
-                else:
-                    raise
+                    continue
+                raise  # S3 unreachable: transient, the task is retried
+            try:
+                loaded.append((item, self.load(item.id, data)))
+            except ImageDecodeError as exc:
+                errors.append(self.error_record(item, exc.reason, exc.message, run_id, run_at))
+            except Exception as exc:  # noqa: BLE001 - a decoder bug on one object must not fail its batch
+                log.warning("decoding %s failed unexpectedly: %r", item.id, exc)
+                errors.append(self.error_record(item, "undecodable", f"{type(exc).__name__}: {exc}", run_id, run_at))
         t1 = time.perf_counter()
         pics = [im for _, im in loaded]
         phashes = self.phash.compute(pics)
@@ -225,17 +242,9 @@ class Engine:
                               created_at=iso_ms(item.created_at_ms), decided_at=run_at)
 
     def index_prepared(self, prepared: Prepared, run_id: str, now_ms: int | None = None) -> None:
-        """Upsert good images, and placeholder rows for errors so a later run knows they were seen."""
+        """Upsert the good images (error objects live only in their records)."""
         t0 = time.perf_counter()
-        now_ms = now_ms or int(time.time() * 1000)
-        rows = list(prepared.images)
-        for err in prepared.errors:
-            created = int(datetime.fromisoformat(err.created_at).timestamp() * 1000)
-            rows.append(IndexedImage(id=err.id, sha256="", source=err.source, width=0, height=0, num_bytes=0,
-                                     created_at=created, phash=np.zeros(64, np.float32),
-                                     resnet=placeholder_vector(self.resnet.dim),
-                                     decision="error", run_id=run_id, matched_id="", original_id=""))
-        self.index.upsert(rows, now_ms)
+        self.index.upsert(list(prepared.images), now_ms or int(time.time() * 1000))
         self._loaded.update(prepared.loaded)
         self.timings["upsert_s"] += time.perf_counter() - t0
 
@@ -404,9 +413,26 @@ class Engine:
         """A Matcher with this engine's calibration and the settings' overrides (threshold, band)."""
         band = ((self.settings.ambiguous_low, self.settings.ambiguous_high)
                 if self.settings.ambiguous_low is not None else None)
-        return Matcher(self.index, self.calibration, self.settings.phash_radius, top_k or self.settings.resnet_top_k,
-                       self.stage2_features, threshold=self.settings.decision_threshold, band=band,
-                       stage2_max=self.settings.stage2_max_candidates)
+        matcher = Matcher(self.index, self.calibration, self.settings.phash_radius,
+                          top_k or self.settings.resnet_top_k, self.stage2_features,
+                          threshold=self.settings.decision_threshold, band=band,
+                          stage2_max=self.settings.stage2_max_candidates)
+        matcher.decide_earlier = lambda image_id, originals: self._decide_earlier(matcher, image_id, originals)
+        return matcher
+
+    def _decide_earlier(self, matcher: Matcher, image_id: str, originals: dict[str, str]) -> str:
+        """The original of an indexed, not yet decided image, decided here from its index row alone
+        (the same inputs its own task uses); nothing is written -- its own task writes its record."""
+        row = self.index.get_rows([image_id], list(IMAGE_ROW_FIELDS)).get(image_id)
+        if row is None:
+            return image_id
+        image = IndexedImage(**{k: row[k] for k in IMAGE_ROW_FIELDS if k not in ("phash", "resnet")},
+                             phash=np.asarray(row["phash"], np.float32), resnet=np.asarray(row["resnet"], np.float32))
+        pairs = matcher.stage2_pairs
+        try:
+            return matcher.decide(image, originals).original_id
+        finally:
+            matcher.stage2_pairs = pairs  # the pairs are counted by the image's own decision
 
     def _query(self, image: IndexedImage, pic: LoadedImage, limit: int) -> list[dict[str, Any]]:
         matcher = self.matcher(max(self.settings.resnet_top_k, limit))

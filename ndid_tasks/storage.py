@@ -129,14 +129,11 @@ class S3Store:
             for obj in page.get("Contents", []):
                 yield ObjectInfo(obj["Key"], obj["Size"], obj["ETag"].strip('"'), obj["LastModified"])
 
-    def list_window(self, prefix: str, start: datetime | None, end: datetime | None,
-                    suffixes: tuple[str, ...] | None = None) -> list[ObjectInfo]:
-        """Objects under ``prefix`` with start <= LastModified < end, oldest first (then by key).
-
-        Half-open windows mean consecutive data intervals never share an object, and a
-        backfill over a past range re-lists exactly that range.
-        """
-        out = []
+    def iter_window(self, prefix: str, start: datetime | None, end: datetime | None,
+                    suffixes: tuple[str, ...] | None = None) -> Iterator[ObjectInfo]:
+        """Objects under ``prefix`` with start <= LastModified < end, streamed page by page (in key
+        order). Half-open windows mean consecutive data intervals never share an object, and a
+        backfill over a past range re-lists exactly that range."""
         for obj in self.iter_objects(prefix):
             if obj.key.endswith("/"):
                 continue
@@ -146,9 +143,12 @@ class S3Store:
                 continue
             if end is not None and obj.last_modified >= end:
                 continue
-            out.append(obj)
-        out.sort(key=lambda o: (o.last_modified, o.key))
-        return out
+            yield obj
+
+    def list_window(self, prefix: str, start: datetime | None, end: datetime | None,
+                    suffixes: tuple[str, ...] | None = None) -> list[ObjectInfo]:
+        """:meth:`iter_window` in ingestion order (oldest first, then by key), held in memory."""
+        return sorted(self.iter_window(prefix, start, end, suffixes), key=lambda o: (o.last_modified, o.key))
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"

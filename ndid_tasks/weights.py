@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
+from .errors import PermanentError
 
 log = logging.getLogger(__name__)
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(PermanentError, FileNotFoundError):
     """Pretrained weights are not in the model directory."""
 
 
-class WeightsVerificationError(ValueError):
+class WeightsVerificationError(PermanentError, ValueError):
     """A weights file is not the one it claims to be."""
 
 

@@ -24,10 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from .errors import PermanentError
+
 SCHEMA = "ndid.whitening/1"
 
 
-class WhiteningError(ValueError):
+class WhiteningError(PermanentError, ValueError):
     """A whitening file is missing, malformed or does not fit the configured descriptor."""
 
 

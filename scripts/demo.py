@@ -111,17 +111,19 @@ def main() -> int:
     print(f"== DAG run {dag_run.run_id}: {dag_run.state}")
     if dag_run.state != "success":
         return 1
-    print_results(store, settings, dag_run.run_id)
+    print_results(settings, conf, start, end, dag_run.run_id)
     return 0
 
 
-def print_results(store, settings, run_id: str) -> None:
-    from ndid_tasks.ingest_run import safe_run_id
+def print_results(settings, conf: dict, start, end, run_id: str) -> None:
+    from ndid_tasks.ingest_run import run_prefix, window_records
+    from ndid_tasks.storage import S3Store
 
-    marker = f"run={safe_run_id(run_id)}/"
-    keys = [o.key for o in store.iter_objects(settings.s3_decisions_prefix) if marker in o.key]
-    rows = [r for k in sorted(keys) if k.endswith(".jsonl") for r in store.get_jsonl(k)]
-    summary = next(store.get_json(k) for k in keys if k.endswith("_summary.json"))
+    records = window_records(settings, conf["bucket"], conf["prefix"], start, end)
+    rows = [r for r in records.values() if r is not None]
+    missing = [k for k, r in records.items() if r is None]
+    date = start.strftime("%Y-%m-%d")
+    summary = S3Store(settings).get_json(run_prefix(settings, run_id, date) + "_summary.json")
     short = lambda s: s.split("/demo/")[-1] if s else ""
     print(f"\n{'object':40s} {'decision':10s} {'original':34s} {'p':>6s}  stage")
     for r in sorted(rows, key=lambda r: r["id"]):
@@ -129,7 +131,8 @@ def print_results(store, settings, run_id: str) -> None:
         original = short(r["original_id"]) if r["decision"] == "duplicate" else ""
         print(f"{short(r['id']):40s} {r['decision']:10s} {original:34s} {r['probability']:6.3f}  {extra}")
     print(f"\nsummary: {summary}")
-    print(f"records: {summary['records_prefix']}")
+    print(f"records: {summary['records_prefix']} (one per object; {len(rows)} of {len(records)} objects "
+          f"have one{', MISSING: ' + ', '.join(missing) if missing else ''})")
     if summary.get("untrained"):
         print("!! UNTRAINED run (random weights): decisions demonstrate the pipeline, not pretrained accuracy")
     print("The local S3 and Milvus servers keep running (try `.venv/bin/ndid query IMAGE`); "

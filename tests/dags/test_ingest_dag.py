@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ndid_tasks import augment
+from ndid_tasks.ingest_run import safe_run_id, window_records
 from ndid_tasks.storage import S3Store
 from tests.conftest import jpeg_bytes
 
@@ -31,20 +32,21 @@ def run_ingest(dagbag, settings, start: datetime, end: datetime, **params):
 
 
 def summary_of(store: S3Store, run_id: str) -> dict:
-    keys = [o.key for o in store.iter_objects("decisions/") if o.key.endswith("_summary.json")]
-    safe = run_id.replace(":", "_").replace("+", "_")
-    match = [k for k in keys if f"run={safe}/" in k]
+    keys = [o.key for o in store.iter_objects("decisions/runs/") if o.key.endswith("_summary.json")]
+    match = [k for k in keys if f"run={safe_run_id(run_id)}/" in k]
     assert len(match) == 1, (run_id, keys)
     return store.get_json(match[0])
 
 
-def records_of(store: S3Store, run_id: str) -> list[dict]:
-    safe = run_id.replace(":", "_").replace("+", "_")
-    rows = []
-    for o in store.iter_objects("decisions/"):
-        if f"run={safe}/" in o.key and o.key.endswith(".jsonl"):
-            rows += store.get_jsonl(o.key)
-    return rows
+def records_of(settings, start: datetime, end: datetime) -> list[dict]:
+    """The records of a window's objects; asserts every object has exactly one."""
+    records = window_records(settings, settings.s3_bucket, "images/", start, end)
+    assert all(r is not None for r in records.values()), [k for k, r in records.items() if r is None]
+    return list(records.values())
+
+
+def record_keys(store: S3Store) -> list[str]:
+    return sorted(o.key for o in store.iter_objects("decisions/records/"))
 
 
 def put_image(store, key, img, quality=90):
@@ -67,7 +69,7 @@ def test_ingest_decides_tags_records_errors_and_a_second_run_adds_nothing(dagbag
     t1 = boundary()
 
     dr = run_ingest(dagbag, airflow_env, t0, t1)
-    records = {r["id"].split("/images/")[1]: r for r in records_of(store, dr.run_id)}
+    records = {r["id"].split("/images/")[1]: r for r in records_of(airflow_env, t0, t1)}
     assert len(records) == 8  # one record per object, errors included
     assert records["orig/astronaut.jpg"]["decision"] == "unique"
     assert records["other/chelsea.jpg"]["decision"] == "unique"
@@ -86,15 +88,17 @@ def test_ingest_decides_tags_records_errors_and_a_second_run_adds_nothing(dagbag
     assert summary["decisions"]["duplicate"] == 3 and summary["untrained"] is True
     assert 0.0 <= summary["stage2_share"] <= 1.0 and summary["images_per_s"] > 0
 
-    before = sorted(o.key for o in store.iter_objects("decisions/") if o.key.endswith(".jsonl"))
+    before = record_keys(store)
+    assert len(before) == 8
     dr2 = run_ingest(dagbag, airflow_env, t0, t1)
-    after = sorted(o.key for o in store.iter_objects("decisions/") if o.key.endswith(".jsonl"))
-    assert after == before  # no new records
+    assert record_keys(store) == before  # no new records
     again = summary_of(store, dr2.run_id)
     assert again["objects"] == 0 and again["skipped_already_decided"] == 8
 
     dr3 = run_ingest(dagbag, airflow_env, t0, t1, reprocess=True)  # explicit reprocess: same decisions again
-    redo = {r["id"]: (r["decision"], r["original_id"]) for r in records_of(store, dr3.run_id)}
+    assert record_keys(store) == before  # rewritten in place, never duplicated
+    assert summary_of(store, dr3.run_id)["objects"] == 8
+    redo = {r["id"]: (r["decision"], r["original_id"]) for r in records_of(airflow_env, t0, t1)}
     assert redo == {r["id"]: (r["decision"], r["original_id"]) for r in records.values()}
 
 
@@ -107,7 +111,10 @@ def test_backfill_processes_only_its_interval(dagbag, airflow_env, photos):
     put_image(store, "images/b/coffee.jpg", photos["coffee"])
     t2 = boundary()
     later = run_ingest(dagbag, airflow_env, t1, t2)
-    assert {r["id"].rsplit("/", 2)[-2] for r in records_of(store, later.run_id)} == {"b"}
+    assert summary_of(store, later.run_id)["objects"] == 2
+    assert {r["id"].rsplit("/", 2)[-2] for r in records_of(airflow_env, t1, t2)} == {"b"}
+    assert len(record_keys(store)) == 2
     earlier = run_ingest(dagbag, airflow_env, t0, t1)  # the backfill of the earlier interval
-    ids = [r["id"] for r in records_of(store, earlier.run_id)]
+    assert summary_of(store, earlier.run_id)["objects"] == 1
+    ids = [r["id"] for r in records_of(airflow_env, t0, t1)]
     assert ids == [f"s3://{airflow_env.s3_bucket}/images/a/astronaut.jpg"]
