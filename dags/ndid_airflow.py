@@ -29,10 +29,11 @@ DAG_DEFAULTS: dict[str, Any] = {"start_date": datetime(2026, 1, 1), "catchup": F
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def task_defaults(settings: Settings, retry_delay: timedelta) -> dict[str, Any]:
+def task_defaults(settings: Settings) -> dict[str, Any]:
     """default_args: owner, retries with exponential backoff for transient S3/Milvus errors (permanent
     ones fail at once, see :func:`fail_fast`), a timeout."""
-    return {"owner": OWNER, "retries": settings.task_retries, "retry_delay": retry_delay,
+    return {"owner": OWNER, "retries": settings.task_retries,
+            "retry_delay": timedelta(seconds=settings.task_retry_delay_s),
             "retry_exponential_backoff": True, "max_retry_delay": timedelta(minutes=5),
             "execution_timeout": timedelta(hours=2)}
 

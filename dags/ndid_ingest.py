@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 from ndid_airflow import (
@@ -55,7 +54,7 @@ a run: it gets an error record. Re-run a failed window with *Clear*: it finishes
     schedule=CronDataIntervalTimetable(SETTINGS.ingest_schedule, timezone="UTC"),
     tags=["ndid", "ingestion", "untrained" if SETTINGS.untrained else "pretrained"],
     doc_md=DOC,
-    default_args=task_defaults(SETTINGS, retry_delay=timedelta(seconds=30)),
+    default_args=task_defaults(SETTINGS),
     **DAG_DEFAULTS,
     params={
         "bucket": Param(SETTINGS.s3_bucket, type="string", description="S3 bucket holding the images"),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 from ndid_airflow import DAG_DEFAULTS, MILVUS_POOL, base_settings, fail_fast, task_defaults, task_settings
@@ -43,7 +41,7 @@ one atomic switch. It holds the `ndid_milvus` pool slot, so no ingest task write
                                  assets=[LABELS]),
     tags=["ndid", "calibration"],
     doc_md=DOC,
-    default_args=task_defaults(SETTINGS, retry_delay=timedelta(minutes=1)),
+    default_args=task_defaults(SETTINGS),
     params={"refresh_whitening": Param("auto", enum=["auto", "always", "never"],
                                        description="fit a new descriptor whitening on the index and re-index")},
     **DAG_DEFAULTS,

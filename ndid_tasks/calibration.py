@@ -135,7 +135,11 @@ def default_calibration(weights_mode: str) -> Calibration:
 
 
 def load_calibration_file(path: str | Path) -> Calibration:
-    return Calibration.from_json(Path(path).read_text())
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise CalibrationError(f"cannot read calibration file {path}: {exc.strerror or exc}") from exc
+    return Calibration.from_json(text)
 
 
 # ---------------------------------------------------------------- fitting

@@ -5,8 +5,11 @@ Exit codes scripts can rely on:
     1  ``query`` found no duplicate
     2  usage error
     3  configuration, weights, calibration or whitening problem (the message says which command fixes it)
-    4  a service (S3, Milvus) is unavailable or failed
-    5  bad input (e.g. ``query`` on an unreadable image)
+    4  a service (S3, Milvus) is unavailable, refused the request or failed
+    5  bad input (e.g. ``query`` on an unreadable image, a folder, a missing file)
+    6  an unexpected internal error (``-v`` prints the traceback)
+
+Every failure is one line on stderr starting with ``ndid:``.
 """
 
 from __future__ import annotations
@@ -20,15 +23,26 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-EXIT_OK, EXIT_NO_MATCH, EXIT_USAGE, EXIT_CONFIG, EXIT_SERVICE, EXIT_INPUT = 0, 1, 2, 3, 4, 5
+EXIT_OK, EXIT_NO_MATCH, EXIT_USAGE, EXIT_CONFIG, EXIT_SERVICE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3, 4, 5, 6
+
+
+class InputError(Exception):
+    """What the user asked for cannot be read (exit 5)."""
 
 
 def load_settings(**overrides):
+    """Settings from NDID_* (and the local services' env file). Without NDID_MILVUS_URI, a running
+    local Milvus server (`ndid services up`, `make demo`) is used: it holds the embedded file."""
     from .config import Settings
-    from .services import load_env_file
+    from .services import load_env_file, milvus_status
 
     load_env_file(os.environ.get("NDID_STATE_DIR", "var"))
-    return Settings.from_env(**overrides)
+    settings = Settings.from_env(**overrides)
+    if not settings.milvus_uri:
+        server = milvus_status(settings)
+        if server.running:
+            settings = settings.replace(milvus_uri=server.address)
+    return settings
 
 
 def _progress(total: int, desc: str):
@@ -113,14 +127,13 @@ def cmd_query(args) -> int:
 
     settings = load_settings()
     _untrained_banner(settings)
-    engine = Engine(settings)
-    try:
-        matches = engine.query(Path(args.image).read_bytes(), limit=args.limit)
-    except (ImageDecodeError, FileNotFoundError) as exc:
-        print(f"ndid: cannot read {args.image}: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    finally:
-        engine.close()
+    data = read_input(args.image)
+    with Engine(settings) as engine:
+        engine.warm_up()  # settings, weights, calibration and the index are checked before the input
+        try:
+            matches = engine.query(data, limit=args.limit)
+        except ImageDecodeError as exc:
+            raise InputError(f"cannot read {args.image}: {exc}") from exc
     if args.json:
         print(json.dumps({"query": args.image, "untrained": settings.untrained, "matches": matches}, indent=2))
     else:
@@ -132,6 +145,23 @@ def cmd_query(args) -> int:
             print(f"{m['decision']:9s} p={m['probability']:.3f} [{m['stage']}] {m['id']}\n"
                   f"          original={m['original_id']}\n          features: {why}\n          log-odds: {contrib}")
     return EXIT_OK if any(m["decision"] == "duplicate" for m in matches) else EXIT_NO_MATCH
+
+
+def read_input(path: str) -> bytes:
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{path} is a folder; `ndid query` takes one image (`ndid index` takes folders)")
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
 
 
 def cmd_calibrate(args) -> int:
@@ -279,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("query", help="top matches for an image, with explanation (writes nothing)")
     s.add_argument("image")
-    s.add_argument("--limit", type=int, default=5)
+    s.add_argument("--limit", type=positive_int, default=5)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_query)
 
@@ -339,34 +369,59 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from .calibration import CalibrationError
-    from .config import SettingsError
+    from .errors import PermanentError
     from .services import ServiceError
-    from .weights import MissingWeightsError, WeightsVerificationError
-    from .whitening import WhiteningError
 
     try:
         return args.func(args)
-    except (SettingsError, MissingWeightsError, WeightsVerificationError, CalibrationError, WhiteningError) as exc:
-        print(f"ndid: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    except PermanentError as exc:  # settings, weights, calibration, whitening
+        return _fail(f"ndid: {exc}", EXIT_CONFIG)
+    except (InputError, FileNotFoundError, IsADirectoryError) as exc:
+        return _fail(f"ndid: {exc}", EXIT_INPUT)
     except ServiceError as exc:
-        print(f"ndid: {exc}", file=sys.stderr)
-        return EXIT_SERVICE
-    except FileNotFoundError as exc:
-        print(f"ndid: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return _fail(f"ndid: {exc}", EXIT_SERVICE)
+    except KeyboardInterrupt:
+        return _fail("ndid: interrupted", 130)
     except Exception as exc:
+        if args.verbose:
+            logging.exception("ndid failed")
+        if _is_locked_milvus_file(exc):
+            return _fail("ndid: the Milvus Lite file is in use by another process (a running `milvus-lite "
+                         "server`?): set NDID_MILVUS_URI=http://127.0.0.1:19530 or stop that process", EXIT_SERVICE)
         if _is_service_failure(exc):
-            print(f"ndid: service unavailable: {exc}", file=sys.stderr)
-            return EXIT_SERVICE
-        raise
+            return _fail(f"ndid: service unavailable or refused the request: {_one_line(exc)}", EXIT_SERVICE)
+        return _fail(f"ndid: unexpected error: {type(exc).__name__}: {_one_line(exc)} (-v for the traceback)",
+                     EXIT_INTERNAL)
+
+
+def _fail(message: str, code: int) -> int:
+    print(message, file=sys.stderr)
+    return code
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:400]
+
+
+def _is_locked_milvus_file(exc: BaseException) -> bool:
+    return any("DataDirLocked" in type(e).__name__ or "DataDirLocked" in str(e)
+               for e in _chain(exc))
+
+
+def _chain(exc: BaseException | None):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def _is_service_failure(exc: Exception) -> bool:
-    names = {type(e).__name__ for e in (exc, exc.__cause__) if e is not None}
+    names = {type(e).__name__ for e in _chain(exc)}
     return bool(names & {"EndpointConnectionError", "ConnectionClosedError", "MilvusException",
-                         "ConnectTimeoutError", "ClientError", "NoCredentialsError"})
+                         "ConnectTimeoutError", "ClientError", "NoCredentialsError", "StorageError",
+                         "ConnectionError", "ConnectionRefusedError", "MilvusUnavailableException",
+                         "NoSuchBucket", "ParamError"})
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ class Settings:
     s3_calibration_prefix: str = "calibration/"
     s3_labels_prefix: str = "labels/"
     s3_staging_prefix: str = "staging/"
+    s3_retries: int = 5  # retries of a failed S3 request (botocore "standard" mode, exponential backoff)
 
     # --- Milvus ---
     milvus_uri: str = ""  # empty: embedded Milvus Lite file <state_dir>/milvus.db
@@ -98,6 +99,7 @@ class Settings:
     recalibrate_min_labels: int = 20
     milvus_pool_slots: int = 1  # 1 for a Milvus Lite file; raise it with a Milvus server
     task_retries: int = 3  # retries of transient failures (S3, Milvus, network); permanent ones fail at once
+    task_retry_delay_s: float = 30.0  # first retry delay; doubles each time, at most 5 minutes
 
     # --- input safety ---
     max_image_pixels: int = 80_000_000
@@ -136,8 +138,8 @@ class Settings:
                      "ingest_max_parallel", "max_decode_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"NDID_{name.upper()} must be >= 1")
-        if self.task_retries < 0:
-            raise SettingsError("NDID_TASK_RETRIES must be >= 0")
+        if self.task_retries < 0 or self.s3_retries < 0:
+            raise SettingsError("NDID_TASK_RETRIES and NDID_S3_RETRIES must be >= 0")
         if "://" in self.milvus_uri and not self.milvus_uri.startswith(("http://", "https://", "tcp://")):
             raise SettingsError(f"NDID_MILVUS_URI must be a Milvus Lite file path or http(s):// / tcp:// "
                                 f"address, not {self.milvus_uri!r}")

@@ -9,6 +9,7 @@ makes decisions independent of how a run was split into batches or re-run.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -81,7 +82,9 @@ def placeholder_vector(dim: int) -> np.ndarray:
 
 
 def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A Milvus string literal: quotes, backslashes and control characters (newlines are legal in
+    S3 keys) escaped as in JSON."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 SEARCHABLE = 'decision != "error"'  # error rows only record that an object was seen
@@ -162,8 +165,7 @@ class ImageIndex:
             params.add_index(field_name="phash", index_type="FLAT", metric_type="L2")
             params.add_index(field_name="resnet", index_type="HNSW", metric_type="COSINE",
                              params={"M": 16, "efConstruction": 200})
-            self.client.create_collection(self.images, schema=schema, index_params=params,
-                                          consistency_level="Strong")
+            self._create(self.images, schema, params)
             log.info("created Milvus collection %s at %s", self.images, self.uri)
         if self.clip not in existing:
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
@@ -173,8 +175,18 @@ class ImageIndex:
             params = self.client.prepare_index_params()
             params.add_index(field_name="clip", index_type="HNSW", metric_type="COSINE",
                              params={"M": 16, "efConstruction": 200})
-            self.client.create_collection(self.clip, schema=schema, index_params=params,
-                                          consistency_level="Strong")
+            self._create(self.clip, schema, params)
+
+    def _create(self, name: str, schema: Any, params: Any) -> None:
+        """Create a collection; another process creating it at the same moment is fine."""
+        from pymilvus import MilvusException
+
+        try:
+            self.client.create_collection(name, schema=schema, index_params=params, consistency_level="Strong")
+        except MilvusException as exc:
+            if "already exist" not in str(exc):
+                raise
+            self.client.load_collection(name)
 
     # ------------------------------------------------------------ writes
     def upsert(self, images: Sequence[IndexedImage], now_ms: int) -> None:

@@ -118,10 +118,15 @@ def plan(settings: Settings, bucket: str, prefix: str, start: datetime | None, e
 
     The listing is streamed page by page; an object is skipped when its record exists (unless
     ``reprocess``), i.e. only finished work is skipped -- never an object with rows or tags alone.
+    A run that already has a manifest (a retry, a cleared run) keeps it.
     """
     t0 = time.perf_counter()
-    done = set() if reprocess else set(recorded_keys(settings, start, end))
     staging = S3Store(settings)
+    if staging.exists(manifest_key(settings, run_id)):  # a retried or cleared run keeps its plan: the
+        outline = staging.get_json(manifest_key(settings, run_id))  # checkpoints are keyed by its batches
+        log.info("plan: run %s was planned before (%d batches); resuming it", run_id, outline["batches"])
+        return outline
+    done = set() if reprocess else set(recorded_keys(settings, start, end))
     listed = skipped = batches = 0
     batch: list[dict[str, Any]] = []
 
@@ -351,3 +356,21 @@ def window_records(settings: Settings, bucket: str, prefix: str, start: datetime
 
     with ThreadPoolExecutor(RECORD_WRITERS) as pool:
         return dict(zip((i.id for i in objects), pool.map(fetch, objects)))
+
+
+# ---------------------------------------------------------------- a whole run in one process
+
+def run_all(settings: Settings, bucket: str, prefix: str, start: datetime | None, end: datetime | None,
+            run_id: str, run_at: str, batch_size: int | None = None, reprocess: bool = False) -> dict[str, Any]:
+    """Every step of a run in this process, in the DAG's order (for a run without Airflow, and for
+    tests that inject faults between steps). Re-running it with the same run id resumes."""
+    t0 = time.time()
+    outline = plan(settings, bucket, prefix, start, end, batch_size or settings.ingest_batch_size, reprocess, run_id)
+    with Engine(settings) as engine:
+        for part in outline["slices"]:
+            embed(settings, engine, part, run_id, run_at)
+        for part in outline["slices"]:
+            index(settings, engine, part, run_id)
+        parts = [decide(settings, engine, part, run_id, run_at) for part in outline["slices"]]
+    date = (start or datetime.fromisoformat(run_at)).strftime("%Y-%m-%d")
+    return write_summary(settings, outline, parts, date, time.time() - t0, settings.untrained)

@@ -141,11 +141,19 @@ def _executable(name: str) -> str:
     return found
 
 
-def _spawn(settings: Settings, name: str, argv: list[str], log_path: Path) -> int:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) and make it readable by its owner only (data of local servers)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _spawn(settings: Settings, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> int:
+    private_dir(log_path.parent)
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=settings.state_dir, start_new_session=True)
+                                cwd=settings.state_dir, start_new_session=True,
+                                env={**os.environ, **(env or {})})
     pid_path = _pid_file(settings, name)
     pid_path.parent.mkdir(parents=True, exist_ok=True)
     pid_path.write_text(str(proc.pid))
@@ -196,6 +204,18 @@ def weed_ports(s3_port: int) -> dict[str, int]:
     return {"s3": s3_port, "master": s3_port + 1, "filer": s3_port + 2, "volume": s3_port + 3}
 
 
+def weed_lockdown_env() -> dict[str, str]:
+    """SeaweedFS security settings (its security.toml keys as WEED_* variables) that close the
+    HTTP ways around the S3 credentials: the filer accepts reads and writes only with a JWT signed
+    by a key that only the server's own S3 gateway knows (fresh each start, never written down),
+    volume writes need a master-signed JWT, and the filer UI / directory listings are off."""
+    return {"WEED_JWT_FILER_SIGNING_KEY": secrets.token_urlsafe(32),
+            "WEED_JWT_FILER_SIGNING_READ_KEY": secrets.token_urlsafe(32),
+            "WEED_JWT_SIGNING_KEY": secrets.token_urlsafe(32),
+            "WEED_FILER_EXPOSE_DIRECTORY_METADATA_ENABLED": "false",
+            "WEED_ACCESS_UI": "false"}
+
+
 def _local_host(host: str) -> bool:
     return host in ("127.0.0.1", "localhost")
 
@@ -215,9 +235,9 @@ def start_s3(settings: Settings, wait: float = 60.0) -> ServiceStatus:
                            f"{sorted(ports.values())} and each +10000); stop it or point "
                            f"NDID_S3_ENDPOINT_URL at another port")
     access, secret = ensure_local_credentials(settings)
-    root = Path(settings.state_dir).resolve() / "s3"
+    root = private_dir(Path(settings.state_dir).resolve() / "s3")
     for sub in ("data", "logs"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+        private_dir(root / sub)
     identities = root / "identities.json"
     fd = os.open(identities, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -229,7 +249,7 @@ def start_s3(settings: Settings, wait: float = 60.0) -> ServiceStatus:
             f"-master.port={ports['master']}", f"-filer.port={ports['filer']}", f"-volume.port={ports['volume']}",
             f"-s3.config={identities}", f"-filer.localSocket={root / 'filer.sock'}",
             f"-s3.localSocket={root / 's3.sock'}"]
-    pid = _spawn(settings, "s3", argv, root / "logs" / "weed.out")
+    pid = _spawn(settings, "s3", argv, root / "logs" / "weed.out", env=weed_lockdown_env())
     settings = settings.replace(s3_access_key=access, s3_secret_key=secret)
     _wait_until(lambda: _s3_ready(settings), wait, f"S3 (pid {pid}) at {settings.s3_endpoint_url}",
                 root / "logs" / "weed.out", pid)
@@ -278,11 +298,12 @@ def start_milvus(settings: Settings, port: int = MILVUS_SERVER_PORT, wait: float
         raise ServiceError(f"port {port} on 127.0.0.1 is already taken by another program; "
                            f"stop it or choose another port")
     data = milvus_data_dir(settings)
-    data.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(data)
     argv = [_executable("milvus-lite"), "server", "--data-dir", str(data), "--host", "127.0.0.1",
             "--port", str(port)]
     log_path = Path(settings.state_dir) / "milvus" / "server.log"
     pid = _spawn(settings, "milvus", argv, log_path)
+    _pid_file(settings, "milvus").with_suffix(".uri").write_text(milvus_server_uri(port))
     _wait_until(lambda: _milvus_ready(milvus_server_uri(port)), wait, f"Milvus Lite server (pid {pid})",
                 log_path, pid)
     return milvus_status(settings, port)
@@ -301,8 +322,14 @@ def _milvus_ready(uri: str) -> bool:
         return False
 
 
-def milvus_status(settings: Settings, port: int = MILVUS_SERVER_PORT) -> ServiceStatus:
+def milvus_status(settings: Settings, port: int | None = None) -> ServiceStatus:
+    """The local Milvus Lite server's state; its address is the one it was started on."""
     pid = _read_pid(settings, "milvus")
+    uri_file = _pid_file(settings, "milvus").with_suffix(".uri")
+    if port is None:
+        port = MILVUS_SERVER_PORT
+        if pid is not None and uri_file.exists():
+            port = urlparse(uri_file.read_text().strip()).port or port
     return ServiceStatus("milvus", pid is not None, pid, milvus_server_uri(port),
                          f"Milvus Lite server, data {milvus_data_dir(settings)}" if pid else
                          f"not running; embedded mode uses {settings.resolved_milvus_uri}")

@@ -47,9 +47,10 @@ class ObjectInfo:
 class S3Store:
     """One bucket on one S3 endpoint, with the credentials from Settings."""
 
-    def __init__(self, settings: Settings, bucket: str | None = None, retries: int = 5) -> None:
+    def __init__(self, settings: Settings, bucket: str | None = None, retries: int | None = None) -> None:
         self.settings = settings
         self.bucket = bucket or settings.s3_bucket
+        retries = settings.s3_retries if retries is None else retries
         config = Config(retries={"max_attempts": retries + 1, "mode": "standard"},
                         connect_timeout=5, read_timeout=60, signature_version="s3v4",
                         s3={"addressing_style": "path"})

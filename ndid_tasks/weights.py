@@ -52,7 +52,7 @@ def require_weights(settings: Settings, spec: ModelSpec) -> Path:
     path = model_path(settings, spec)
     if not path.exists():
         raise MissingWeightsError(
-            f"{spec.description} weights not found at {path}. Where a network exists run "
+            f"{spec.description.removesuffix(' weights')} weights not found at {path}. Where a network exists run "
             f"`ndid models fetch {spec.key}`; otherwise copy the file here with "
             f"`ndid models import {spec.key} FILE`. For tests and offline demos set "
             f"NDID_WEIGHTS_MODE=random (results are then marked untrained).")

@@ -79,3 +79,52 @@ def test_index_an_s3_prefix_through_the_milvus_lite_server(s3_settings, monkeypa
         assert {by_key["a.jpg"]["decision"], by_key["b.jpg"]["decision"]} == {"unique", "duplicate"}
     finally:
         services.stop_milvus(state)
+
+
+def test_every_failure_is_one_line_with_its_documented_exit_code(env, tmp_path, photos, monkeypatch, capsys):
+    image = tmp_path / "a.jpg"
+    image.write_bytes(jpeg_bytes(photos["coffee"]))
+    cases = [
+        (["query", str(tmp_path)], {}, cli.EXIT_INPUT, "is a folder"),
+        (["query", str(tmp_path / "missing.jpg")], {}, cli.EXIT_INPUT, "cannot read"),
+        (["query", str(image)], {"NDID_MILVUS_URI": "notaurl://x"}, cli.EXIT_CONFIG, "NDID_MILVUS_URI"),
+        (["query", str(image)], {"NDID_CALIBRATION_FILE": str(tmp_path / "none.json")}, cli.EXIT_CONFIG,
+         "calibration file"),
+        (["query", str(image)], {"NDID_WEIGHTS_MODE": "pretrained"}, cli.EXIT_CONFIG, "ndid models import"),
+        (["index", "s3://no-such-bucket/"], {"NDID_S3_ACCESS_KEY": "x", "NDID_S3_SECRET_KEY": "y",
+                                             "NDID_S3_ENDPOINT_URL": "http://127.0.0.1:9"}, cli.EXIT_SERVICE,
+         "service unavailable"),
+    ]
+    for argv, environ, code, words in cases:
+        with monkeypatch.context() as m:
+            for k, v in environ.items():
+                m.setenv(k, v)
+            assert cli.main(argv) == code, (argv, environ)
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ndid")]
+        assert len(err) == 1 and words in err[0], (argv, err)
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["query", str(image), "--limit", "-1"])
+    assert usage.value.code == cli.EXIT_USAGE
+
+
+def test_query_uses_the_running_local_milvus_server(env, tmp_path, photos, capsys):
+    """After `make demo` the local server holds the embedded file: `ndid query` must talk to it
+    (it used to open the locked file: DataDirLockedError tracebacks, exit 1)."""
+    from ndid_tasks.config import Settings
+    from tests.conftest import _free_port
+
+    settings = Settings(state_dir=str(tmp_path / "var"), weights_mode="random")
+    port = _free_port()
+    services.start_milvus(settings, port=port)
+    try:
+        folder = tmp_path / "imgs"
+        folder.mkdir()
+        (folder / "rocket.jpg").write_bytes(jpeg_bytes(photos["rocket"]))
+        assert cli.load_settings().milvus_uri == services.milvus_server_uri(port)
+        assert cli.main(["index", str(folder)]) == cli.EXIT_OK
+        (tmp_path / "q.jpg").write_bytes(jpeg_bytes(photos["rocket"], 25))
+        capsys.readouterr()
+        assert cli.main(["query", str(tmp_path / "q.jpg"), "--json"]) == cli.EXIT_OK
+        assert json.loads(capsys.readouterr().out)["matches"][0]["id"].endswith("rocket.jpg")
+    finally:
+        services.stop_milvus(settings)

@@ -50,6 +50,45 @@ def test_anonymous_requests_are_refused(s3_settings):
     assert err.value.code == 403
 
 
+def _http(method: str, url: str, data: bytes | None = None) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, method=method), timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_no_unauthenticated_way_around_s3_through_the_filer_or_volume_ports(s3_settings):
+    """The SeaweedFS filer (and its UI) used to serve list/GET/PUT/DELETE of the bucket to anyone."""
+    import json
+    import stat
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    store = S3Store(s3_settings)
+    store.put_bytes("images/private.jpg", b"private bytes")
+    ports = services.weed_ports(urlparse(s3_settings.s3_endpoint_url).port)
+    filer = f"http://127.0.0.1:{ports['filer']}/buckets/{s3_settings.s3_bucket}"
+    assert _http("GET", f"{filer}/images/private.jpg") == 401
+    assert _http("GET", f"{filer}/images/") == 401
+    assert _http("GET", f"http://127.0.0.1:{ports['filer']}/") == 401
+    assert _http("PUT", f"{filer}/images/evil.jpg", b"evil") == 401
+    assert _http("DELETE", f"{filer}/images/private.jpg") == 401
+    # a file id from the master does not open the volume server for writes either
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports['master']}/dir/assign", timeout=10) as resp:
+        fid = json.load(resp)["fid"]
+    assert _http("PUT", f"http://127.0.0.1:{ports['volume']}/{fid}", b"evil") == 401
+    assert store.get_bytes("images/private.jpg") == b"private bytes"  # S3 itself still works
+    root = Path(s3_settings.state_dir) / "s3"
+    for folder in (root, root / "data", root / "logs"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
 def test_server_listens_on_loopback_only(s3_settings):
     out = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
     pid = services.s3_status(s3_settings).pid
