@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.ndid-installed
 export NDID_STATE_DIR ?= var
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: install demo test test-unit services-up services-down airflow-ui bench lint clean
+.PHONY: install demo test test-unit services-up services-down airflow-ui airflow-down bench lint clean
 
 install: $(STAMP)
 
@@ -38,6 +38,10 @@ services-down:
 ## Airflow UI on http://127.0.0.1:8080 for watching runs (not a set-up step)
 airflow-ui: install
 	$(BIN)/python scripts/airflow_standalone.py
+
+## stops `make airflow-ui` (every process it started, by PID), not the S3/Milvus services
+airflow-down:
+	$(BIN)/python scripts/airflow_standalone.py --stop
 
 bench: install
 	$(BIN)/ndid bench make ../shared/data/originals ../shared/data/distractors bench_data

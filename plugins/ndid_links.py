@@ -1,7 +1,8 @@
 """Airflow plugin: an "NDID records" button on ndid_ingest's summarize task.
 
-It opens the run's decision records and summary in the S3 browser (AWS console, or the local
-SeaweedFS filer UI); the prefix comes from the summarize task's XCom.
+It opens the decision records in the S3 browser of the endpoint (the AWS console, or the endpoint's
+own console); the prefix comes from the summarize task's XCom. The local SeaweedFS server has no
+browser open to anyone (its filer UI is closed, see ndid_tasks.services): no button there.
 """
 
 from __future__ import annotations
@@ -19,10 +20,7 @@ def browse_url(endpoint_url: str, records_prefix: str) -> str:
         return f"https://s3.console.aws.amazon.com/s3/buckets/{bucket}?prefix={quote(prefix)}"
     parsed = urlparse(endpoint_url)
     if parsed.hostname in ("127.0.0.1", "localhost"):
-        from ndid_tasks.services import weed_ports
-
-        filer = weed_ports(parsed.port or 8333)["filer"]
-        return f"http://{parsed.hostname}:{filer}/buckets/{bucket}/{quote(prefix)}"
+        return ""
     return f"{endpoint_url.rstrip('/')}/{bucket}?prefix={quote(prefix)}"
 
 

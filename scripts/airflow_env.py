@@ -46,3 +46,23 @@ def prepare_airflow(env: dict[str, str]) -> None:
     subprocess.run([*airflow, "pools", "set", "ndid_milvus", str(pool_slots),
                     "Milvus writers: 1 for Milvus Lite, more for a Milvus server"],
                    env=full, check=True, capture_output=True)
+
+
+def local_weights_mode() -> str:
+    """NDID_WEIGHTS_MODE for the local demo and UI alike: as set, else pretrained where the weights
+    are present, else random -- said loudly, since random weights only demonstrate the pipeline."""
+    from ndid_tasks import weights
+    from ndid_tasks.config import Settings
+
+    if "NDID_WEIGHTS_MODE" not in os.environ:
+        probe = Settings.from_env()
+        have = all(weights.model_path(probe, s).exists() for s in weights.MODELS.values())
+        os.environ["NDID_WEIGHTS_MODE"] = "pretrained" if have else "random"
+    mode = os.environ["NDID_WEIGHTS_MODE"]
+    if mode == "random":
+        print(f"!! NDID runs UNTRAINED (NDID_WEIGHTS_MODE=random: seeded random weights; no pretrained weights "
+              f"in {Settings.from_env().resolved_model_dir}). Import them with `ndid models import`, or set "
+              f"NDID_WEIGHTS_MODE=pretrained once they are there.")
+    else:
+        print(f"NDID runs with pretrained weights (NDID_WEIGHTS_MODE={mode})")
+    return mode

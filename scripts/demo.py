@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from airflow_env import ROOT, airflow_environ, prepare_airflow
+from airflow_env import ROOT, airflow_environ, local_weights_mode, prepare_airflow
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -62,19 +62,13 @@ def sample_images() -> list[tuple[str, bytes]]:
 def main() -> int:
     env = airflow_environ()
     os.environ.update(env)
-    from ndid_tasks import services, weights
+    from ndid_tasks import services
     from ndid_tasks.config import Settings
     from ndid_tasks.storage import S3Store
 
     services.load_env_file(env["NDID_STATE_DIR"])
-    if "NDID_WEIGHTS_MODE" not in os.environ:
-        probe = Settings.from_env()
-        have = all(weights.model_path(probe, s).exists() for s in weights.MODELS.values())
-        os.environ["NDID_WEIGHTS_MODE"] = "pretrained" if have else "random"
+    local_weights_mode()
     settings = Settings.from_env()
-    if settings.untrained:
-        print("!! No pretrained weights in", settings.resolved_model_dir, "- this demo runs UNTRAINED (random "
-              "weights, seeded). Provide weights with `ndid models import` / `ndid models fetch`.")
     print("== starting local services")
     for st in services.services_up(settings):
         print(f"   {st.name}: {st.address} (pid {st.pid})")

@@ -6,8 +6,7 @@ def test_plugin_registers_the_records_link():
 
 
 def test_browse_urls():
-    prefix = "s3://ndid/decisions/date=2026-01-01/run=manual__x/"
+    prefix = "s3://ndid/decisions/records/"
     assert browse_url("", prefix).startswith("https://s3.console.aws.amazon.com/s3/buckets/ndid?prefix=decisions/")
-    assert browse_url("http://127.0.0.1:8333", prefix) == \
-        "http://127.0.0.1:8888/buckets/ndid/decisions/date%3D2026-01-01/run%3Dmanual__x/"
+    assert browse_url("http://127.0.0.1:8333", prefix) == ""  # the local filer UI is closed on purpose
     assert browse_url("https://minio.example.com", prefix).startswith("https://minio.example.com/ndid?prefix=")
