@@ -136,3 +136,12 @@ def run_at(context: dict[str, Any]) -> str:
     """The run's logical time: records carry it instead of wall-clock time (identical re-runs)."""
     moment = context.get("logical_date") or context.get("data_interval_end") or context["dag_run"].run_after
     return moment.isoformat()
+
+
+def worker_hostname() -> str:
+    """Airflow's ``[core] hostname_callable`` for NDID workers: NDID_WORKER_NAME where several workers
+    share a host (the local distributed stack), else the fully qualified host name."""
+    import os
+    import socket
+
+    return os.environ.get("NDID_WORKER_NAME") or socket.getfqdn()

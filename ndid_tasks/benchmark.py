@@ -164,7 +164,7 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
         rss0 = _peak_rss_mb()
         startup_s = engine.warm_up()  # once per process; the bare reference below is warmed up too
         t0 = time.perf_counter()
-        ingest_records = engine.ingest(items, run_id="bench", run_at="bench")
+        ingest_records = engine.ingest(items, run_id="bench", run_at="bench", progress=progress)
         ingest_s = time.perf_counter() - t0
         loaded_refs = []
         for item in items:

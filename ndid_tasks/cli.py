@@ -46,9 +46,9 @@ def load_settings(**overrides):
 
 
 def _progress(total: int, desc: str):
-    from tqdm import tqdm
+    from .progress import Progress
 
-    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=None)
+    return Progress(total, desc)
 
 
 def _untrained_banner(settings) -> None:
@@ -282,8 +282,11 @@ def cmd_bench(args) -> int:
             report = benchmark.descriptor_ablation(settings, args.folder, args.out, progress=bar.update)
         print(Path(report["markdown"]).read_text())
         return EXIT_OK
-    report = benchmark.run_benchmark(settings, args.folder, args.out, methods=args.methods,
-                                     fit_whitening=args.fit_whitening)
+    folder = Path(args.folder)
+    total = len(benchmark.read_ground_truth(folder)) + sum(1 for p in (folder / "refs").iterdir() if p.is_file())
+    with _progress(total, "benchmark (refs, then queries)") as bar:
+        report = benchmark.run_benchmark(settings, args.folder, args.out, methods=args.methods,
+                                         fit_whitening=args.fit_whitening, progress=bar.update)
     print(Path(report["markdown"]).read_text())
     return EXIT_OK
 

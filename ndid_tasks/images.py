@@ -96,8 +96,8 @@ def load_image(data: bytes, image_id: str, max_pixels: int = 80_000_000,
             if need > max_decode_bytes:
                 raise ImageDecodeError("too_large", f"{img.mode} {img.size[0]}x{img.size[1]} needs {need} bytes "
                                                     f"to decode, over the {max_decode_bytes}-byte budget")
-            orientation = _exif_orientation(img)
             img.load()
+            orientation = _exif_orientation(img)  # after load(): PNG's getexif() would load (and swallow errors)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:

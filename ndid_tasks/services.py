@@ -91,16 +91,16 @@ def _pid_file(settings: Settings, name: str) -> Path:
     return Path(settings.state_dir) / "run" / f"{name}.pid"
 
 
-def _read_pid(settings: Settings, name: str) -> int | None:
+def read_pid(settings: Settings, name: str) -> int | None:
     path = _pid_file(settings, name)
     try:
         pid = int(path.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if alive(pid) else None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -148,7 +148,7 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def _spawn(settings: Settings, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> int:
+def spawn(settings: Settings, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> int:
     private_dir(log_path.parent)
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -160,23 +160,36 @@ def _spawn(settings: Settings, name: str, argv: list[str], log_path: Path, env: 
     return proc.pid
 
 
-def _stop(settings: Settings, name: str, timeout: float = 15.0) -> bool:
-    pid = _read_pid(settings, name)
+def stop_process(settings: Settings, name: str, timeout: float = 15.0) -> bool:
+    """SIGTERM the process group this module started under ``name`` (by its recorded PID; spawn()
+    gives each its own session), SIGKILL it after ``timeout``. False if it was not running."""
+    pid = read_pid(settings, name)
     _pid_file(settings, name).unlink(missing_ok=True)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
+    _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             _reap(pid)
+            _signal_group(pid, signal.SIGKILL)  # stragglers of the group
             return True
         _reap(pid)
         time.sleep(0.2)
     log.warning("%s (pid %d) ignored SIGTERM for %.0fs; sending SIGKILL", name, pid, timeout)
-    os.kill(pid, signal.SIGKILL)
+    _signal_group(pid, signal.SIGKILL)
     _reap(pid)
     return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def _reap(pid: int) -> None:
@@ -224,7 +237,7 @@ def start_s3(settings: Settings, wait: float = 60.0) -> ServiceStatus:
     host, port = _s3_host_port(settings)
     if not _local_host(host):
         raise ServiceError(f"NDID_S3_ENDPOINT_URL points at {host}; local services only start on 127.0.0.1")
-    pid = _read_pid(settings, "s3")
+    pid = read_pid(settings, "s3")
     if pid is not None:
         return s3_status(settings)
     ports = weed_ports(port)
@@ -249,9 +262,9 @@ def start_s3(settings: Settings, wait: float = 60.0) -> ServiceStatus:
             f"-master.port={ports['master']}", f"-filer.port={ports['filer']}", f"-volume.port={ports['volume']}",
             f"-s3.config={identities}", f"-filer.localSocket={root / 'filer.sock'}",
             f"-s3.localSocket={root / 's3.sock'}"]
-    pid = _spawn(settings, "s3", argv, root / "logs" / "weed.out", env=weed_lockdown_env())
+    pid = spawn(settings, "s3", argv, root / "logs" / "weed.out", env=weed_lockdown_env())
     settings = settings.replace(s3_access_key=access, s3_secret_key=secret)
-    _wait_until(lambda: _s3_ready(settings), wait, f"S3 (pid {pid}) at {settings.s3_endpoint_url}",
+    wait_until(lambda: _s3_ready(settings), wait, f"S3 (pid {pid}) at {settings.s3_endpoint_url}",
                 root / "logs" / "weed.out", pid)
     return s3_status(settings)
 
@@ -272,13 +285,13 @@ def _s3_ready(settings: Settings) -> bool:
 
 def s3_status(settings: Settings) -> ServiceStatus:
     host, port = _s3_host_port(settings)
-    pid = _read_pid(settings, "s3")
+    pid = read_pid(settings, "s3")
     return ServiceStatus("s3", pid is not None, pid, f"http://{host}:{port}",
                          "SeaweedFS, credentials required" if pid else "")
 
 
 def stop_s3(settings: Settings) -> bool:
-    return _stop(settings, "s3")
+    return stop_process(settings, "s3")
 
 
 # ---------------------------------------------------------------- Milvus Lite server
@@ -292,7 +305,7 @@ def milvus_data_dir(settings: Settings) -> Path:
 
 
 def start_milvus(settings: Settings, port: int = MILVUS_SERVER_PORT, wait: float = 90.0) -> ServiceStatus:
-    if _read_pid(settings, "milvus") is not None:
+    if read_pid(settings, "milvus") is not None:
         return milvus_status(settings, port)
     if _port_stays_taken("127.0.0.1", port):
         raise ServiceError(f"port {port} on 127.0.0.1 is already taken by another program; "
@@ -302,9 +315,9 @@ def start_milvus(settings: Settings, port: int = MILVUS_SERVER_PORT, wait: float
     argv = [_executable("milvus-lite"), "server", "--data-dir", str(data), "--host", "127.0.0.1",
             "--port", str(port)]
     log_path = Path(settings.state_dir) / "milvus" / "server.log"
-    pid = _spawn(settings, "milvus", argv, log_path)
+    pid = spawn(settings, "milvus", argv, log_path)
     _pid_file(settings, "milvus").with_suffix(".uri").write_text(milvus_server_uri(port))
-    _wait_until(lambda: _milvus_ready(milvus_server_uri(port)), wait, f"Milvus Lite server (pid {pid})",
+    wait_until(lambda: _milvus_ready(milvus_server_uri(port)), wait, f"Milvus Lite server (pid {pid})",
                 log_path, pid)
     return milvus_status(settings, port)
 
@@ -324,7 +337,7 @@ def _milvus_ready(uri: str) -> bool:
 
 def milvus_status(settings: Settings, port: int | None = None) -> ServiceStatus:
     """The local Milvus Lite server's state; its address is the one it was started on."""
-    pid = _read_pid(settings, "milvus")
+    pid = read_pid(settings, "milvus")
     uri_file = _pid_file(settings, "milvus").with_suffix(".uri")
     if port is None:
         port = MILVUS_SERVER_PORT
@@ -336,13 +349,13 @@ def milvus_status(settings: Settings, port: int | None = None) -> ServiceStatus:
 
 
 def stop_milvus(settings: Settings) -> bool:
-    return _stop(settings, "milvus")
+    return stop_process(settings, "milvus")
 
 
-def _wait_until(check, timeout: float, what: str, log_path: Path, pid: int) -> None:
+def wait_until(check, timeout: float, what: str, log_path: Path, pid: int) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
             raise ServiceError(f"{what} exited during start-up. Log tail:\n{tail}")
         if check():

@@ -55,11 +55,11 @@ def stop(pid: int, grace: float = 20.0) -> list[int]:
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(services._alive(t) for t in targets):
+        while time.monotonic() < deadline and any(services.alive(t) for t in targets):
             time.sleep(0.3)
-        if not any(services._alive(t) for t in targets):
+        if not any(services.alive(t) for t in targets):
             break
-    return [t for t in targets if services._alive(t)]
+    return [t for t in targets if services.alive(t)]
 
 
 def main(argv: list[str]) -> int:
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
         except (FileNotFoundError, ValueError):
             print("Airflow is not running (no pid file)")
             return 0
-        left = stop(pid) if services._alive(pid) else []
+        left = stop(pid) if services.alive(pid) else []
         pid_file(env).unlink(missing_ok=True)
         print("Airflow stopped" + (f"; still alive: {left}" if left else ""))
         return 1 if left else 0

@@ -25,8 +25,8 @@ def test_ingest_params_and_pool(dagbag):
     dag = dagbag.get_dag("ndid_ingest")
     assert {"bucket", "prefix", "start", "end", "batch_size", "reprocess"} <= set(dag.params.keys())
     pools = {t.task_id: t.pool for t in dag.tasks}
-    assert pools["index"] == pools["decide"] == pools["plan"] == "ndid_milvus"
-    assert pools["embed"] != "ndid_milvus"  # hashing/embedding runs in parallel
+    assert pools["index"] == pools["decide"] == "ndid_milvus"
+    assert pools["embed"] != "ndid_milvus" and pools["plan"] != "ndid_milvus"  # S3 only; embedding in parallel
 
 
 def test_dag_files_are_thin():

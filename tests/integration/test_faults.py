@@ -117,7 +117,7 @@ def kill(settings: Settings, name: str) -> None:
     """SIGKILL the server this test module started (its own process group, by PID)."""
     pid = services.milvus_status(settings).pid if name == "milvus" else services.s3_status(settings).pid
     os.killpg(pid, signal.SIGKILL)
-    while services._alive(pid):
+    while services.alive(pid):
         time.sleep(0.05)
 
 
