@@ -14,6 +14,7 @@ var/distributed/secrets.env, mode 0600). ``tests/distributed`` drives it (``make
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -21,7 +22,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,6 +45,10 @@ class Stack:
                       "s3": base + 10, "worker1_logs": base + 4, "worker2_logs": base + 5}
         self.settings = Settings(state_dir=str(self.root), s3_endpoint_url=f"http://127.0.0.1:{self.ports['s3']}",
                                  weights_mode=os.environ.get("NDID_WEIGHTS_MODE", "random"))
+        # PostgreSQL runs as the postgres user (it refuses root), which may not reach a folder under
+        # a private home or pytest's temp root: its data lives in a folder of its own, owned by it
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        self.pg_root = Path(tempfile.gettempdir()) / f"ndid-postgres-{digest}"
 
     # ---------------------------------------------------------------- secrets
     def secrets(self) -> dict[str, str]:
@@ -148,17 +153,16 @@ class Stack:
         pg_bin = next((p for p in PG_BIN_CANDIDATES if (p / "postgres").exists()), None)
         if pg_bin is None:
             raise services.ServiceError("PostgreSQL is not installed: apt-get install postgresql")
-        data = self.root / "postgres"
         as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        sock = self.root / "pg-socket"
-        sock.mkdir(exist_ok=True)
+        self.pg_root.mkdir(mode=0o700, exist_ok=True)
+        data, sock = self.pg_root / "data", self.pg_root / "socket"
+        sock.mkdir(mode=0o700, exist_ok=True)
         if as_postgres:
+            shutil.chown(self.pg_root, "postgres", "postgres")
             shutil.chown(sock, "postgres", "postgres")
-            for parent in (self.root, self.state):  # postgres must be able to reach its data dir
-                os.chmod(parent, os.stat(parent).st_mode | 0o711)
         if not (data / "PG_VERSION").exists():
             data.mkdir(mode=0o700, exist_ok=True)
-            pwfile = self.root / "pg-pw"
+            pwfile = self.pg_root / "pw"
             pwfile.write_text(self.secrets()["PG_PASSWORD"] + "\n")
             if as_postgres:
                 shutil.chown(data, "postgres", "postgres")
@@ -169,7 +173,6 @@ class Stack:
                            check=True, capture_output=True, cwd="/")
             pwfile.unlink()
         log_path = self.root / "logs" / "postgres.log"
-        services.private_dir(log_path.parent)
         pid = services.spawn(self.settings, "postgres", [
             *as_postgres, str(pg_bin / "postgres"), "-D", str(data), "-h", "127.0.0.1",
             "-p", str(self.ports["postgres"]), "-k", str(sock)], log_path)
@@ -210,6 +213,12 @@ class Stack:
             if services.stop_process(self.settings, name, timeout=30):
                 stopped.append(name)
         return stopped + services.services_down(self.settings)
+
+    def purge(self) -> None:
+        """Delete the stack's data (stopped first): tests leave nothing behind."""
+        self.down()
+        shutil.rmtree(self.pg_root, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def status(self) -> dict[str, int | None]:
         names = (*WORKERS, "scheduler", "dag-processor", "api", "redis", "postgres", "s3", "milvus")
