@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.ndid-installed
 export NDID_STATE_DIR ?= var
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: install demo test test-unit services-up services-down airflow-ui airflow-down bench lint clean
+.PHONY: install system-packages demo test test-unit test-distributed distributed-up distributed-down services-up services-down airflow-ui airflow-down bench lint clean
 
 install: $(STAMP)
 
@@ -22,9 +22,35 @@ $(STAMP): pyproject.toml requirements.lock
 demo: install
 	$(BIN)/python scripts/demo.py
 
-## the whole suite: unit (no servers) + integration (real SeaweedFS S3, Milvus Lite, Airflow)
-test: install
+# Debian packages the distributed test needs (PostgreSQL, Redis), installed when missing and root.
+# The PostgreSQL package is told not to create (and start) a default cluster: the tests start
+# their own servers and stop them by PID.
+SYSTEM_PACKAGES = redis-server postgresql
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "Debian packages missing:$$missing (not root: the distributed test will be skipped)"; exit 0; fi; \
+	echo "installing$$missing (for the distributed test)"; \
+	mkdir -p /etc/postgresql-common; \
+	grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf || \
+	  echo "create_main_cluster = false" >> /etc/postgresql-common/createcluster.conf; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null
+
+## the whole suite: unit (no servers) + integration (real SeaweedFS S3, Milvus Lite, Airflow) + the
+## distributed run (PostgreSQL, Redis, two Celery workers)
+test: install system-packages
 	$(BIN)/python -m pytest -q -ra tests
+
+test-distributed: install system-packages
+	$(BIN)/python -m pytest -q -ra tests/distributed
+
+## the local distributed stack (the shape of docker-compose.yml) on 127.0.0.1, state under var/
+distributed-up: install system-packages
+	$(BIN)/python scripts/distributed.py up
+
+distributed-down:
+	$(BIN)/python scripts/distributed.py down
 
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit

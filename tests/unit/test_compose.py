@@ -56,3 +56,23 @@ def test_no_secret_values_in_the_file(compose):
 def test_dags_and_plugins_are_mounted(compose):
     volumes = compose["services"]["airflow-scheduler"]["volumes"]
     assert "./dags:/opt/airflow/dags" in volumes and "./plugins:/opt/airflow/plugins" in volumes
+
+
+def test_the_local_distributed_stack_is_the_same_shape(compose, tmp_path):
+    """scripts/distributed.py (what `make test` runs a real DAG on) and this file agree."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from distributed import WORKERS, Stack
+
+    local = Stack(tmp_path).airflow_env()
+    env = compose["services"]["airflow-worker"]["environment"]
+    for key in ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"):
+        assert str(env[key]).lower() == local[key].lower(), key
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].split(":")[0] == local["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].split(":")[0]
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].split(":")[0] == local["AIRFLOW__CELERY__RESULT_BACKEND"].split(":")[0]
+    assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://:${REDIS_PASSWORD")  # a password, as locally
+    assert local["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://:")
+    assert env["NDID_MILVUS_POOL_SLOTS"].endswith(f":-{local['NDID_MILVUS_POOL_SLOTS']}}}")
+    assert compose["services"]["airflow-worker"]["deploy"]["replicas"] == len(WORKERS)
+    assert env["AIRFLOW__CELERY__WORKER_CONCURRENCY"].endswith(f":-{local['AIRFLOW__CELERY__WORKER_CONCURRENCY']}}}")
