@@ -114,7 +114,7 @@ def parse_time(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         dt = value
     else:
-        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        dt = datetime.fromisoformat(str(value))  # Python 3.11 reads a trailing Z
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 

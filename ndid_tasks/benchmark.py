@@ -59,8 +59,8 @@ def make_benchmark(originals: str | Path, distractors: str | Path, out: str | Pa
     origs = image_files(originals, max_originals)
     dists = image_files(distractors, max_distractors)
     order = rng.permutation(len(dists))
-    n_neg = int(round(len(dists) * negative_share))
-    n_hard = int(round(n_neg * hard_negative_share))
+    n_neg = round(len(dists) * negative_share)
+    n_hard = round(n_neg * hard_negative_share)
     negatives = [dists[i] for i in order[:n_neg - n_hard]]
     scenes = [dists[i] for i in order[n_neg - n_hard:n_neg]]
     ref_dists = [dists[i] for i in order[n_neg:]]
@@ -268,8 +268,8 @@ def _evaluate_query(qname, pic, phash, resnet, dhash, pdq, matcher: Matcher, cal
             preds["phash_resnet_lr"] = Prediction(qname, ref_name[best], cal.stage1.probability(feats[best]))
         if "always_stage2" in wanted:
             extra = engine.stage2_features(pic.image_id, list(feats))
-            for c in feats:
-                feats[c].update(extra.get(c, {"clip_cosine": 0.0, "pdq_distance": 1.0, "log_inliers": 0.0}))
+            for c, values in feats.items():
+                values.update(extra.get(c, {"clip_cosine": 0.0, "pdq_distance": 1.0, "log_inliers": 0.0}))
             best = max(feats, key=lambda c: cal.stage2.probability(feats[c]))
             preds["always_stage2"] = Prediction(qname, ref_name[best], cal.stage2.probability(feats[best]))
     for m in ("phash_resnet_lr", "always_stage2"):
@@ -403,8 +403,8 @@ def write_report(report: dict[str, Any], results, truth, family, out: Path, want
 
 def markdown(r: dict[str, Any]) -> str:
     lines = [f"# NDID benchmark — {'UNTRAINED (random weights)' if r['untrained'] else 'pretrained weights'}",
-             "", f"folder `{r['folder']}`, calibration `{r.get('calibration_version')}`, "
-                 f"machine: {r['machine']['cpu']} ({r['machine']['cores']} cores), torch {r['machine']['torch']}",
+             "", (f"folder `{r['folder']}`, calibration `{r.get('calibration_version')}`, "
+                  f"machine: {r['machine']['cpu']} ({r['machine']['cores']} cores), torch {r['machine']['torch']}"),
              "", "## Accuracy (top-1 per query, one global threshold)", "",
              "| method | micro-AP | R@P99 | R@P95 | R@1 |", "|---|---|---|---|---|"]
     for m, e in r["accuracy"].items():
@@ -419,9 +419,9 @@ def markdown(r: dict[str, Any]) -> str:
             f"{e[f]['micro_ap']:.2f} / {e[f]['recall_at_p99']:.2f} / {e[f]['recall_at_1']:.2f}" for f in fams) + " |")
     op = r.get("operating_point") or {}
     if op:
-        lines += ["", f"**Shipped calibration's operating point** (threshold {op['threshold']:.3f}): precision "
-                      f"{op['precision']:.3f}, recall {op['recall']:.3f}, false positives {op['false_positives']} "
-                      f"({op['false_positives_on_negatives']} on {op['negatives']} negative queries)."]
+        lines += ["", (f"**Shipped calibration's operating point** (threshold {op['threshold']:.3f}): precision "
+                       f"{op['precision']:.3f}, recall {op['recall']:.3f}, false positives {op['false_positives']} "
+                       f"({op['false_positives_on_negatives']} on {op['negatives']} negative queries).")]
     hn = r.get("hard_negatives")
     if hn:
         lines += ["", f"**Hard negatives** (same scene, no shared pixels; {hn['queries']} queries): "
@@ -429,10 +429,10 @@ def markdown(r: dict[str, Any]) -> str:
                       f"top scores " + ", ".join(f"{m} {v}" for m, v in hn["max_score"].items()) + "."]
     wr = r.get("whitening_refresh")
     if wr:
-        lines += ["", f"Queries answered with a whitening + calibration fitted on the indexed refs "
+        lines += ["", (f"Queries answered with a whitening + calibration fitted on the indexed refs "
                       f"(`--fit-whitening`): whitening {wr['whitening']}, calibration {wr['calibration']}, "
                       f"{wr['corpus_descriptors']} corpus descriptors + {wr['bootstrap_images']} images with attacked "
-                      f"copies, re-indexed {wr['reindex'].get('rows')} rows in {wr['seconds']} s."]
+                      f"copies, re-indexed {wr['reindex'].get('rows')} rows in {wr['seconds']} s.")]
     lines += [f"Stage 2 (verification, CLIP if calibrated) invoked for {100 * r['stage2_share_of_queries']:.1f} % of queries. Candidate recall per family: "
               + ", ".join(f"{k} {v:.3f}" for k, v in r["candidate_recall"].items()) + "."]
     s = r["speed"]
@@ -442,14 +442,14 @@ def markdown(r: dict[str, Any]) -> str:
               f"| bare ResNet-50 forward ({s['precision']}, same images, same run; median of {s.get('bare_resnet50_runs')}) | {s['bare_resnet50_images_per_s']} img/s |",
               f"| NDID's ResNet stage in that ingest (preprocessing, layer3 GeM, whitening) | {s.get('ndid_resnet_stage_images_per_s')} img/s |",
               f"| ingest / bare model | **{s['ingest_to_bare_ratio']}** |",
-              f"| bare ResNet-50 with BatchNorm folded (stricter reference; NDID folds it too) | "
-              f"{s.get('bare_resnet50_bn_folded_images_per_s')} img/s → ratio {s.get('ingest_to_bn_folded_ratio')} |",
+              (f"| bare ResNet-50 with BatchNorm folded (stricter reference; NDID folds it too) | "
+              f"{s.get('bare_resnet50_bn_folded_images_per_s')} img/s → ratio {s.get('ingest_to_bn_folded_ratio')} |"),
               f"| refs that reached stage 2 while being ingested | {100 * s.get('stage2_share_at_ingest', 0):.1f} % |",
               f"| query latency p50 / p95 | {r['query_latency_ms']['p50']} / {r['query_latency_ms']['p95']} ms |",
               f"| peak RSS | {s['peak_rss_mb']} MB |",
-              f"| index: searched vector bytes / image (+ raw descriptor kept for re-whitening; disk bytes / image) "
+              (f"| index: searched vector bytes / image (+ raw descriptor kept for re-whitening; disk bytes / image) "
               f"| {s['index_vector_bytes_per_image']} (+{s.get('index_raw_descriptor_bytes_per_image', 0)}; "
-              f"{s['index_disk_bytes_per_image']}) |",
+              f"{s['index_disk_bytes_per_image']}) |"),
               f"| descriptor / whitening | {s.get('resnet_descriptor')} / {s.get('whitening')} |",
               f"| stage seconds | {s['stage_seconds']} |", "",
               "![PR curves](pr_curves.png)", "", "![per family](families.png)", ""]
@@ -567,8 +567,8 @@ def descriptor_ablation(settings: Settings, folder: str | Path, out: str | Path,
     (out / "descriptors.json").write_text(json.dumps(report, indent=2))
     fams = sorted({family[q] for q in queries if truth[q]})
     lines = [f"# ResNet-50 descriptor ablation — {'UNTRAINED (random weights)' if settings.untrained else 'pretrained'}",
-             "", "Nearest neighbour by cosine, descriptor alone (no pHash, no verification); whitening "
-                 "fitted on refs + their mirrors.", "",
+             "", ("Nearest neighbour by cosine, descriptor alone (no pHash, no verification); whitening "
+                 "fitted on refs + their mirrors."), "",
              "| input | layer | pooling | flip-sym | whitening | micro-AP | R@P99 | R@1 | " +
              " | ".join(f"{f} R@1 / cand@10" for f in fams) + " |", "|---" * (8 + len(fams)) + "|"]
     for r in rows:

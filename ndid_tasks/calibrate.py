@@ -311,7 +311,7 @@ def holdout_mask(y: np.ndarray, holdout: float = 0.3, seed: int = 0) -> np.ndarr
     seeded shuffle, so both sides always see both classes."""
     order = np.random.default_rng(seed).permutation(len(y))
     test = np.zeros(len(y), dtype=bool)
-    step = max(2, int(round(1 / holdout)))
+    step = max(2, round(1 / holdout))
     for cls in (0, 1):
         idx = [i for i in order if y[i] == cls]
         test[idx[::step]] = True

@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("ndid: interrupted", 130)
     except Exception as exc:
         if args.verbose:
-            logging.exception("ndid failed")
+            logging.getLogger("ndid").exception("ndid failed")
         if _is_locked_milvus_file(exc):
             return _fail("ndid: the Milvus Lite file is in use by another process (a running `milvus-lite "
                          "server`?): set NDID_MILVUS_URI=http://127.0.0.1:19530 or stop that process", EXIT_SERVICE)

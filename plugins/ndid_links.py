@@ -7,6 +7,7 @@ browser open to anyone (its filer UI is closed, see ndid_tasks.services): no but
 
 from __future__ import annotations
 
+from typing import ClassVar
 from urllib.parse import quote, urlparse
 
 from airflow.plugins_manager import AirflowPlugin
@@ -40,4 +41,4 @@ class NdidRecordsLink(BaseOperatorLink):
 
 class NdidPlugin(AirflowPlugin):
     name = "ndid"
-    global_operator_extra_links = [NdidRecordsLink()]
+    global_operator_extra_links: ClassVar[list] = [NdidRecordsLink()]

@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
     pid_file(env).parent.mkdir(parents=True, exist_ok=True)
     pid_file(env).write_text(str(proc.pid))
 
-    def on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
+    def on_signal(signum, frame):
         print("\nstopping Airflow and everything it started ...")
         left = stop(proc.pid)
         pid_file(env).unlink(missing_ok=True)

@@ -26,10 +26,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from airflow_env import ROOT  # noqa: E402
+from airflow_env import ROOT
 
-from ndid_tasks import services  # noqa: E402
-from ndid_tasks.config import Settings  # noqa: E402
+from ndid_tasks import services
+from ndid_tasks.config import Settings
 
 WORKERS = ("worker1", "worker2")
 PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)

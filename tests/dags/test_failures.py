@@ -5,7 +5,6 @@ window finishes it with exactly one record per object, and a window of more than
 
 from __future__ import annotations
 
-import io
 import time
 from datetime import UTC, datetime
 
@@ -15,7 +14,7 @@ from ndid_tasks import ingest_run
 from ndid_tasks.storage import S3Store
 from tests.conftest import jpeg_bytes, make_noise_image
 from tests.dags.conftest import ROOT
-from tests.dags.test_ingest_dag import boundary, put_image, records_of, record_keys, summary_of
+from tests.dags.test_ingest_dag import boundary, put_image, record_keys, records_of, summary_of
 
 pytestmark = pytest.mark.integration
 

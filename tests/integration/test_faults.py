@@ -253,7 +253,7 @@ def test_overlapping_runs_over_the_same_window(world):
 def test_a_poisoned_batch_gives_typed_records_and_the_rest_is_decided(world):
     """Objects that used to fail their whole batch (forever): a key longer than an index id, a
     decompression bomb, a huge 16-bit PNG, keys with quotes, backslashes and newlines."""
-    settings, window, clean = world
+    settings, _window, _clean = world
     store = S3Store(settings)
     start = boundary()
     # 1022 bytes (S3 allows 1024; SeaweedFS 255 a path segment); the id adds s3://bucket/

@@ -90,7 +90,7 @@ def test_no_unauthenticated_way_around_s3_through_the_filer_or_volume_ports(s3_s
 
 
 def test_server_listens_on_loopback_only(s3_settings):
-    out = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True, check=True).stdout
     pid = services.s3_status(s3_settings).pid
     mine = [line for line in out.splitlines() if f"pid={pid}," in line]
     assert mine, "SeaweedFS ports not found"

@@ -77,7 +77,7 @@ def test_animated_gif_uses_first_frame():
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100)
     loaded = load_image(buf.getvalue(), "x")
-    r, g, b = loaded.image.getpixel((5, 5))
+    r, _g, b = loaded.image.getpixel((5, 5))
     assert r > 200 and b < 50
     assert any("animated" in n for n in loaded.notes)
 
