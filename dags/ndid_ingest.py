@@ -93,32 +93,29 @@ def ndid_ingest():
     @fail_fast
     def embed(part: dict) -> dict:
         from ndid_tasks import ingest_run
-        from ndid_tasks.pipeline import Engine
 
         ctx = get_current_context()
         settings = task_settings()
-        with Engine(settings) as engine:
+        with ingest_run.run_engine(settings) as engine:
             return ingest_run.embed(settings, engine, part, ctx["run_id"], run_at(ctx))
 
     @task(pool=MILVUS_POOL, map_index_template="slice {{ task.op_kwargs['part']['slice'] }}")
     @fail_fast
     def index(part: dict) -> dict:
         from ndid_tasks import ingest_run
-        from ndid_tasks.pipeline import Engine
 
         settings = task_settings()
-        with Engine(settings) as engine:
+        with ingest_run.run_engine(settings) as engine:
             return ingest_run.index(settings, engine, part, get_current_context()["run_id"])
 
     @task(pool=MILVUS_POOL, map_index_template="slice {{ task.op_kwargs['part']['slice'] }}")
     @fail_fast
     def decide(part: dict) -> dict:
         from ndid_tasks import ingest_run
-        from ndid_tasks.pipeline import Engine
 
         ctx = get_current_context()
         settings = task_settings()
-        with Engine(settings) as engine:
+        with ingest_run.run_engine(settings) as engine:
             return ingest_run.decide(settings, engine, part, ctx["run_id"], run_at(ctx))
 
     @task(trigger_rule="none_failed")

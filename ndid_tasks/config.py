@@ -49,6 +49,7 @@ class Settings:
     s3_calibration_prefix: str = "calibration/"
     s3_labels_prefix: str = "labels/"
     s3_staging_prefix: str = "staging/"
+    s3_features_prefix: str = "features/"  # verification features per image (see feature_store)
     s3_retries: int = 5  # retries of a failed S3 request (botocore "standard" mode, exponential backoff)
 
     # --- Milvus ---
@@ -76,6 +77,7 @@ class Settings:
     # --- geometric verification (stage 2) ---
     sift_max_side: int = 256  # verified at this size (SIFT upsamples 2x inside): 12 ms/image (384: 27 ms)
     sift_features: int = 500  # keypoints per image (1000: 13 ms per pair to match, 500: 3 ms)
+    store_local_features: bool = True  # DAG path: SIFT features of every image at ingest, kept in S3
 
     # --- batching ---
     embed_batch_size: int = 32
@@ -150,7 +152,7 @@ class Settings:
         if self.ambiguous_low is not None and not 0 <= self.ambiguous_low <= self.ambiguous_high <= 1:
             raise SettingsError("the ambiguous band needs 0 <= low <= high <= 1")
         for prefix_name in ("s3_images_prefix", "s3_decisions_prefix", "s3_calibration_prefix",
-                            "s3_labels_prefix", "s3_staging_prefix"):
+                            "s3_labels_prefix", "s3_staging_prefix", "s3_features_prefix"):
             value = getattr(self, prefix_name)
             if value and not value.endswith("/"):
                 object.__setattr__(self, prefix_name, value + "/")

@@ -174,6 +174,14 @@ def _batch(settings: Settings, run_id: str, batch_no: int) -> list[SourceItem]:
 
 # ---------------------------------------------------------------- embed, index, decide (per slice)
 
+def run_engine(settings: Settings) -> Engine:
+    """The Engine of a DAG task: with the feature store (NDID_STORE_LOCAL_FEATURES), so embed keeps
+    every image's verification features and decide reads them instead of re-reading images."""
+    from .feature_store import FeatureStore
+
+    return Engine(settings, feature_store=FeatureStore(settings) if settings.store_local_features else None)
+
+
 def embed(settings: Settings, engine: Engine, part: dict[str, int], run_id: str, run_at: str) -> dict[str, Any]:
     """Signals for every batch of the slice; a batch already staged (by an earlier try) is kept."""
     store = S3Store(settings)
@@ -186,6 +194,7 @@ def embed(settings: Settings, engine: Engine, part: dict[str, int], run_id: str,
             continue
         items = _batch(settings, run_id, batch_no)
         prepared = engine.prepare(items, run_id, run_at)
+        counts["feature_bytes"] += engine.keep_local_features(prepared)
         store.put_bytes(key, pack_prepared(prepared))
         counts.update({"batches": 1, "images": len(prepared.images), "errors": len(prepared.errors)})
         seconds = time.perf_counter() - t0
@@ -366,7 +375,7 @@ def run_all(settings: Settings, bucket: str, prefix: str, start: datetime | None
     tests that inject faults between steps). Re-running it with the same run id resumes."""
     t0 = time.time()
     outline = plan(settings, bucket, prefix, start, end, batch_size or settings.ingest_batch_size, reprocess, run_id)
-    with Engine(settings) as engine:
+    with run_engine(settings) as engine:
         for part in outline["slices"]:
             embed(settings, engine, part, run_id, run_at)
         for part in outline["slices"]:

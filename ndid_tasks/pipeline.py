@@ -22,6 +22,7 @@ import numpy as np
 from .calibration import OPTIONAL_STAGE2, Calibration, CalibrationError, default_calibration, load_calibration_file
 from .config import Settings
 from .decide import PDQ_BITS, DecisionRecord, Matcher
+from .feature_store import FeatureStore
 from .images import ImageDecodeError, LoadedImage, load_image
 from .index import MAX_ID_LENGTH, ImageIndex, IndexedImage
 from .signals import ClipSignal, GeometricSignal, PDQSignal, PHashSignal, ResNetSignal
@@ -86,9 +87,12 @@ class Engine:
     """Signals, index and calibration for one process; heavy parts are built on first use."""
 
     def __init__(self, settings: Settings, calibration: Calibration | None = None,
-                 index: ImageIndex | None = None, whitening: Whitening | None = None) -> None:
-        """``calibration`` and ``whitening`` given together replace the active ones (benchmarks, tests)."""
+                 index: ImageIndex | None = None, whitening: Whitening | None = None,
+                 feature_store: FeatureStore | None = None) -> None:
+        """``calibration`` and ``whitening`` given together replace the active ones (benchmarks, tests);
+        with a ``feature_store``, verification features are stored at ingest and read back from it."""
         self.settings = settings
+        self.feature_store = feature_store
         self._whitening = whitening
         self.phash = PHashSignal()
         self._resnet: ResNetSignal | None = None
@@ -315,11 +319,28 @@ class Engine:
         self.timings["clip_s"] += time.perf_counter() - t0
         return found
 
+    def keep_local_features(self, prepared: Prepared) -> int:
+        """SIFT features of a batch's images, computed while their pixels are at hand (the parallel
+        embed step) and written to the feature store: a later decide, in any process, verifies
+        against them without reading the images again. Returns the bytes stored."""
+        if self.feature_store is None or not prepared.loaded:
+            return 0
+        t0 = time.perf_counter()
+        feats = dict(zip(prepared.loaded, self.geometry.compute(list(prepared.loaded.values()))))
+        self._local.update(feats)
+        while len(self._local) > LOCAL_FEATURE_CACHE:
+            self._local.pop(next(iter(self._local)))
+        self.timings["geometry_s"] += time.perf_counter() - t0
+        return self.feature_store.put_many(feats)
+
     def local_features(self, ids: list[str], pdq: bool = False) -> dict[str, Any]:
         """SIFT features per id (and, with ``pdq``, PDQ dihedral hashes into ``self._pdq``), cached in
-        this process: cheap to recompute from the pixels, large to store."""
+        this process; read from the feature store where there is one, else computed from pixels."""
         t0 = time.perf_counter()
         missing = [i for i in dict.fromkeys(ids) if i not in self._local or (pdq and i not in self._pdq)]
+        if missing and self.feature_store is not None:
+            self._local.update(self.feature_store.get_many([i for i in missing if i not in self._local]))
+            missing = [i for i in missing if i not in self._local or (pdq and i not in self._pdq)]
         if missing:
             pics = self.pictures(missing)
             jobs = [(self._local, self.geometry.compute)] + ([(self._pdq, self.pdq.dihedral)] if pdq else [])

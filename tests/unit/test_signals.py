@@ -92,3 +92,23 @@ def test_pdq_dihedral_distance_finds_rotated_and_mirrored_copies(photos):
         assert pdq.compare(plain[copy], plain[0]) > 64  # plain PDQ misses rotations and flips
         assert pdq.dihedral_distance(dihedral[copy], plain[0]) <= 31  # the minimum does (31: PDQ's match threshold)
     assert pdq.dihedral_distance(dihedral[3], plain[0]) > 64
+
+
+def test_stored_local_features_round_trip_and_refuse_other_settings():
+    import numpy as np
+
+    from ndid_tasks.config import Settings
+    from ndid_tasks.feature_store import FeatureStore
+    from ndid_tasks.signals import LocalFeatures
+
+    rng = np.random.default_rng(0)
+    feats = LocalFeatures(rng.uniform(0, 256, (300, 2)).astype(np.float32), rng.integers(0, 256, (300, 128)))
+    store = FeatureStore(Settings())  # no request is made: packing is local
+    data = store.pack("s3://b/k.jpg", feats)
+    back = store.unpack("s3://b/k.jpg", data)
+    assert np.array_equal(back.descriptors, feats.descriptors)
+    assert np.abs(back.points - feats.points).max() <= 0.125  # float16 keypoints: sub-pixel at 256 px
+    assert len(data) < 300 * (128 + 4) + 1000  # ~132 bytes a keypoint
+    assert store.unpack("s3://b/other.jpg", data) is None  # a hash collision is not a hit
+    other = FeatureStore(Settings(sift_max_side=384))
+    assert other.unpack("s3://b/k.jpg", data) is None  # made with other SIFT settings: recompute

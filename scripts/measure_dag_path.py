@@ -1,0 +1,89 @@
+"""The DAG path's decide step in a fresh process, with and without stored verification features.
+
+    python scripts/measure_dag_path.py [ORIGINALS_DIR] [N]
+
+Starts its own SeaweedFS S3 (temporary state), ingests N photos in one window and an attacked copy
+of each in the next, then times `decide` of the second window in a fresh Engine: reading every
+candidate's (and query's) SIFT features from the feature store, versus re-reading and decoding the
+images from S3 and running SIFT again (NDID_STORE_LOCAL_FEATURES=false). Prints a JSON line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ndid_tasks import augment, ingest_run, services  # noqa: E402
+from ndid_tasks.config import Settings  # noqa: E402
+from ndid_tasks.storage import S3Store  # noqa: E402
+
+
+def second() -> datetime:
+    time.sleep(1.05 - time.time() % 1)
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def main(folder: str, n: int) -> dict:
+    state = Path(tempfile.mkdtemp(prefix="ndid-dagpath-"))
+    base = Settings(state_dir=str(state), s3_endpoint_url="http://127.0.0.1:28433", weights_mode="random",
+                    s3_bucket="dagpath", milvus_uri=str(state / "milvus.db"))
+    services.start_s3(base)
+    access, secret = services.ensure_local_credentials(base)
+    base = base.replace(s3_access_key=access, s3_secret_key=secret)
+    try:
+        store = S3Store(base)
+        store.ensure_bucket()
+        files = sorted(Path(folder).glob("*.jpg"))[:n]
+        rng = np.random.default_rng(0)
+        t0 = second()
+        for f in files:
+            store.put_bytes(f"images/orig/{f.name}", f.read_bytes())
+        t1 = second()
+        for f in files:
+            store.put_bytes(f"images/copy/{f.name}", jpeg(augment.attack_crop(Image.open(f).convert("RGB"), rng), 75))
+        t2 = second()
+        out = {"images_per_window": len(files)}
+        for stored in (True, False):
+            s = base.replace(store_local_features=stored, milvus_collection_prefix=f"p{int(stored)}",
+                             s3_decisions_prefix=f"d{int(stored)}/", s3_staging_prefix=f"s{int(stored)}/")
+            ingest_run.run_all(s, s.s3_bucket, "images/", t0, t1, "first", t1.isoformat())
+            outline = ingest_run.plan(s, s.s3_bucket, "images/", t1, t2, 64, False, "second")
+            with ingest_run.run_engine(s) as engine:
+                for part in outline["slices"]:
+                    embedded = ingest_run.embed(s, engine, part, "second", t2.isoformat())
+                    ingest_run.index(s, engine, part, "second")
+            with ingest_run.run_engine(s) as fresh:  # a fresh process: nothing cached
+                fresh.warm_up()
+                started = time.perf_counter()
+                for part in outline["slices"]:
+                    ingest_run.decide(s, fresh, part, "second", t2.isoformat())
+                seconds = time.perf_counter() - started
+            name = "stored_features" if stored else "re_read_images"
+            out[name] = {"decide_s": round(seconds, 2), "images_per_s": round(len(files) / seconds, 1),
+                         "geometry_s": round(fresh.timings["geometry_s"], 2)}
+            if stored:
+                out["feature_bytes_per_image"] = round(embedded.get("feature_bytes", 0) / max(embedded["images"], 1))
+        out["speedup"] = round(out["re_read_images"]["decide_s"] / out["stored_features"]["decide_s"], 2)
+        return out
+    finally:
+        services.stop_s3(base)
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    print(json.dumps(main(args[0] if args else "../shared/data/originals", int(args[1]) if len(args) > 1 else 64)))
