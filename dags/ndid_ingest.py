@@ -125,7 +125,10 @@ def ndid_ingest():
 
         ctx = get_current_context()
         settings = task_settings()
-        return ingest_run.write_summary(settings, outline, list(parts or []), partition_date(ctx),
+        # by index up to len(): iterating a lazy XCom sequence asks for one item past its end, which
+        # Airflow logs as an "[error] XCom not found" line on every successful run
+        results = [parts[i] for i in range(len(parts))] if parts else []
+        return ingest_run.write_summary(settings, outline, results, partition_date(ctx),
                                         time.time() - outline["started"], settings.untrained)
 
     outline = plan()

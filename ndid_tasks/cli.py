@@ -262,6 +262,11 @@ def cmd_models(args) -> int:
                 print("ndid models import MODEL FILE", file=sys.stderr)
                 return EXIT_USAGE
             print(f"imported {weights.import_weights(settings, key, Path(args.file), args.sha256)}")
+    if all(weights.model_path(settings, spec).exists() for spec in weights.MODELS.values()):
+        from .services import env_file, set_env_value
+
+        if env_file(settings.state_dir).exists():  # the local demo / UI recorded random mode there
+            set_env_value(settings.state_dir, "NDID_WEIGHTS_MODE", "pretrained")
     return EXIT_OK
 
 

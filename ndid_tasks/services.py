@@ -65,6 +65,17 @@ def load_env_file(state_dir: str | Path, environ: dict | None = None) -> dict[st
     return loaded
 
 
+def set_env_value(state_dir: str | Path, key: str, value: str) -> None:
+    """Set one ``KEY=value`` line of ``<state_dir>/ndid.env`` (kept 0600; other lines unchanged)."""
+    path = env_file(state_dir)
+    lines = path.read_text().splitlines() if path.exists() else []
+    lines = [line for line in lines if not line.startswith(f"{key}=")] + [f"{key}={value}"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
 def ensure_local_credentials(settings: Settings) -> tuple[str, str]:
     """Keys for the local S3 server: from the environment if given, else generated once and kept."""
     if settings.s3_access_key and settings.s3_secret_key:

@@ -48,21 +48,25 @@ def prepare_airflow(env: dict[str, str]) -> None:
                    env=full, check=True, capture_output=True)
 
 
-def local_weights_mode() -> str:
-    """NDID_WEIGHTS_MODE for the local demo and UI alike: as set, else pretrained where the weights
-    are present, else random -- said loudly, since random weights only demonstrate the pipeline."""
-    from ndid_tasks import weights
+def local_weights_mode(state_dir: str) -> str:
+    """NDID_WEIGHTS_MODE for everything local -- the demo, the Airflow UI, the ``ndid`` command: as
+    set in the environment, else pretrained where the weights are present, else random. Recorded in
+    ``<state>/ndid.env`` (which ``ndid`` and the DAGs read), so they all run in the demo's mode; said
+    loudly, since random weights only demonstrate the pipeline. Call it before load_env_file()."""
+    from ndid_tasks import services, weights
     from ndid_tasks.config import Settings
 
-    if "NDID_WEIGHTS_MODE" not in os.environ:
+    mode = os.environ.get("NDID_WEIGHTS_MODE")
+    if mode is None:
         probe = Settings.from_env()
         have = all(weights.model_path(probe, s).exists() for s in weights.MODELS.values())
-        os.environ["NDID_WEIGHTS_MODE"] = "pretrained" if have else "random"
-    mode = os.environ["NDID_WEIGHTS_MODE"]
+        mode = "pretrained" if have else "random"
+    os.environ["NDID_WEIGHTS_MODE"] = mode
+    services.set_env_value(state_dir, "NDID_WEIGHTS_MODE", mode)
     if mode == "random":
         print(f"!! NDID runs UNTRAINED (NDID_WEIGHTS_MODE=random: seeded random weights; no pretrained weights "
-              f"in {Settings.from_env().resolved_model_dir}). Import them with `ndid models import`, or set "
-              f"NDID_WEIGHTS_MODE=pretrained once they are there.")
+              f"in {Settings.from_env().resolved_model_dir}). Import them with `ndid models import`; the next "
+              f"`make demo` / `make airflow-ui` then switches to pretrained.")
     else:
         print(f"NDID runs with pretrained weights (NDID_WEIGHTS_MODE={mode})")
     return mode

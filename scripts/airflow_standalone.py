@@ -75,8 +75,8 @@ def main(argv: list[str]) -> int:
         pid_file(env).unlink(missing_ok=True)
         print("Airflow stopped" + (f"; still alive: {left}" if left else ""))
         return 1 if left else 0
+    local_weights_mode(env["NDID_STATE_DIR"])
     services.load_env_file(env["NDID_STATE_DIR"])
-    local_weights_mode()
     settings = Settings.from_env()
     for st in services.services_up(settings):
         print(f"{st.name}: {st.address} (pid {st.pid})")
@@ -102,6 +102,9 @@ def main(argv: list[str]) -> int:
     code = proc.wait()
     stop(proc.pid)
     pid_file(env).unlink(missing_ok=True)
+    if code < 0:  # ended by a signal: `make airflow-down` or a kill
+        print("Airflow stopped")
+        return 0
     return code
 
 

@@ -66,8 +66,8 @@ def main() -> int:
     from ndid_tasks.config import Settings
     from ndid_tasks.storage import S3Store
 
+    local_weights_mode(env["NDID_STATE_DIR"])
     services.load_env_file(env["NDID_STATE_DIR"])
-    local_weights_mode()
     settings = Settings.from_env()
     print("== starting local services")
     for st in services.services_up(settings):
