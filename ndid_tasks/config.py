@@ -187,6 +187,15 @@ class Settings:
         return f"{self.images_alias}_{whitening_version.replace('-', '_')}"
 
     @property
+    def raw_collection(self) -> str:
+        """Raw (un-whitened) descriptors, one collection per descriptor, shared by its whitenings:
+        never loaded for search, only read back to fit and apply a new whitening."""
+        import hashlib
+
+        digest = hashlib.sha256(self.resnet_descriptor.encode()).hexdigest()[:8]
+        return f"{self.milvus_collection_prefix}_raw_{self.weights_mode}_{digest}"
+
+    @property
     def clip_collection(self) -> str:
         return f"{self.milvus_collection_prefix}_clip_{self.weights_mode}"
 

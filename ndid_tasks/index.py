@@ -58,7 +58,7 @@ class IndexedImage:
     raw: np.ndarray | None = None  # the un-whitened descriptor, kept so the index can be re-whitened
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def row(self, weights_mode: str) -> dict[str, Any]:
+    def row(self, weights_mode: str, inline_raw: bool = False) -> dict[str, Any]:
         return {"id": self.id, "sha256": self.sha256, "source": self.source[:2048],
                 "width": int(self.width), "height": int(self.height), "num_bytes": int(self.num_bytes),
                 "created_at": int(self.created_at), "ingested_at": int(self.ingested_at),
@@ -66,7 +66,8 @@ class IndexedImage:
                 "run_id": self.run_id, "weights_mode": weights_mode,
                 "phash": np.asarray(self.phash, dtype=np.float32).tolist(),
                 "resnet": np.asarray(self.resnet, dtype=np.float32).tolist(),
-                "resnet_raw": [] if self.raw is None else np.asarray(self.raw, dtype=np.float32).tolist()}
+                **({"resnet_raw": [] if self.raw is None else np.asarray(self.raw, dtype=np.float32).tolist()}
+                   if inline_raw else {})}
 
 
 @dataclass
@@ -102,19 +103,22 @@ def ids_filter(ids: Iterable[str]) -> str:
     return "id in [" + ", ".join(_quote(i) for i in ids) + "]"
 
 
-MAX_RAW_DIM = 2048
-
-
 class ImageIndex:
     """``images`` is the versioned collection (see :meth:`Settings.images_collection`);
     ``resnet_dim`` the length of the (whitened) ResNet vectors it holds."""
 
-    def __init__(self, settings: Settings, images: str, resnet_dim: int, client: MilvusClient | None = None) -> None:
+    def __init__(self, settings: Settings, images: str, resnet_dim: int, client: MilvusClient | None = None,
+                 raw_dim: int = 0) -> None:
         self.settings = settings
         self.uri = settings.resolved_milvus_uri
         self.images = images
         self.resnet_dim = resnet_dim
         self.clip = settings.clip_collection
+        # raw descriptors live in their own collection, released (on disk, not in memory); an images
+        # collection made before that keeps them inline in ``resnet_raw`` (``inline_raw``)
+        self.raw = settings.raw_collection
+        self.raw_dim = raw_dim
+        self.inline_raw = False
         if client is None:
             # pymilvus' 10 s keepalive pings get long calls dropped ("too_many_pings"), for a
             # server and for the embedded Lite file alike (it is served over local gRPC too)
@@ -140,6 +144,18 @@ class ImageIndex:
         for name in (self.images, self.clip):
             if name in existing:
                 self.client.load_collection(name)
+        if self.images in existing:
+            fields = {f["name"] for f in self.client.describe_collection(self.images)["fields"]}
+            self.inline_raw = "resnet_raw" in fields
+        if self.raw_dim and self.raw not in existing:
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                                description="NDID raw ResNet descriptors (for re-whitening)")
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
+            schema.add_field("raw", DataType.FLOAT_VECTOR, dim=self.raw_dim)
+            params = self.client.prepare_index_params()
+            params.add_index(field_name="raw", index_type="FLAT", metric_type="L2")  # never searched
+            self._create(self.raw, schema, params)
+            self.client.release_collection(self.raw)
         if self.images not in existing:
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
                                                 description="NDID images: metadata, pHash, ResNet-50")
@@ -158,8 +174,6 @@ class ImageIndex:
             schema.add_field("weights_mode", DataType.VARCHAR, max_length=16)
             schema.add_field("phash", DataType.FLOAT_VECTOR, dim=64)
             schema.add_field("resnet", DataType.FLOAT_VECTOR, dim=self.resnet_dim)
-            # not searched: the input of a future re-whitening (see ndid_tasks.whitening)
-            schema.add_field("resnet_raw", DataType.ARRAY, element_type=DataType.FLOAT, max_capacity=MAX_RAW_DIM)
             params = self.client.prepare_index_params()
             # 0/1 floats with L2: squared distance == Hamming distance, and range search works
             params.add_index(field_name="phash", index_type="FLAT", metric_type="L2")
@@ -203,8 +217,27 @@ class ImageIndex:
                         setattr(im, name, old[name])
             if not im.ingested_at:
                 im.ingested_at = now_ms
-            rows.append(im.row(self.settings.weights_mode))
+            rows.append(im.row(self.settings.weights_mode, inline_raw=self.inline_raw))
         self.client.upsert(self.images, rows)
+        if not self.inline_raw:
+            self.upsert_raw({im.id: im.raw for im in images if im.raw is not None})
+
+    def upsert_raw(self, raws: dict[str, np.ndarray]) -> None:
+        """Raw descriptors into their (released) collection: kept for re-whitening, never loaded."""
+        if raws and self.raw_dim:
+            self.client.upsert(self.raw, [{"id": k, "raw": np.asarray(v, np.float32).tolist()}
+                                          for k, v in raws.items()])
+
+    def get_raw(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Raw descriptors of these ids (loads the raw collection: call between load_raw/release_raw
+        for many pages)."""
+        out = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), QUERY_CHUNK):
+            chunk = unique[start:start + QUERY_CHUNK]
+            for row in self.client.query(self.raw, filter=ids_filter(chunk), output_fields=["id", "raw"]):
+                out[row["id"]] = np.asarray(row["raw"], dtype=np.float32)
+        return out
 
     def set_decisions(self, updates: Sequence[dict[str, Any]]) -> None:
         """Partial update of decision fields: dicts with id, decision, matched_id, original_id, run_id."""
@@ -220,6 +253,8 @@ class ImageIndex:
         if ids:
             self.client.delete(self.images, ids=list(ids))
             self.client.delete(self.clip, ids=list(ids))
+            if self.raw_dim and self.raw in self.client.list_collections():
+                self.client.delete(self.raw, ids=list(ids))
 
     # ------------------------------------------------------------ reads
     def get_rows(self, ids: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
@@ -241,17 +276,27 @@ class ImageIndex:
         return out
 
     def iter_rows(self, fields: list[str], batch_size: int = 512) -> Iterable[list[dict[str, Any]]]:
-        """Every row, in pages: the input of a re-index."""
-        it = self.client.query_iterator(self.images, batch_size=batch_size, filter="",
-                                        output_fields=["id", *fields])
+        """Every row, in pages: the input of a re-index. ``resnet_raw`` among the fields is read from
+        the raw collection (loaded for the iteration, released after) unless the rows hold it."""
+        want_raw = "resnet_raw" in fields and not self.inline_raw
+        own = [f for f in fields if not (want_raw and f == "resnet_raw")]
+        it = self.client.query_iterator(self.images, batch_size=batch_size, filter="", output_fields=["id", *own])
+        if want_raw:
+            self.client.load_collection(self.raw)
         try:
             while True:
                 page = it.next()
                 if not page:
                     return
+                if want_raw:
+                    raws = self.get_raw([r["id"] for r in page])
+                    for row in page:
+                        row["resnet_raw"] = raws[row["id"]].tolist() if row["id"] in raws else []
                 yield page
         finally:
             it.close()
+            if want_raw:
+                self.client.release_collection(self.raw)
 
     def point_alias(self, alias: str) -> str | None:
         """Make ``alias`` name this index's collection; returns the collection it named before."""

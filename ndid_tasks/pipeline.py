@@ -140,7 +140,7 @@ class Engine:
     def index(self) -> ImageIndex:
         if self._index is None:
             self._index = ImageIndex(self.settings, self.settings.images_collection(self.index_version),
-                                     self.resnet.dim)
+                                     self.resnet.dim, raw_dim=self.resnet.raw_dim)
         return self._index
 
     @property

@@ -1,11 +1,12 @@
 """Whitening refresh: fit a whitening on the indexed corpus, re-index, recalibrate, switch atomically.
 
-    1. sample raw descriptors of the indexed corpus (kept in ``resnet_raw`` of every row)
+    1. sample raw descriptors of the indexed corpus (kept for every image in the raw collection,
+       see ImageIndex: on disk, never loaded for search)
     2. decode a smaller sample (of images decided unique) and make attacked copies: the whitening
        learns how copies differ, and the same synthetic pairs fit the calibration (never audited
        or benchmark labels)
     3. copy every row into the collection named after the new whitening, vectors re-whitened from
-       ``resnet_raw``; decisions and all other fields are copied unchanged
+       the raw descriptors; decisions and all other fields are copied unchanged
     4. store the whitening, then move the calibration's ``active.json`` (one S3 write): the next
        task of any run reads the new calibration -> new whitening -> new collection
 
@@ -79,6 +80,11 @@ def reindex(source: ImageIndex, target: ImageIndex, whitening: Whitening,
                 counts["errors" if row["decision"] == "error" else "missing_raw"] += 1
                 row["resnet"], row["decision"] = placeholder, "error"
         if rows:
+            if not target.inline_raw:  # raw descriptors live in their own collection
+                if source.inline_raw or source.raw != target.raw:
+                    target.upsert_raw({r["id"]: r["resnet_raw"] for r in rows if r.get("resnet_raw")})
+                for row in rows:
+                    row.pop("resnet_raw", None)
             target.client.upsert(target.images, rows)
         counts["rows"] += len(rows)
         if progress:
@@ -94,7 +100,7 @@ def switch_to(settings: Settings, engine, cal: Calibration, whitening: Whitening
 
     current = engine.index
     target = ImageIndex(settings, settings.images_collection(whitening.version), whitening.dim,
-                        client=current.client)
+                        client=current.client, raw_dim=whitening.raw_dim)
     counts = reindex(current, target, whitening) if target.images != current.images else {"rows": 0}
     out: dict[str, Any] = {"previous_collection": current.images, "collection": target.images, "reindex": counts,
                            "status": "fitted"}

@@ -254,3 +254,19 @@ def test_ids_with_quotes_backslashes_and_newlines(random_settings, tmp_path, pho
     assert set(records) == set(names) and all(r.decision != "error" for r in records.values())
     assert records["new\nline.jpg"].decision == "duplicate"
     assert records["new\nline.jpg"].original_id.endswith("back\\slash.jpg")
+
+
+def test_raw_descriptors_live_outside_the_searched_collection(random_settings, corpus):
+    """The searched rows hold the whitened vector and pHash only; raw descriptors (for a future
+    re-whitening) sit in their own collection, released: on disk, not in memory."""
+    items = local_items([corpus])
+    with Engine(random_settings) as engine:
+        engine.ingest(items, run_id="r", run_at="t")
+        client, index = engine.index.client, engine.index
+        fields = {f["name"] for f in client.describe_collection(index.images)["fields"]}
+        assert "resnet_raw" not in fields and not index.inline_raw
+        assert str(client.get_load_state(index.raw)["state"]).endswith("NotLoad")
+        pages = list(index.iter_rows(["resnet_raw"]))
+        raws = [row["resnet_raw"] for page in pages for row in page]
+        assert len(raws) == index.count() == len(items) - 1 and all(len(r) == engine.resnet.raw_dim for r in raws)
+        assert str(client.get_load_state(index.raw)["state"]).endswith("NotLoad")  # released again
