@@ -280,6 +280,14 @@ def cmd_bench(args) -> int:
                                           max_originals=args.max_originals, max_distractors=args.max_distractors)
         print(json.dumps(report, indent=2))
         return EXIT_OK
+    if args.action == "scale":
+        from .scale_bench import scale_benchmark
+
+        sizes = [int(x) for x in args.sizes.split(",")]
+        with _progress(max(sizes), "rows indexed") as bar:
+            report = scale_benchmark(settings, sizes, args.out, images=args.images, progress=bar.update)
+        print(Path(args.out, "scale.md").read_text())
+        return EXIT_OK if report["sizes"] else EXIT_INPUT
     if args.action == "descriptors":
         gt = benchmark.read_ground_truth(Path(args.folder))
         total = 4 * (len(list((Path(args.folder) / "refs").iterdir())) + len(gt))
@@ -369,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = bsub.add_parser("descriptors", help="ablation of the ResNet-50 descriptor levers alone")
     d.add_argument("folder")
     d.add_argument("--out", default="bench_out")
+    sc = bsub.add_parser("scale", help="cost as the index grows: upsert rate, search latency, memory, disk, "
+                                       "DAG-path images/s (synthetic rows; real photos for the DAG path)")
+    sc.add_argument("--sizes", default="10000,100000,1000000", help="index sizes, comma-separated")
+    sc.add_argument("--images", default=None, help="a folder of photos for the DAG-path throughput at each size")
+    sc.add_argument("--out", default="bench_out/scale")
     s.set_defaults(func=cmd_bench)
     return p
 
