@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -158,10 +158,12 @@ def bootstrap_features_from_images(settings: Settings, originals: Sequence[Loade
             inliers_of[q, c] = float(np.log1p(geometry.verify(local[q], local[c])))
         return inliers_of[q, c]
 
-    def query_level(cal: Calibration, stage2_max: int, min_precision: float = 0.99) -> dict[str, Any]:
+    def query_level(cal: Calibration, stage2_max: int, min_precision: float = 0.99,
+                    at_threshold: float | None = None) -> dict[str, Any]:
         """Top-1 decisions of every check query against the corpus, as the Matcher makes them
         (stage 1, verification of the best ``stage2_max`` pairs in the band); the threshold is the
-        lowest whose image-level precision is >= ``min_precision`` and that no negative reaches."""
+        lowest whose image-level precision is >= ``min_precision`` and that no negative reaches --
+        or, with ``at_threshold``, the decisions at that threshold are counted."""
         ph = np.asarray(phash, dtype=np.float32)
         scores, correct = [], []
         for q, target in queries:
@@ -200,9 +202,12 @@ def bootstrap_features_from_images(settings: Settings, originals: Sequence[Loade
         max_negative = float(scores_a[negative].max()) if negative.any() else 0.0
         if negative.any():
             threshold = max(threshold, float(np.nextafter(max_negative, np.inf)))
+        if at_threshold is not None:
+            threshold = at_threshold
         taken = scores_a >= threshold
         return {"threshold": threshold, "max_negative_score": max_negative, "queries": len(queries),
                 "negatives": int(negative.sum()), "positives": positives,
+                "false_positives": int((taken & ~correct_a).sum()),
                 "precision": float(correct_a[taken].mean()) if taken.any() else 1.0,
                 "recall": float(correct_a[taken].sum() / max(positives, 1)),
                 "corpus": len(corpus), "stage2_max": stage2_max}
@@ -288,22 +293,101 @@ class Label:
     labelled_at: str = ""
 
 
-def parse_labels(name: str, data: bytes) -> list[Label]:
-    """JSON Lines or CSV with columns image_a, image_b, is_duplicate, auditor, labelled_at."""
-    text = data.decode("utf-8-sig")
-    rows: list[dict[str, Any]]
+@dataclass(frozen=True)
+class LabelError:
+    """A label row that was not used, and why (reported by the recalibration, never fatal)."""
+
+    file: str
+    line: int
+    reason: str
+
+
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "y", "duplicate"), ("0", "false", "no", "n", "not_duplicate")
+UNSURE_WORDS = ("unsure", "skip")  # an auditor's "don't know": not a label, not an error
+
+
+def parse_labels(name: str, data: bytes) -> tuple[list[Label], list[LabelError]]:
+    """JSON Lines or CSV with columns image_a, image_b, is_duplicate, auditor, labelled_at, row by
+    row: a bad row is reported with its line and skipped -- never turned into a negative."""
+    labels: list[Label] = []
+    errors: list[LabelError] = []
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return [], [LabelError(name, 0, f"not UTF-8 text: {exc}")]
+    rows: list[tuple[int, Any]] = []
     if name.lower().endswith(".csv"):
-        rows = list(csv.DictReader(io.StringIO(text)))
+        reader = csv.DictReader(io.StringIO(text))
+        rows = [(reader.line_num, r) for r in reader]
     else:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    out = []
-    for r in rows:
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                errors.append(LabelError(name, n, f"not JSON: {exc.msg}"))
+    for n, r in rows:
+        if not isinstance(r, dict):
+            errors.append(LabelError(name, n, "not an object"))
+            continue
+        missing = [k for k in ("image_a", "image_b", "is_duplicate") if r.get(k) is None or str(r[k]).strip() == ""]
+        if missing:
+            errors.append(LabelError(name, n, f"missing {', '.join(missing)}"))
+            continue
         dup = r["is_duplicate"]
-        if isinstance(dup, str):
-            dup = dup.strip().lower() in ("1", "true", "yes", "y")
-        out.append(Label(str(r["image_a"]), str(r["image_b"]), bool(dup), str(r.get("auditor", "")),
-                         str(r.get("labelled_at", r.get("time", "")))))
-    return out
+        word = str(dup).strip().lower()
+        if isinstance(dup, bool):
+            value = dup
+        elif word in TRUE_WORDS or word in FALSE_WORDS:
+            value = word in TRUE_WORDS
+        elif word in UNSURE_WORDS:
+            continue
+        else:
+            errors.append(LabelError(name, n, f"is_duplicate {dup!r} is not true/false"))
+            continue
+        if str(r["image_a"]) == str(r["image_b"]):
+            errors.append(LabelError(name, n, "image_a and image_b are the same image"))
+            continue
+        labels.append(Label(str(r["image_a"]), str(r["image_b"]), value, str(r.get("auditor", "")),
+                            str(r.get("labelled_at", r.get("time", "")))))
+    return labels, errors
+
+
+def label_sanity(labels: Sequence[Label], rows: dict[str, dict[str, Any]], active: Calibration,
+                 min_confident: int = 3, max_contradiction: float = 0.5) -> tuple[list[Label], dict[str, Any]]:
+    """Labels that contradict what the system knows for sure are label errors, not training data.
+
+    * an exact copy (same sha256) labelled "not duplicate" is an error;
+    * an auditor whose labels contradict more than ``max_contradiction`` of the active
+      calibration's confident calls (exact copies; stage-1 probability outside the ambiguous band),
+      over at least ``min_confident`` of them, is refused as a whole (e.g. inverted labels).
+    """
+    confident_calls: dict[str, list[bool]] = {}
+    errors: list[dict[str, str]] = []
+    kept = []
+    for lab in labels:
+        a, b = rows[lab.image_a], rows[lab.image_b]
+        exact = bool(a.get("sha256")) and a.get("sha256") == b.get("sha256")
+        if exact and not lab.is_duplicate:
+            errors.append({"image_a": lab.image_a, "image_b": lab.image_b, "auditor": lab.auditor,
+                           "reason": "exact copy (same sha256) labelled not duplicate"})
+        p1 = active.stage1.probability(pair_features(np.asarray(a["phash"]), np.asarray(b["phash"]),
+                                                     np.asarray(a["resnet"], np.float32),
+                                                     np.asarray(b["resnet"], np.float32)))
+        call = True if exact else (False if p1 < active.band[0] else (True if p1 > active.band[1] else None))
+        if call is not None:
+            confident_calls.setdefault(lab.auditor, []).append(call == lab.is_duplicate)
+        if not (exact and not lab.is_duplicate):
+            kept.append(lab)
+    refused = {}
+    for auditor, agree in confident_calls.items():
+        contradicted = agree.count(False)
+        if len(agree) >= min_confident and contradicted / len(agree) > max_contradiction:
+            refused[auditor] = f"contradicts {contradicted} of {len(agree)} confident calls (inverted labels?)"
+    kept = [lab for lab in kept if lab.auditor not in refused]
+    return kept, {"label_errors": errors, "refused_auditors": refused,
+                  "confident_calls": {k: len(v) for k, v in confident_calls.items()}}
 
 
 def holdout_mask(y: np.ndarray, holdout: float = 0.3, seed: int = 0) -> np.ndarray:
@@ -319,20 +403,27 @@ def holdout_mask(y: np.ndarray, holdout: float = 0.3, seed: int = 0) -> np.ndarr
 
 
 def recalibrate(settings: Settings, engine, labels: Sequence[Label], active: Calibration,
-                min_labels: int = 20, holdout: float = 0.3, seed: int = 0) -> dict[str, Any]:
-    """Fit a candidate on audited labels; compare with ``active`` on held-out labels.
+                min_labels: int = 20, holdout: float = 0.3, seed: int = 0,
+                check_set: Callable[[Calibration], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Fit a candidate on audited labels; compare with ``active``.
 
-    Returns {"status": "skipped"|"promoted"|"rejected", "candidate": Calibration|None, ...}.
-    The candidate is promoted only if its held-out F1 and AP are not worse than the active one's.
+    Returns {"status": "skipped"|"promoted"|"rejected", "candidate": Calibration|None, "reasons": [...]}.
+    Labels that contradict what the system knows for sure are dropped first (:func:`label_sanity`).
+    The candidate is promoted only if it is not worse than the active calibration on the held-out
+    labels (F1 and AP) and, with a ``check_set`` (the system's own attacked copies and negatives,
+    :func:`check_set_from_index`), not worse there either (recall, false positives).
     """
     ids = sorted({i for lab in labels for i in (lab.image_a, lab.image_b)})
-    rows = engine.index.get_rows(ids, ["phash", "resnet"]) if ids else {}
-    usable = [lab for lab in labels if lab.image_a in rows and lab.image_b in rows]
+    rows = engine.index.get_rows(ids, ["phash", "resnet", "sha256"]) if ids else {}
+    known = [lab for lab in labels if lab.image_a in rows and lab.image_b in rows]
+    usable, sanity = label_sanity(known, rows, active)
     y = np.array([int(lab.is_duplicate) for lab in usable])
     if len(usable) < min_labels or len(set(y.tolist())) < 2:
         return {"status": "skipped", "candidate": None, "labels": len(labels), "usable": len(usable),
+                "unknown_images": len(labels) - len(known), **sanity,
                 "reason": f"need >= {min_labels} usable labels with both classes (have {len(usable)}, "
-                          f"{int(y.sum()) if len(y) else 0} duplicates)"}
+                          f"{int(y.sum()) if len(y) else 0} duplicates)"
+                          + (f"; refused auditors: {sanity['refused_auditors']}" if sanity["refused_auditors"] else "")}
     feats: dict[str, list[float]] = {f: [] for f in STAGE2_FEATURES}
     for lab in usable:
         a, b = rows[lab.image_a], rows[lab.image_b]
@@ -356,27 +447,85 @@ def recalibrate(settings: Settings, engine, labels: Sequence[Label], active: Cal
         p, r = m["precision"], m["recall"]
         return 2 * p * r / (p + r) if p + r else 0.0
 
-    better = f1(cand_eval) >= f1(active_eval) and _nan0(cand_eval["average_precision"]) >= _nan0(active_eval["average_precision"])
-    candidate.metrics = {**candidate.metrics, "heldout_labels": cand_eval}
-    return {"status": "promoted" if better else "rejected", "candidate": candidate,
-            "labels": len(labels), "usable": len(usable), "heldout": int(test.sum()),
+    reasons = []
+    if f1(cand_eval) < f1(active_eval):
+        reasons.append(f"held-out labels: F1 {f1(cand_eval):.3f} < active {f1(active_eval):.3f}")
+    if _nan0(cand_eval["average_precision"]) < _nan0(active_eval["average_precision"]):
+        reasons.append(f"held-out labels: AP {_nan0(cand_eval['average_precision']):.3f} < active "
+                       f"{_nan0(active_eval['average_precision']):.3f}")
+    checks: dict[str, Any] = {}
+    if check_set is not None:
+        checks = {"candidate": check_set(candidate), "active": check_set(active)}
+        cand_cs, active_cs = checks["candidate"], checks["active"]
+        if "unavailable" in cand_cs:  # no guard of the system's own: never promote blind
+            reasons.append(f"no check set: {cand_cs['unavailable']}")
+        else:
+            if cand_cs["recall"] < active_cs["recall"] - CHECK_SET_RECALL_SLACK:
+                reasons.append(f"check set: recall {cand_cs['recall']:.3f} < active {active_cs['recall']:.3f}")
+            if cand_cs["false_positives"] > active_cs["false_positives"]:
+                reasons.append(f"check set: {cand_cs['false_positives']} false positives > active "
+                               f"{active_cs['false_positives']}")
+    candidate.metrics = {**candidate.metrics, "heldout_labels": cand_eval,
+                         **({"check_set": checks["candidate"]} if checks else {})}
+    return {"status": "rejected" if reasons else "promoted", "reasons": reasons, "candidate": candidate,
+            "labels": len(labels), "usable": len(usable), "unknown_images": len(labels) - len(known),
+            "heldout": int(test.sum()), **sanity, "check_set": checks,
             "candidate_eval": {**cand_eval, "f1": f1(cand_eval)},
             "active_eval": {**active_eval, "f1": f1(active_eval)}, "active_version": active.version}
+
+
+CHECK_SET_RECALL_SLACK = 0.02  # one query in 50: the check set is small
+CHECK_SET_IMAGES = 60
+
+
+def check_set_from_index(settings: Settings, engine, images: int = CHECK_SET_IMAGES,
+                         seed: int = 0) -> Callable[[Calibration], dict[str, Any]]:
+    """The system's own check set for a recalibration: attacked copies of indexed images decided
+    unique, and negatives, in the active whitening's space. Returns evaluate(calibration) -> its
+    image-level precision, recall and false positives at its own threshold (or {"unavailable":
+    why}); the set is built on the first call, so a skipped recalibration costs nothing."""
+    from .refresh import MIN_BOOTSTRAP_IMAGES, sample_corpus
+
+    built: dict[str, Any] = {}
+
+    def evaluate(cal: Calibration) -> dict[str, Any]:
+        if not built:
+            ids, _ = sample_corpus(engine.index, 10 * images, seed)
+            chosen = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))[:images]]
+            pictures = engine.pictures(chosen)
+            originals = [pictures[i] for i in chosen if i in pictures]
+            built["images"] = len(originals)
+            if len(originals) >= MIN_BOOTSTRAP_IMAGES:
+                built["query_level"] = bootstrap_features_from_images(
+                    settings, originals, copies=2, seed=seed, whitening=engine.resnet.whitening)[-1]
+        if "query_level" not in built:
+            return {"unavailable": f"the check set needs {MIN_BOOTSTRAP_IMAGES} readable indexed images "
+                                   f"decided unique (have {built['images']})"}
+        return built["query_level"](cal, settings.stage2_max_candidates, at_threshold=cal.threshold)
+
+    return evaluate
 
 
 def _nan0(x: float) -> float:
     return 0.0 if math.isnan(x) else x
 
 
-def load_labels(store, prefix: str) -> list[Label]:
-    """Every .jsonl / .json / .csv object under ``prefix``; the latest label of a pair wins."""
+def load_labels(store, prefix: str) -> tuple[list[Label], list[LabelError]]:
+    """Every .jsonl / .json / .csv object under ``prefix``, row by row; the latest label of a pair
+    wins. A file that cannot be read is one error; it never fails the others."""
     latest: dict[tuple[str, str], Label] = {}
+    errors: list[LabelError] = []
     for obj in sorted(store.iter_objects(prefix), key=lambda o: (o.last_modified, o.key)):
         if not obj.key.lower().endswith((".jsonl", ".json", ".csv")):
             continue
-        for lab in parse_labels(obj.key, store.get_bytes(obj.key)):
+        try:
+            labels, bad = parse_labels(obj.key, store.get_bytes(obj.key))
+        except Exception as exc:  # noqa: BLE001 - one unreadable file is reported, the rest go on
+            labels, bad = [], [LabelError(obj.key, 0, f"unreadable: {exc}")]
+        errors += bad
+        for lab in labels:
             latest[tuple(sorted((lab.image_a, lab.image_b)))] = lab
-    return list(latest.values())
+    return list(latest.values()), errors
 
 
 def recalibration_run(settings: Settings, engine, run_id: str) -> dict[str, Any]:
@@ -387,9 +536,14 @@ def recalibration_run(settings: Settings, engine, run_id: str) -> dict[str, Any]
 
     store = S3Store(settings)
     cal_store = CalibrationStore(settings, store)
-    labels = load_labels(store, settings.s3_labels_prefix)
+    labels, errors = load_labels(store, settings.s3_labels_prefix)
+    for e in errors[:50]:
+        log.warning("label %s line %d skipped: %s", e.file, e.line, e.reason)
     active = resolve_calibration(settings)
-    result = recalibrate(settings, engine, labels, active, min_labels=settings.recalibrate_min_labels)
+    result = recalibrate(settings, engine, labels, active, min_labels=settings.recalibrate_min_labels,
+                         check_set=check_set_from_index(settings, engine))
+    result["label_file_errors"] = [asdict(e) for e in errors[:200]]
+    result["label_file_error_count"] = len(errors)
     candidate = result.pop("candidate")
     result["run_id"] = run_id
     if candidate is not None:

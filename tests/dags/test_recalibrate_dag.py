@@ -53,12 +53,22 @@ def test_too_few_labels_skip_and_enough_labels_are_evaluated(dagbag, airflow_env
         f"{r['image_a']},{r['image_b']},{str(r['is_duplicate']).lower()},{r['auditor']},{r['labelled_at']}\n"
         for r in rows[4:])
     store.put_bytes("labels/batch-2.csv", csv.encode())
+    # a malformed file beside them: a typo'd line and a row without is_duplicate (it used to fail
+    # all 3 tries, or become a negative)
+    store.put_bytes("labels/typo.jsonl", (json.dumps(rows[0]) + "\n" + '{"image_a": "x", "is_duplicate": tru}\n'
+                                          + json.dumps({k: v for k, v in rows[1].items() if k != "is_duplicate"})
+                                          + "\n").encode())
     dr = dag.test()
     assert dr.get_task_instance("recalibrate").state == "success"
     evaluations = [o.key for o in store.iter_objects("calibration/evaluations/")]
     assert len(evaluations) == 1
     evaluation = store.get_json(evaluations[0])
     assert evaluation["usable"] == len(rows) and evaluation["status"] in ("promoted", "rejected")
+    assert evaluation["label_file_error_count"] == 2
+    assert [(e["file"], e["line"]) for e in evaluation["label_file_errors"]] == [("labels/typo.jsonl", 2),
+                                                                              ("labels/typo.jsonl", 3)]
+    # 24 indexed images are too few for the system's own check set: never promoted blind
+    assert evaluation["status"] == "rejected" and any("no check set" in r for r in evaluation["reasons"])
     active = CalibrationStore(settings).active()
     if evaluation["status"] == "promoted":
         assert active is not None and active.version == evaluation["candidate_version"]
