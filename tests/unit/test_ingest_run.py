@@ -1,0 +1,31 @@
+"""Pure parts of the ingest run: where a record lives, how the manifest is sliced."""
+
+from ndid_tasks.config import Settings
+from ndid_tasks.ingest_run import record_key, slice_ranges, summary_from_counts
+
+
+def test_a_record_key_depends_on_the_object_alone():
+    s = Settings()
+    key = record_key(s, "s3://b/images/x.jpg", 1_767_225_600_000)
+    assert key == record_key(s, "s3://b/images/x.jpg", 1_767_225_600_000)  # any run, any retry
+    assert key.startswith("decisions/records/date=2026-01-01/hour=00/") and key.endswith(".json")
+    assert key != record_key(s, "s3://b/images/x.jpg", 1_767_225_601_000)  # a new version of the object
+    assert key != record_key(s, "s3://b/images/y.jpg", 1_767_225_600_000)
+
+
+def test_slices_are_bounded_contiguous_and_cover_every_batch():
+    for batches, most in ((0, 16), (1, 16), (5, 16), (1030, 4), (70_000, 16)):
+        parts = slice_ranges(batches, most)
+        assert len(parts) == min(batches, most)
+        covered = [b for p in parts for b in range(p["first"], p["stop"])]
+        assert covered == list(range(batches))
+        sizes = {p["stop"] - p["first"] for p in parts}
+        assert not sizes or max(sizes) - min(sizes) <= 1
+
+
+def test_summary_adds_up_counts_from_slices():
+    counts = {"objects": 10, "decision:duplicate": 3, "decision:unique": 5, "decision:error": 2,
+              "error:corrupt": 2, "stage:stage2": 4, "stage:stage1": 4, "stage2_images": 4, "tagged": 3}
+    out = summary_from_counts(counts, seconds=2.0)
+    assert out["decisions"] == {"duplicate": 3, "error": 2, "unique": 5} and out["errors"] == {"corrupt": 2}
+    assert out["stage2_share"] == 0.5 and out["images_per_s"] == 5.0 and out["tagged"] == 3
