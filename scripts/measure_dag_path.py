@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ndid_tasks import augment, ingest_run, services  # noqa: E402
-from ndid_tasks.config import Settings  # noqa: E402
-from ndid_tasks.storage import S3Store  # noqa: E402
+from ndid_tasks import augment, ingest_run, services
+from ndid_tasks.config import Settings
+from ndid_tasks.storage import S3Store
 
 
 def second() -> datetime:

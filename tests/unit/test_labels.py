@@ -5,7 +5,7 @@ from ndid_tasks.calibrate import parse_labels
 
 
 def test_jsonl_rows_are_validated_one_by_one():
-    data = "\n".join([
+    lines = [
         '{"image_a": "s3://b/a.jpg", "image_b": "s3://b/b.jpg", "is_duplicate": true, "auditor": "ann"}',
         '{"image_a": "s3://b/a.jpg", "image_b": "s3://b/c.jpg", "is_duplicate": tru}',  # typo: not JSON
         '{"image_a": "s3://b/a.jpg", "image_b": "s3://b/d.jpg", "auditor": "ann"}',  # no is_duplicate
@@ -15,7 +15,8 @@ def test_jsonl_rows_are_validated_one_by_one():
         '["not", "an", "object"]',
         '',
         '{"image_a": "s3://b/g.jpg", "image_b": "s3://b/h.jpg", "is_duplicate": "no", "auditor": "bo"}',
-    ]).encode()
+    ]
+    data = "\n".join(lines).encode()
     labels, errors = parse_labels("labels/day1.jsonl", data)
     assert [(lab.image_b, lab.is_duplicate) for lab in labels] == [("s3://b/b.jpg", True), ("s3://b/h.jpg", False)]
     assert [(e.file, e.line) for e in errors] == [("labels/day1.jsonl", n) for n in (2, 3, 4, 6, 7)]
@@ -24,11 +25,11 @@ def test_jsonl_rows_are_validated_one_by_one():
 
 
 def test_csv_rows_and_an_empty_value_is_an_error_not_a_negative():
-    data = ("image_a,image_b,is_duplicate,auditor\n"
-            "s3://b/a.jpg,s3://b/b.jpg,1,ann\n"
-            "s3://b/a.jpg,s3://b/c.jpg,,ann\n"
-            "s3://b/a.jpg,,0,ann\n"
-            "s3://b/x.jpg,s3://b/y.jpg,FALSE,ann\n").encode()
+    data = (b"image_a,image_b,is_duplicate,auditor\n"
+            b"s3://b/a.jpg,s3://b/b.jpg,1,ann\n"
+            b"s3://b/a.jpg,s3://b/c.jpg,,ann\n"
+            b"s3://b/a.jpg,,0,ann\n"
+            b"s3://b/x.jpg,s3://b/y.jpg,FALSE,ann\n")
     labels, errors = parse_labels("labels/b.csv", data)
     assert [(lab.image_b, lab.is_duplicate) for lab in labels] == [("s3://b/b.jpg", True), ("s3://b/y.jpg", False)]
     assert [(e.line, e.reason) for e in errors] == [(3, "missing is_duplicate"), (4, "missing image_b")]
