@@ -74,8 +74,14 @@ def make_benchmark(originals: str | Path, distractors: str | Path, out: str | Pa
         qname = f"hardneg__{p.stem}.jpg"
         view_b.save(queries / qname, "JPEG", quality=90)
         rows.append({"query": qname, "original": "", "family": "hard_negative", "attack": "same_scene"})
+    extra_rng = np.random.default_rng([seed, 2])
     for p in origs:
         img = Image.open(p).convert("RGB")
+        for family, attacks in augment.EXTRA_FAMILIES.items():
+            name = list(attacks)[0]
+            qname = f"{p.stem}__{family}__{name}.jpg"
+            attacks[name](img, extra_rng).convert("RGB").save(queries / qname, "JPEG", quality=90)
+            rows.append({"query": qname, "original": p.name, "family": family, "attack": name})
         for family, attacks in augment.FAMILIES.items():
             name = list(attacks)[int(rng.integers(len(attacks)))]
             attacked = attacks[name](img, rng)
@@ -94,7 +100,7 @@ def make_benchmark(originals: str | Path, distractors: str | Path, out: str | Pa
         writer.writerows(rows)
     summary = {"refs": len(origs) + len(ref_dists) + len(scenes), "originals": len(origs),
                "distractors_in_refs": len(ref_dists), "queries": len(rows), "negative_queries": len(negatives),
-               "hard_negative_queries": len(scenes), "families": list(augment.FAMILIES),
+               "hard_negative_queries": len(scenes), "families": [*augment.FAMILIES, *augment.EXTRA_FAMILIES],
                "seed": seed, "folder": str(out)}
     (out / "benchmark.json").write_text(json.dumps(summary, indent=2))
     return summary

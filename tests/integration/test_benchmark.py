@@ -24,9 +24,10 @@ def test_make_and_run_a_tiny_benchmark(tmp_path, photos, random_settings):
     originals, distractors = source_folders(tmp_path, photos, 4)
     made = benchmark.make_benchmark(originals, distractors, tmp_path / "bench", seed=1, negative_share=0.34)
     assert made["originals"] == 4
-    assert made["queries"] == 4 * 3 + made["negative_queries"] + made["hard_negative_queries"]
+    assert made["queries"] == 4 * 5 + made["negative_queries"] + made["hard_negative_queries"]
     gt = benchmark.read_ground_truth(tmp_path / "bench")
-    assert {r["family"] for r in gt} == {"crop", "jpeg", "strong", "negative", "hard_negative"}
+    assert {r["family"] for r in gt} == {"crop", "jpeg", "strong", "rotation", "tight_crop", "negative",
+                                         "hard_negative"}
     assert made["hard_negative_queries"] >= 1  # same-scene views: one in refs, one as a negative query
     assert all((tmp_path / "bench" / "queries" / r["query"]).exists() for r in gt)
 
@@ -35,7 +36,7 @@ def test_make_and_run_a_tiny_benchmark(tmp_path, photos, random_settings):
     assert set(report["accuracy"]) == {"full", "phash_only", "resnet_only", "peer_pdq"}
     for method in report["accuracy"].values():
         assert 0.0 <= method["overall"]["micro_ap"] <= 1.0
-        assert {"crop", "jpeg", "strong", "overall"} == set(method)
+        assert {"crop", "jpeg", "strong", "rotation", "tight_crop", "overall"} == set(method)
     assert report["accuracy"]["full"]["jpeg"]["recall_at_1"] == 1.0  # JPEG copies of 4 photos: all found
     assert report["untrained"] is True and report["speed"]["bare_resnet50_images_per_s"] > 0
     assert report["hard_negatives"]["queries"] == made["hard_negative_queries"]

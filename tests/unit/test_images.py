@@ -123,3 +123,17 @@ def test_flat_borders_are_trimmed_for_descriptors(photos):
     plain = load_image(jpeg_bytes(photo), "plain")
     assert plain.box == (0, 0, *plain.image.size) and plain.content is plain.image
     assert content_box(photo.resize((10, 10))) == (0, 0, 10, 10)  # too small to judge
+
+
+def test_rotation_and_tight_crop_attacks():
+    import numpy as np
+
+    from ndid_tasks import augment
+
+    img = make_noise_image(3, size=(300, 200))
+    rng = np.random.default_rng(0)
+    sizes = {augment.attack_rotate90(img, rng).size for _ in range(12)}
+    assert sizes <= {(300, 200), (200, 300)} and (200, 300) in sizes  # right angles only
+    for _ in range(10):
+        w, h = augment.attack_tight_crop(img, rng).size
+        assert w * h <= 0.16 * 300 * 200  # at most ~15 % of the frame kept
