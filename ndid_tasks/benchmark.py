@@ -78,7 +78,7 @@ def make_benchmark(originals: str | Path, distractors: str | Path, out: str | Pa
     for p in origs:
         img = Image.open(p).convert("RGB")
         for family, attacks in augment.EXTRA_FAMILIES.items():
-            name = list(attacks)[0]
+            name = next(iter(attacks))
             qname = f"{p.stem}__{family}__{name}.jpg"
             attacks[name](img, extra_rng).convert("RGB").save(queries / qname, "JPEG", quality=90)
             rows.append({"query": qname, "original": p.name, "family": family, "attack": name})
