@@ -229,15 +229,9 @@ class ImageIndex:
                                           for k, v in raws.items()])
 
     def get_raw(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        """Raw descriptors of these ids (loads the raw collection: call between load_raw/release_raw
-        for many pages)."""
-        out = {}
-        unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), QUERY_CHUNK):
-            chunk = unique[start:start + QUERY_CHUNK]
-            for row in self.client.query(self.raw, filter=ids_filter(chunk), output_fields=["id", "raw"]):
-                out[row["id"]] = np.asarray(row["raw"], dtype=np.float32)
-        return out
+        """Raw descriptors of these ids; the raw collection must be loaded (iter_rows loads it for
+        the length of a re-index)."""
+        return {r["id"]: np.asarray(r["raw"], dtype=np.float32) for r in self._by_ids(self.raw, ids, ["raw"])}
 
     def set_decisions(self, updates: Sequence[dict[str, Any]]) -> None:
         """Partial update of decision fields: dicts with id, decision, matched_id, original_id, run_id."""
@@ -257,23 +251,18 @@ class ImageIndex:
                 self.client.delete(self.raw, ids=list(ids))
 
     # ------------------------------------------------------------ reads
-    def get_rows(self, ids: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
+    def _by_ids(self, collection: str, ids: Sequence[str], fields: list[str]) -> Iterable[dict[str, Any]]:
+        """Rows of ``collection`` with these primary keys, a few hundred ids a query."""
         unique = list(dict.fromkeys(ids))
         for start in range(0, len(unique), QUERY_CHUNK):
             chunk = unique[start:start + QUERY_CHUNK]
-            for row in self.client.query(self.images, filter=ids_filter(chunk), output_fields=["id", *fields]):
-                out[row["id"]] = row
-        return out
+            yield from self.client.query(collection, filter=ids_filter(chunk), output_fields=["id", *fields])
+
+    def get_rows(self, ids: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+        return {row["id"]: row for row in self._by_ids(self.images, ids, fields)}
 
     def get_clip(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        out = {}
-        unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), QUERY_CHUNK):
-            chunk = unique[start:start + QUERY_CHUNK]
-            for row in self.client.query(self.clip, filter=ids_filter(chunk), output_fields=["id", "clip"]):
-                out[row["id"]] = np.asarray(row["clip"], dtype=np.float32)
-        return out
+        return {r["id"]: np.asarray(r["clip"], dtype=np.float32) for r in self._by_ids(self.clip, ids, ["clip"])}
 
     def iter_rows(self, fields: list[str], batch_size: int = 512) -> Iterable[list[dict[str, Any]]]:
         """Every row, in pages: the input of a re-index. ``resnet_raw`` among the fields is read from
