@@ -68,8 +68,8 @@ def load_image(data: bytes, image_id: str, max_pixels: int = 80_000_000,
     Memory is bounded before any pixel is decoded: the header's size and mode give the bytes the
     decoder will hold (:func:`decoded_bytes`; JPEGs are first drafted down towards
     ``working_size``), and more than ``max_decode_bytes`` is refused as ``too_large``. The decoded
-    picture is shrunk by an integer factor before any conversion, so the peak per image is about
-    ``max_decode_bytes`` plus a quarter of it.
+    picture is shrunk by an integer factor before any conversion, so the peak per image stays near
+    1.5 x ``max_decode_bytes`` (measured 1.43 x for an 8900x8900 16-bit PNG).
     """
     if not data:
         raise ImageDecodeError("empty", "zero-byte object")
