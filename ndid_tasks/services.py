@@ -183,7 +183,7 @@ def stop_process(settings: Settings, name: str, timeout: float = 15.0) -> bool:
     while time.monotonic() < deadline:
         if not alive(pid):
             _reap(pid)
-            _signal_group(pid, signal.SIGKILL)  # stragglers of the group
+            _signal_group(pid, signal.SIGKILL, leader_too=False)  # stragglers of the group
             return True
         _reap(pid)
         time.sleep(0.2)
@@ -193,14 +193,17 @@ def stop_process(settings: Settings, name: str, timeout: float = 15.0) -> bool:
     return True
 
 
-def _signal_group(pid: int, sig: int) -> None:
+def _signal_group(pid: int, sig: int, leader_too: bool = True) -> None:
+    """Signal the process group ``pid`` leads; where there is no such group, the process itself
+    (unless ``leader_too`` is off: after the leader has exited its PID may belong to another)."""
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+        if leader_too:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
 
 def _reap(pid: int) -> None:
