@@ -30,13 +30,17 @@ def labelled(tmp_path_factory, photos):
         os.utime(folder / f"{name}.jpg", (t + n, t + n))
         (folder / f"{name}_c1.jpg").write_bytes(jpeg_bytes(augment.attack_jpeg(photos[name], rng)))
         (folder / f"{name}_c2.jpg").write_bytes(jpeg_bytes(augment.crop_area(photos[name], rng, 0.3)))
-    engine = Engine(settings)
+    with Engine(settings) as engine:
+        ids = ingest_folder(engine, folder)
+        labels = [Label(ids[n], ids[f"{n}_{c}"], True, "alice") for n in names for c in ("c1", "c2")]
+        labels += [Label(ids[a], ids[b], False, "bob") for i, a in enumerate(names) for b in names[i + 1:i + 4]]
+        yield engine, settings, labels
+
+
+def ingest_folder(engine, folder) -> dict[str, str]:
+    """Index every picture of ``folder``; file stem -> image id."""
     engine.ingest(local_items([folder]), run_id="setup", run_at="t")
-    ids = {p.name[:-4]: f"file://{p.resolve()}" for p in folder.glob("*.jpg")}
-    labels = [Label(ids[n], ids[f"{n}_{c}"], True, "alice") for n in names for c in ("c1", "c2")]
-    labels += [Label(ids[a], ids[b], False, "bob") for i, a in enumerate(names) for b in names[i + 1:i + 4]]
-    yield engine, settings, labels
-    engine.close()
+    return {p.name[:-4]: f"file://{p.resolve()}" for p in folder.glob("*.jpg")}
 
 
 def test_too_few_labels_skip(labelled):
@@ -95,13 +99,11 @@ def guarded(tmp_path_factory, photos):
         os.utime(folder / f"{name}.jpg", (t + 100 + n, t + 100 + n))
         (folder / f"{name}_jpeg.jpg").write_bytes(jpeg_bytes(augment.attack_jpeg(photos[name], rng)))
         (folder / f"{name}_exact.jpg").write_bytes((folder / f"{name}.jpg").read_bytes())
-    engine = Engine(settings)
-    engine.ingest(local_items([folder]), run_id="setup", run_at="t")
-    ids = {p.name[:-4]: f"file://{p.resolve()}" for p in folder.glob("*.jpg")}
-    honest = [Label(ids[n], ids[f"{n}_{c}"], True, "ann") for n in names for c in ("jpeg", "exact")]
-    honest += [Label(ids[a], ids[b], False, "ann") for i, a in enumerate(names) for b in names[i + 1:i + 3]]
-    yield engine, settings, honest
-    engine.close()
+    with Engine(settings) as engine:
+        ids = ingest_folder(engine, folder)
+        honest = [Label(ids[n], ids[f"{n}_{c}"], True, "ann") for n in names for c in ("jpeg", "exact")]
+        honest += [Label(ids[a], ids[b], False, "ann") for i, a in enumerate(names) for b in names[i + 1:i + 3]]
+        yield engine, settings, honest
 
 
 def test_inverted_labels_are_refused_with_the_reason(guarded):
