@@ -7,13 +7,12 @@ and same-scene pairs (two views of one photo that share no pixels).
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from .calibration import OPTIONAL_STAGE2, STAGE2_FEATURES, Calibration, evaluate
 from .config import Settings
 from .decide import PDQ_BITS, pair_features
 from .images import LoadedImage, load_image
+from .labels import Label, load_labels
 from .signals import ClipSignal, GeometricSignal, PDQSignal, PHashSignal, ResNetSignal
 from .whitening import Whitening, fit_whitening
 
@@ -282,78 +282,6 @@ def set_query_level_threshold(cal: Calibration, query_level: Callable, settings:
     cal.threshold = max(result["threshold"], float(np.nextafter(cal.band[0], 1.0)))
 
 
-# ---------------------------------------------------------------- audited labels
-
-@dataclass(frozen=True)
-class Label:
-    image_a: str
-    image_b: str
-    is_duplicate: bool
-    auditor: str = ""
-    labelled_at: str = ""
-
-
-@dataclass(frozen=True)
-class LabelError:
-    """A label row that was not used, and why (reported by the recalibration, never fatal)."""
-
-    file: str
-    line: int
-    reason: str
-
-
-TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "y", "duplicate"), ("0", "false", "no", "n", "not_duplicate")
-UNSURE_WORDS = ("unsure", "skip")  # an auditor's "don't know": not a label, not an error
-
-
-def parse_labels(name: str, data: bytes) -> tuple[list[Label], list[LabelError]]:
-    """JSON Lines or CSV with columns image_a, image_b, is_duplicate, auditor, labelled_at, row by
-    row: a bad row is reported with its line and skipped -- never turned into a negative."""
-    labels: list[Label] = []
-    errors: list[LabelError] = []
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        return [], [LabelError(name, 0, f"not UTF-8 text: {exc}")]
-    rows: list[tuple[int, Any]] = []
-    if name.lower().endswith(".csv"):
-        reader = csv.DictReader(io.StringIO(text))
-        rows = [(reader.line_num, r) for r in reader]
-    else:
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((n, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                errors.append(LabelError(name, n, f"not JSON: {exc.msg}"))
-    for n, r in rows:
-        if not isinstance(r, dict):
-            errors.append(LabelError(name, n, "not an object"))
-            continue
-        missing = [k for k in ("image_a", "image_b", "is_duplicate") if r.get(k) is None or str(r[k]).strip() == ""]
-        if missing:
-            errors.append(LabelError(name, n, f"missing {', '.join(missing)}"))
-            continue
-        dup = r["is_duplicate"]
-        word = str(dup).strip().lower()
-        if isinstance(dup, bool):
-            value = dup
-        elif word in TRUE_WORDS or word in FALSE_WORDS:
-            value = word in TRUE_WORDS
-        elif word in UNSURE_WORDS:
-            continue
-        else:
-            errors.append(LabelError(name, n, f"is_duplicate {dup!r} is not true/false"))
-            continue
-        if str(r["image_a"]) == str(r["image_b"]):
-            errors.append(LabelError(name, n, "image_a and image_b are the same image"))
-            continue
-        labels.append(Label(str(r["image_a"]), str(r["image_b"]), value, str(r.get("auditor", "")),
-                            str(r.get("labelled_at", r.get("time", "")))))
-    return labels, errors
-
-
 def label_sanity(labels: Sequence[Label], rows: dict[str, dict[str, Any]], active: Calibration,
                  min_confident: int = 3, max_contradiction: float = 0.5) -> tuple[list[Label], dict[str, Any]]:
     """Labels that contradict what the system knows for sure are label errors, not training data.
@@ -510,27 +438,10 @@ def _nan0(x: float) -> float:
     return 0.0 if math.isnan(x) else x
 
 
-def load_labels(store, prefix: str) -> tuple[list[Label], list[LabelError]]:
-    """Every .jsonl / .json / .csv object under ``prefix``, row by row; the latest label of a pair
-    wins. A file that cannot be read is one error; it never fails the others."""
-    latest: dict[tuple[str, str], Label] = {}
-    errors: list[LabelError] = []
-    for obj in sorted(store.iter_objects(prefix), key=lambda o: (o.last_modified, o.key)):
-        if not obj.key.lower().endswith((".jsonl", ".json", ".csv")):
-            continue
-        try:
-            labels, bad = parse_labels(obj.key, store.get_bytes(obj.key))
-        except Exception as exc:  # noqa: BLE001 - one unreadable file is reported, the rest go on
-            labels, bad = [], [LabelError(obj.key, 0, f"unreadable: {exc}")]
-        errors += bad
-        for lab in labels:
-            latest[tuple(sorted((lab.image_a, lab.image_b)))] = lab
-    return list(latest.values()), errors
-
-
 def recalibration_run(settings: Settings, engine, run_id: str) -> dict[str, Any]:
     """Labels from S3 -> candidate fit -> comparison recorded -> promoted only if not worse."""
     from .calibration_store import CalibrationStore
+    from .ingest_run import safe_run_id
     from .pipeline import resolve_calibration
     from .storage import S3Store
 
@@ -546,6 +457,7 @@ def recalibration_run(settings: Settings, engine, run_id: str) -> dict[str, Any]
     result["label_file_error_count"] = len(errors)
     candidate = result.pop("candidate")
     result["run_id"] = run_id
+    result["evaluated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     if candidate is not None:
         candidate.version = f"labels-{candidate.version}"
         cal_store.save(candidate)
@@ -553,5 +465,7 @@ def recalibration_run(settings: Settings, engine, run_id: str) -> dict[str, Any]
         result["evaluation_key"] = cal_store.record_evaluation(candidate.version, result)
         if result["status"] == "promoted":
             cal_store.activate(candidate)
+    else:  # recorded too, so the dashboard can say why a run changed nothing
+        result["evaluation_key"] = cal_store.record_evaluation(f"skipped-{safe_run_id(run_id)}", result)
     log.info("recalibration: %s", {k: v for k, v in result.items() if k != "candidate_eval"})
     return result

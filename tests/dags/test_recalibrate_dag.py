@@ -48,6 +48,9 @@ def test_too_few_labels_skip_and_enough_labels_are_evaluated(dagbag, airflow_env
     ti = dr.get_task_instance("recalibrate")
     assert ti.state == "skipped"
     assert not store.exists("calibration/active.json")
+    # a skipped run is recorded too, with its reason (the dashboard shows why nothing changed)
+    [skipped] = [store.get_json(o.key) for o in store.iter_objects("calibration/evaluations/skipped-")]
+    assert skipped["status"] == "skipped" and "need >= " in skipped["reason"] and skipped["usable"] == 4
 
     csv = "image_a,image_b,is_duplicate,auditor,labelled_at\n" + "".join(
         f"{r['image_a']},{r['image_b']},{str(r['is_duplicate']).lower()},{r['auditor']},{r['labelled_at']}\n"
@@ -60,7 +63,8 @@ def test_too_few_labels_skip_and_enough_labels_are_evaluated(dagbag, airflow_env
                                           + "\n").encode())
     dr = dag.test()
     assert dr.get_task_instance("recalibrate").state == "success"
-    evaluations = [o.key for o in store.iter_objects("calibration/evaluations/")]
+    evaluations = [o.key for o in store.iter_objects("calibration/evaluations/")
+                   if not o.key.startswith("calibration/evaluations/skipped-")]
     assert len(evaluations) == 1
     evaluation = store.get_json(evaluations[0])
     assert evaluation["usable"] == len(rows) and evaluation["status"] in ("promoted", "rejected")

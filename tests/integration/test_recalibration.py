@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from ndid_tasks import augment
-from ndid_tasks.calibrate import Label, holdout_mask, recalibrate
+from ndid_tasks.calibrate import holdout_mask, recalibrate
 from ndid_tasks.calibration import default_calibration
+from ndid_tasks.labels import Label
 from ndid_tasks.pipeline import Engine, local_items
 from tests.conftest import jpeg_bytes
 

@@ -1,7 +1,7 @@
 """Audited label files are validated row by row: a bad row is reported with file and line and
 skipped, never silently turned into a negative; one bad file never fails the others."""
 
-from ndid_tasks.calibrate import parse_labels
+from ndid_tasks.labels import parse_labels
 
 
 def test_jsonl_rows_are_validated_one_by_one():
