@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from ndid_tasks.config import Settings
+from ndid_tasks.config import Settings, with_connections
 from ndid_tasks.errors import is_permanent
 from ndid_tasks.services import load_env_file
 
@@ -64,41 +64,15 @@ def base_settings() -> Settings:
     return Settings.from_env()
 
 
+__all__ = ["with_connections"]  # Connection -> Settings mapping: one place, ndid_tasks.config
+
+
 def task_settings() -> Settings:
     """Settings for a running task: NDID_* overlaid by the ndid_s3 / ndid_milvus Connections."""
     from airflow.sdk import Connection
 
     return with_connections(base_settings(), _connection(Connection, S3_CONN_ID),
                             _connection(Connection, MILVUS_CONN_ID))
-
-
-def with_connections(settings: Settings, s3_conn: Any, milvus_conn: Any) -> Settings:
-    """Overlay an `aws` Connection (login/password, extra endpoint_url/region_name) and a Milvus
-    Connection (host or extra uri, port, login/password as token) on Settings; None = not set."""
-    changes: dict[str, Any] = {}
-    if s3_conn is not None:
-        extra = s3_conn.extra_dejson or {}
-        if s3_conn.login:
-            changes["s3_access_key"] = s3_conn.login
-        if s3_conn.password:
-            changes["s3_secret_key"] = s3_conn.password
-        if extra.get("endpoint_url"):
-            changes["s3_endpoint_url"] = extra["endpoint_url"]
-        if extra.get("region_name"):
-            changes["s3_region"] = extra["region_name"]
-    if milvus_conn is not None:
-        uri = (milvus_conn.extra_dejson or {}).get("uri") or milvus_conn.host
-        if uri:
-            if milvus_conn.port and "://" in uri and uri.count(":") == 1:
-                uri = f"{uri}:{milvus_conn.port}"
-            changes["milvus_uri"] = uri
-        if milvus_conn.password:
-            changes["milvus_token"] = (f"{milvus_conn.login}:{milvus_conn.password}" if milvus_conn.login
-                                       else milvus_conn.password)
-    if changes:
-        log.info("settings from Airflow Connections: %s",
-                 sorted(k for k in changes if "key" not in k and "token" not in k))
-    return settings.replace(**changes)
 
 
 def _connection(connection_cls, conn_id: str):

@@ -8,6 +8,7 @@ Secrets are kept out of ``repr`` so a logged Settings never leaks them.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PermanentError
+
+_log = logging.getLogger(__name__)
 
 ENV_PREFIX = "NDID_"
 WEIGHTS_MODES = ("pretrained", "random")
@@ -99,6 +102,7 @@ class Settings:
     ingest_schedule: str = "@hourly"
     recalibrate_schedule: str = "@weekly"
     recalibrate_min_labels: int = 20
+    review_sample_rate: float = 0.05  # share of decisions in the random audit sample (unbiased precision/recall)
     milvus_pool_slots: int = 1  # 1 for a Milvus Lite file; raise it with a Milvus server
     task_retries: int = 3  # retries of transient failures (S3, Milvus, network); permanent ones fail at once
     task_retry_delay_s: float = 30.0  # first retry delay; doubles each time, at most 5 minutes
@@ -145,6 +149,8 @@ class Settings:
         if "://" in self.milvus_uri and not self.milvus_uri.startswith(("http://", "https://", "tcp://")):
             raise SettingsError(f"NDID_MILVUS_URI must be a Milvus Lite file path or http(s):// / tcp:// "
                                 f"address, not {self.milvus_uri!r}")
+        if not 0 < self.review_sample_rate <= 1:
+            raise SettingsError("NDID_REVIEW_SAMPLE_RATE must be within (0, 1]")
         if not 0 <= self.phash_radius <= 64:
             raise SettingsError("NDID_PHASH_RADIUS must be within 0..64 (bits of a 64-bit hash)")
         if (self.ambiguous_low is None) != (self.ambiguous_high is None):
@@ -206,6 +212,37 @@ class Settings:
             value = getattr(self, f.name)
             out[f.name] = ("***" if value else "") if not f.repr else value
         return out
+
+
+def with_connections(settings: Settings, s3_conn: Any, milvus_conn: Any) -> Settings:
+    """The one mapping of Airflow Connections onto Settings, used by the DAG tasks and the NDID pages
+    (duck-typed: the engine imports no Airflow). An `aws` Connection gives login/password and extra
+    endpoint_url/region_name; a Milvus one host (or extra uri), port, login/password as the token.
+    None = not set: the NDID_* values stay."""
+    changes: dict[str, Any] = {}
+    if s3_conn is not None:
+        extra = s3_conn.extra_dejson or {}
+        if s3_conn.login:
+            changes["s3_access_key"] = s3_conn.login
+        if s3_conn.password:
+            changes["s3_secret_key"] = s3_conn.password
+        if extra.get("endpoint_url"):
+            changes["s3_endpoint_url"] = extra["endpoint_url"]
+        if extra.get("region_name"):
+            changes["s3_region"] = extra["region_name"]
+    if milvus_conn is not None:
+        uri = (milvus_conn.extra_dejson or {}).get("uri") or milvus_conn.host
+        if uri:
+            if milvus_conn.port and "://" in uri and uri.count(":") == 1:
+                uri = f"{uri}:{milvus_conn.port}"
+            changes["milvus_uri"] = uri
+        if milvus_conn.password:
+            changes["milvus_token"] = (f"{milvus_conn.login}:{milvus_conn.password}" if milvus_conn.login
+                                       else milvus_conn.password)
+    if changes:
+        _log.info("settings from Airflow Connections: %s",
+                 sorted(k for k in changes if "key" not in k and "token" not in k))
+    return settings.replace(**changes)
 
 
 def _parse(f: dataclasses.Field, raw: str) -> Any:

@@ -261,6 +261,13 @@ class ImageIndex:
     def get_rows(self, ids: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
         return {row["id"]: row for row in self._by_ids(self.images, ids, fields)}
 
+    def group(self, original_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        """The original and every image decided a duplicate of it (oldest first, at most ``limit``)."""
+        flt = f"id == {_quote(original_id)} or original_id == {_quote(original_id)}"
+        rows = self.client.query(self.images, filter=flt, limit=limit,
+                                 output_fields=["id", "source", "decision", "matched_id", "original_id", "created_at"])
+        return sorted(rows, key=lambda r: (r["created_at"], r["id"]))
+
     def get_clip(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         return {r["id"]: np.asarray(r["clip"], dtype=np.float32) for r in self._by_ids(self.clip, ids, ["clip"])}
 

@@ -179,3 +179,8 @@ def read_review_labels(store, settings: Settings, auditor: str | None = None) ->
         if isinstance(row, dict) and row.get("image_a") and row.get("image_b"):
             rows.append(row)
     return rows
+
+
+def labelled_pair_ids(store, settings: Settings) -> set[str]:
+    """Pairs someone has answered on the review page, from the key listing alone (no GETs)."""
+    return {o.key.rsplit("/", 1)[-1].removesuffix(".jsonl") for o in store.iter_objects(review_prefix(settings))}
