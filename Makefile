@@ -22,16 +22,17 @@ $(STAMP): pyproject.toml requirements.lock
 demo: install
 	$(BIN)/python scripts/demo.py
 
-# Debian packages the distributed test needs (PostgreSQL, Redis), installed when missing and root.
+# Debian packages the distributed test (PostgreSQL, Redis) and the browser test of the NDID pages
+# (Chromium: Playwright's own browser download cannot work here) need, installed when missing and root.
 # The PostgreSQL package is told not to create (and start) a default cluster: the tests start
 # their own servers and stop them by PID.
-SYSTEM_PACKAGES = redis-server postgresql
+SYSTEM_PACKAGES = redis-server postgresql chromium
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
-	  echo "Debian packages missing:$$missing (not root: the distributed test will be skipped)"; exit 0; fi; \
-	echo "installing$$missing (for the distributed test)"; \
+	  echo "Debian packages missing:$$missing (not root: the distributed and browser tests will be skipped)"; exit 0; fi; \
+	echo "installing$$missing (for the distributed and browser tests)"; \
 	mkdir -p /etc/postgresql-common; \
 	grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf || \
 	  echo "create_main_cluster = false" >> /etc/postgresql-common/createcluster.conf; \

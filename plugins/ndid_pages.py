@@ -168,7 +168,7 @@ def submit_label(request: Request, body: dict[str, Any], user: GetUserDep, setti
     store = _store(settings)
     try:
         record = {**store.get_json(record_key), "_key": record_key}
-    except Exception as exc:  # noqa: BLE001 - a missing or unreadable record is the client's error here
+    except Exception as exc:
         raise HTTPException(404, f"no record at {record_key}") from exc
     if record.get("id") != body.get("image_a") or record.get("matched_id") != body.get("image_b"):
         raise HTTPException(409, "the record no longer names this pair (re-decided meanwhile?)")
@@ -183,6 +183,7 @@ def emit_labels_event(request: Request, settings, key: str, auditor: str) -> dic
     """POST /api/v2/assets/events for the labels Asset, as the reviewer (their token, their rights)."""
     import httpx
     from airflow.configuration import conf
+
     from ndid_tasks.labels import labels_asset_uri
 
     token = request.cookies.get("_token") or request.headers.get("authorization", "").removeprefix("Bearer ")
