@@ -203,7 +203,11 @@ def emit_labels_event(request: Request, settings, key: str, auditor: str) -> dic
                                  json={"asset_id": ids[0], "extra": {"labels_key": key, "auditor": auditor,
                                                                      "source": "ndid-review"}})
             posted.raise_for_status()
-            return {"emitted": True, "asset_id": ids[0], "event_id": posted.json().get("id")}
+            out = {"emitted": True, "asset_id": ids[0], "event_id": posted.json().get("id")}
+            dag = client.get("/api/v2/dags/ndid_recalibrate")
+            if dag.is_success and dag.json().get("is_paused"):
+                out["note"] = "ndid_recalibrate is paused in Airflow: unpause it to recalibrate on these labels"
+            return out
     except httpx.HTTPError as exc:
         log.warning("labels asset event not emitted: %s", exc)
         return {"emitted": False, "reason": f"Airflow API: {exc}; the label is stored"}

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +63,19 @@ def stop(pid: int, grace: float = 20.0) -> list[int]:
     return [t for t in targets if services.alive(t)]
 
 
+def unpause_recalibration(proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    """Labels written on the NDID review page should recalibrate: unpause ndid_recalibrate once the
+    dag-processor has parsed it (ndid_ingest stays paused: trigger it by hand)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = subprocess.run([sys.executable, "-m", "airflow", "dags", "unpause", "ndid_recalibrate"],
+                              capture_output=True, text=True, check=False)
+        if done.returncode == 0:
+            print("ndid_recalibrate unpaused: labels from the NDID review page (Plugins > NDID) recalibrate")
+            return
+        time.sleep(5)
+
+
 def main(argv: list[str]) -> int:
     env = airflow_environ()
     os.environ.update(env)
@@ -89,6 +103,7 @@ def main(argv: list[str]) -> int:
     proc = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], start_new_session=True)
     pid_file(env).parent.mkdir(parents=True, exist_ok=True)
     pid_file(env).write_text(str(proc.pid))
+    threading.Thread(target=unpause_recalibration, args=(proc,), daemon=True).start()
 
     def on_signal(signum, frame):
         print("\nstopping Airflow and everything it started ...")

@@ -50,10 +50,18 @@ def login(page, stack, user: str) -> None:
     page.wait_for_url(f"{stack.url}/", timeout=60_000)
 
 
-def shot(page, name: str) -> None:
-    if SHOTS is not None:
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SHOTS / f"{name}.png"))
+def shot(page, name: str, full_url: str = "") -> None:
+    """The page as seen inside Airflow; with ``full_url``, also the whole NDID page on its own."""
+    if SHOTS is None:
+        return
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+    if full_url:
+        back = page.url
+        page.goto(full_url)
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(SHOTS / f"{name}-full.png"), full_page=True)
+        page.goto(back)
 
 
 def status_of(url: str, headers: dict | None = None) -> int:
@@ -148,7 +156,7 @@ def test_review_label_triggers_recalibration_and_the_dashboard_shows_it(ui_stack
         assert "reviewer" in dash.locator("#auditors").text_content()
         for chart in ("runs over time", "precision-recall on audited labels"):  # rendered PNGs, loaded
             assert dash.locator(f"img[alt='{chart}']").evaluate("img => img.decode().then(() => img.naturalWidth)") > 0
-        shot(page, "dashboard")
+        shot(page, "dashboard", f"{stack.url}/ndid/dashboard")
 
         # lookup: a copy's record and its whole group, as thumbnails
         page.goto(f"{stack.url}/plugin/ndid-lookup")
