@@ -91,6 +91,7 @@ class Settings:
 
     # --- candidates and decision ---
     phash_radius: int = 24  # wide: pHash only proposes candidates
+    phash_turned_radius: int = 12  # rotated/mirrored copies: bits from a turned variant of the query's pHash (0: off)
     resnet_top_k: int = 10
     stage2_max_candidates: int = 8  # ambiguous pairs per image sent to verification (best stage-1 first; 3: crop R@1 0.86, 8: 0.92)
     decision_threshold: float | None = None  # None: the calibration's own threshold
@@ -151,8 +152,9 @@ class Settings:
                                 f"address, not {self.milvus_uri!r}")
         if not 0 < self.review_sample_rate <= 1:
             raise SettingsError("NDID_REVIEW_SAMPLE_RATE must be within (0, 1]")
-        if not 0 <= self.phash_radius <= 64:
-            raise SettingsError("NDID_PHASH_RADIUS must be within 0..64 (bits of a 64-bit hash)")
+        if not 0 <= self.phash_radius <= 64 or not 0 <= self.phash_turned_radius <= 64:
+            raise SettingsError("NDID_PHASH_RADIUS and NDID_PHASH_TURNED_RADIUS must be within 0..64 "
+                                "(bits of a 64-bit hash)")
         if (self.ambiguous_low is None) != (self.ambiguous_high is None):
             raise SettingsError("set both NDID_AMBIGUOUS_LOW and NDID_AMBIGUOUS_HIGH, or neither")
         if self.ambiguous_low is not None and not 0 <= self.ambiguous_low <= self.ambiguous_high <= 1:

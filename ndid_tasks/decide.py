@@ -2,6 +2,8 @@
 
     exact sha256 match ──▶ duplicate (stage "exact")
     else candidates = pHash range search (wide radius) ∪ ResNet top-K, all strictly earlier
+                      ∪ turned copies: pHash search with the query's 7 rotations/mirrors (tight
+                        radius), each scored with the query turned that way (its "orientation")
          features per candidate ──▶ stage-1 LR ──▶ outside band: decided (stage "stage1")
                                                 └─ inside band: + geometric verification
                                                    (+ CLIP cosine if the calibration uses it) ──▶ stage-2 LR
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 RECORD_SCHEMA = "ndid.decision/2"  # /2: stage "clip" -> "stage2", clip_pairs -> stage2_pairs
 PHASH_CANDIDATES = 16  # most pHash neighbours taken from the radius search (nearest first)
 SEARCH_SLACK = 8  # extra hits per batch search, for the batch's own later images (see candidates_many)
+TURNED_CANDIDATES = 2  # nearest hits per rotation/mirror of the query's pHash (within the tight radius)
 PHASH_BITS = 64.0
 PDQ_BITS = 256
 
@@ -36,6 +39,7 @@ class PairScore:
     probability: float
     stage: str  # "stage1", "stage2" or "unverified" (in the band but beyond the verification cap)
     contributions: dict[str, float]
+    orientation: str = ""  # how the query was turned to match (a PHashSignal.DIHEDRAL name), "" = as is
 
 
 @dataclass
@@ -54,6 +58,7 @@ class DecisionRecord:
     contributions: dict[str, float] = field(default_factory=dict)
     candidates: int = 0
     stage2_pairs: int = 0  # pairs sent to stage 2 (geometric verification, CLIP if calibrated); 0: none
+    orientation: str = ""  # the match needed the image turned (e.g. ROTATE_90, FLIP_LEFT_RIGHT); "" = as is
     error_reason: str = ""
     error_message: str = ""
     calibration_version: str = ""
@@ -84,7 +89,10 @@ class Matcher:
                  stage2_features: Callable[[str, list[str]], dict[str, dict[str, float]]],
                  threshold: float | None = None, band: tuple[float, float] | None = None,
                  stage2_max: int = 3,
-                 decide_earlier: Callable[[str, dict[str, str]], str] | None = None) -> None:
+                 decide_earlier: Callable[[str, dict[str, str]], str] | None = None,
+                 turned_radius: int = 0,
+                 turned_descriptors: Callable[[list[tuple[str, str]]], dict[tuple[str, str], np.ndarray]] | None = None
+                 ) -> None:
         self.index = index
         self.cal = calibration
         self.radius = phash_radius
@@ -96,55 +104,102 @@ class Matcher:
         # names the original of an earlier image that is indexed but not decided yet (another task
         # of the run decides it): see resolve_original
         self.decide_earlier = decide_earlier
+        # turned copies (right-angle rotations, mirrors): found by pHash within ``turned_radius``
+        # bits of a variant of the query's hash (0: off); ``turned_descriptors`` gives the query's
+        # descriptor turned that way, {(image id, variant): vector} (missing: cannot be scored)
+        self.turned_radius = turned_radius if turned_descriptors is not None else 0
+        self.turned_descriptors = turned_descriptors
+        self._turned: dict[tuple[str, str], np.ndarray] = {}
         self.stage2_pairs = 0
         self.pairs = 0
         self._rows: dict[str, dict[str, Any]] = {}  # candidate rows fetched ahead (see prefetch)
         self._exact: dict[str, str | None] = {}
 
-    def prefetch(self, images: Sequence[IndexedImage], candidates: dict[str, list[str]]) -> None:
-        """Fetch the candidates' vectors and the exact-copy answers of many images in a few calls
-        (instead of two Milvus round trips per image)."""
-        ids = list(dict.fromkeys(c for im in images for c in candidates.get(im.id, [])))
+    def prefetch(self, images: Sequence[IndexedImage], candidates: dict[str, list[str]],
+                 turned: dict[str, list[tuple[str, str]]] | None = None) -> None:
+        """Fetch the candidates' vectors, the exact-copy answers and the turned queries'
+        descriptors of many images in a few calls (instead of round trips per image)."""
+        turned = turned or {}
+        ids = list(dict.fromkeys([c for im in images for c in candidates.get(im.id, [])]
+                                 + [c for im in images for c, _ in turned.get(im.id, [])]))
         self._rows = self.index.get_rows(ids, ["phash", "resnet"]) if ids else {}
         self._exact = self.index.earliest_with_sha256_many(images)
+        wanted = list(dict.fromkeys((im.id, v) for im in images for _, v in turned.get(im.id, [])
+                                    if not self._exact.get(im.id)))
+        if wanted and self.turned_descriptors is not None:
+            self._turned.update(self.turned_descriptors(wanted))
+
+    def turned_image(self, image: IndexedImage, variant: str) -> IndexedImage | None:
+        """The query as it would be indexed if it were turned by ``variant`` (None: its pixels are
+        unreadable, so it cannot be scored that way)."""
+        import dataclasses
+
+        from .signals import PHashSignal
+
+        key = (image.id, variant)
+        if key not in self._turned and self.turned_descriptors is not None:
+            self._turned.update(self.turned_descriptors([key]))
+        if key not in self._turned:
+            return None
+        n = [name for name, *_ in PHashSignal.DIHEDRAL].index(variant)
+        return dataclasses.replace(image, phash=PHashSignal.dihedral(image.phash)[n], resnet=self._turned[key])
 
     def candidates(self, image: IndexedImage, before: bool = True) -> list[str]:
         return self.candidates_many([image], before)[image.id]
 
     def candidates_many(self, images: Sequence[IndexedImage], before: bool = True) -> dict[str, list[str]]:
-        """pHash-radius ∪ ResNet top-K candidates for many images with two search calls.
-
-        With ``before``, only images strictly earlier in ingestion order count. The batch search
-        asks for :data:`SEARCH_SLACK` extra hits, room for the batch's own later images, which are
-        filtered out afterwards; images that lost more than that (near-copies later in the same
-        batch, or a young index) are searched again together with room for the whole batch -- so
-        the result always equals a per-image search, while Milvus returns few hits (its cost grows
-        with the hit count).
-        """
+        """pHash-radius ∪ ResNet top-K candidates for many images with two search calls (with
+        ``before``, only images strictly earlier in ingestion order; see :meth:`_earlier_hits`)."""
         if not images:
             return {}
-        slack = min(len(images), SEARCH_SLACK) if before else 0
-        latest = max(im.created_at for im in images) if before else None
-        searches = (("phash", PHASH_CANDIDATES, self.radius), ("resnet", self.top_k, None))
-        found: dict[str, list[list[str]]] = {}
+        phash = self._earlier_hits("phash", [im.phash for im in images], images, PHASH_CANDIDATES, self.radius, before)
+        resnet = self._earlier_hits("resnet", [im.resnet for im in images], images, self.top_k, None, before)
+        return {im.id: list(dict.fromkeys(phash[n][:PHASH_CANDIDATES] + resnet[n][:self.top_k]))
+                for n, im in enumerate(images)}
+
+    def turned_candidates_many(self, images: Sequence[IndexedImage], before: bool = True
+                               ) -> dict[str, list[tuple[str, str]]]:
+        """(candidate, variant) pairs per image: earlier images whose pHash is within the tight
+        radius of one of the query's 7 rotations/mirrors (:meth:`PHashSignal.dihedral`), at most
+        :data:`TURNED_CANDIDATES` per variant -- one batch search, exact like the others."""
+        from .signals import PHashSignal
+
+        if not images or self.turned_radius <= 0:
+            return {}
+        names = [name for name, *_ in PHashSignal.DIHEDRAL]
+        owners = [im for im in images for _ in names]
+        vectors = [v for im in images for v in PHashSignal.dihedral(im.phash)]
+        hits = self._earlier_hits("phash", vectors, owners, TURNED_CANDIDATES, self.turned_radius, before)
+        out: dict[str, list[tuple[str, str]]] = {}
+        for n, found in enumerate(hits):
+            for cid in found[:TURNED_CANDIDATES]:
+                out.setdefault(owners[n].id, []).append((cid, names[n % len(names)]))
+        return out
+
+    def _earlier_hits(self, field_name: str, vectors: Sequence[np.ndarray], owners: Sequence[IndexedImage],
+                      want: int, radius: float | None, before: bool) -> list[list[str]]:
+        """Nearest ids for each vector, only images strictly earlier than its owner (with
+        ``before``). The batch search asks for :data:`SEARCH_SLACK` extra hits, room for the batch's
+        own later images, which are filtered out afterwards; vectors that lost more than that are
+        searched again with room for the whole batch -- so the result always equals a per-image
+        search, while Milvus returns few hits (its cost grows with the hit count)."""
+        batch = len({im.id for im in owners})
+        slack = min(batch, SEARCH_SLACK) if before else 0
+        latest = max(im.created_at for im in owners) if before else None
 
         def earlier(hits, im):
             key = (im.created_at, im.id)
             return [h.id for h in hits if h.id != im.id and (not before or (h.created_at, h.id) < key)]
 
-        for kind, want, radius in searches:
-            hits = self.index.search_many(kind, [getattr(im, kind) for im in images], want + slack, latest,
-                                          radius=radius)
-            found[kind] = [earlier(h, im) for h, im in zip(hits, images)]
-            crowded = [n for n, (h, ok) in enumerate(zip(hits, found[kind]))
-                       if before and len(ok) < want and len(h) == want + slack]
-            if crowded:  # enough room for every later image of the batch: exact
-                again = self.index.search_many(kind, [getattr(images[n], kind) for n in crowded],
-                                               want + len(images), latest, radius=radius)
-                for n, h in zip(crowded, again):
-                    found[kind][n] = earlier(h, images[n])
-        return {im.id: list(dict.fromkeys(found["phash"][n][:PHASH_CANDIDATES] + found["resnet"][n][:self.top_k]))
-                for n, im in enumerate(images)}
+        hits = self.index.search_many(field_name, list(vectors), want + slack, latest, radius=radius)
+        found = [earlier(h, im) for h, im in zip(hits, owners)]
+        crowded = [n for n, (h, ok) in enumerate(zip(hits, found)) if before and len(ok) < want and len(h) == want + slack]
+        if crowded:  # enough room for every later image of the batch: exact
+            again = self.index.search_many(field_name, [vectors[n] for n in crowded], want + batch, latest,
+                                           radius=radius)
+            for n, h in zip(crowded, again):
+                found[n] = earlier(h, owners[n])
+        return found
 
     def _stage1(self, image: IndexedImage, candidate_ids: list[str]
                 ) -> tuple[list[PairScore], list[tuple[str, dict[str, float]]]]:
@@ -171,7 +226,8 @@ class Matcher:
         p1 = self.cal.stage1.probability(feats)
         return PairScore(cid, feats, min(p1, self.band[0]), "unverified", self.cal.stage1.contributions(feats))
 
-    def stage2_plan(self, images: Sequence[IndexedImage], candidates: dict[str, list[str]]) -> dict[str, list[str]]:
+    def stage2_plan(self, images: Sequence[IndexedImage], candidates: dict[str, list[str]],
+                    turned: dict[str, list[tuple[str, str]]] | None = None) -> dict[str, list[str]]:
         """Which candidates of each image will reach stage 2 (so their CLIP vectors and local
         features can be computed in batches first). Exact copies never need it."""
         plan = {}
@@ -179,8 +235,12 @@ class Matcher:
             if self._exact.get(im.id):
                 continue
             chosen = [cid for cid, _ in self._stage1(im, candidates.get(im.id, []))[1][:self.stage2_max]]
+            for variant, cids in _by_variant((turned or {}).get(im.id, [])).items():
+                aligned = self.turned_image(im, variant)
+                if aligned is not None:
+                    chosen += [cid for cid, _ in self._stage1(aligned, cids)[1][:self.stage2_max]]
             if chosen:
-                plan[im.id] = chosen
+                plan[im.id] = list(dict.fromkeys(chosen))
         return plan
 
     def score(self, image: IndexedImage, candidate_ids: list[str]) -> list[PairScore]:
@@ -206,10 +266,37 @@ class Matcher:
         scores.sort(key=lambda s: (-s.probability, s.candidate_id))
         return scores
 
+    def score_turned(self, image: IndexedImage, turned: list[tuple[str, str]]) -> list[PairScore]:
+        """Scores of turned candidates, each pair measured with the query turned its way (so a
+        rotated copy has the features of a plain one and the same calibration applies)."""
+        import dataclasses
+
+        scores = []
+        for variant, cids in _by_variant(turned).items():
+            aligned = self.turned_image(image, variant)
+            if aligned is not None:
+                scores += [dataclasses.replace(s, orientation=variant) for s in self.score(aligned, cids)]
+        return scores
+
+    def rank(self, image: IndexedImage, candidates: list[str] | None = None,
+             turned: list[tuple[str, str]] | None = None, before: bool = True) -> list[PairScore]:
+        """Every candidate's score, best first, each candidate once (as it is, or turned where that
+        scores higher): the one ranking that decisions, ``ndid query`` and the benchmark use."""
+        cands = self.candidates(image, before) if candidates is None else candidates
+        if turned is None:
+            turned = self.turned_candidates_many([image], before).get(image.id, [])
+        scores = self.score(image, cands) + self.score_turned(image, turned)
+        scores.sort(key=lambda s: (-s.probability, s.orientation != "", s.candidate_id))
+        best: dict[str, PairScore] = {}
+        for s in scores:
+            best.setdefault(s.candidate_id, s)
+        return list(best.values())
+
     def decide(self, image: IndexedImage, originals: dict[str, str],
-               candidates: list[str] | None = None) -> DecisionRecord:
+               candidates: list[str] | None = None, turned: list[tuple[str, str]] | None = None) -> DecisionRecord:
         """Decide one image. ``originals`` maps already-decided ids to their original (updated here);
-        ``candidates`` may come precomputed from :meth:`candidates_many`."""
+        ``candidates`` and ``turned`` may come precomputed from :meth:`candidates_many` and
+        :meth:`turned_candidates_many`."""
         record = DecisionRecord(id=image.id, source=image.source, decision="unique", sha256=image.sha256,
                                 original_id=image.id)
         exact = (self._exact[image.id] if image.id in self._exact
@@ -220,10 +307,13 @@ class Matcher:
             record.features = {"sha256_equal": 1.0}
         else:
             cands = self.candidates(image) if candidates is None else candidates
-            record.candidates = len(cands)
-            scores = self.score(image, cands)
+            if turned is None:
+                turned = self.turned_candidates_many([image]).get(image.id, [])
+            record.candidates = len(set(cands) | {c for c, _ in turned})
+            scores = self.rank(image, cands, turned)
             if scores:
                 best = scores[0]
+                record.orientation = best.orientation
                 record.features, record.contributions = best.features, best.contributions
                 record.probability, record.stage = best.probability, best.stage
                 record.matched_id = best.candidate_id
@@ -231,8 +321,8 @@ class Matcher:
                     record.decision = "duplicate"
         if record.decision == "duplicate":
             record.original_id = self.resolve_original(record.matched_id, originals)
-        else:
-            record.matched_id = record.matched_id if record.probability > 0 else ""
+        elif record.probability <= 0:
+            record.matched_id = record.orientation = ""
         originals[image.id] = record.original_id
         return record
 
@@ -251,3 +341,10 @@ class Matcher:
             original = (row or {}).get("original_id") or matched_id
         originals[matched_id] = original
         return original
+
+
+def _by_variant(turned: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for cid, variant in turned:
+        out.setdefault(variant, []).append(cid)
+    return out

@@ -261,14 +261,16 @@ class Engine:
         records = []
         ordered = sorted(images, key=lambda im: (im.created_at, im.id))
         candidates: dict[str, list[str]] = {}
+        turned: dict[str, list[tuple[str, str]]] = {}
         for start in range(0, len(ordered), SEARCH_BATCH):
             candidates.update(matcher.candidates_many(ordered[start:start + SEARCH_BATCH]))
-        matcher.prefetch(ordered, candidates)
-        plan = matcher.stage2_plan(ordered, candidates)
+            turned.update(matcher.turned_candidates_many(ordered[start:start + SEARCH_BATCH]))
+        matcher.prefetch(ordered, candidates, turned)
+        plan = matcher.stage2_plan(ordered, candidates, turned)
         self.warm_stage2(list(plan) + [c for cands in plan.values() for c in cands])
         for image in ordered:
             before = matcher.stage2_pairs
-            rec = matcher.decide(image, originals, candidates[image.id])
+            rec = matcher.decide(image, originals, candidates[image.id], turned.get(image.id, []))
             rec.stage2_pairs = matcher.stage2_pairs - before
             rec.calibration_version = cal.version
             rec.weights_mode = self.settings.weights_mode
@@ -351,6 +353,20 @@ class Engine:
                     cache.pop(next(iter(cache)))
         self.timings["geometry_s"] += time.perf_counter() - t0
         return {i: self._local[i] for i in ids if i in self._local}
+
+    def turned_descriptors(self, wanted: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]:
+        """Descriptors of queries turned by a right-angle rotation or mirror, {(id, variant): vector},
+        in one batch; only asked for images with a turned pHash candidate (rare among uniques).
+        Pixels come from this process's cache, else from the image's source."""
+        t0 = time.perf_counter()
+        pics = self.pictures(list(dict.fromkeys(i for i, _ in wanted)))
+        keys = [k for k in wanted if k[0] in pics]
+        out: dict[tuple[str, str], np.ndarray] = {}
+        if keys:
+            vectors = self.resnet.compute([PHashSignal.turned(pics[i], v) for i, v in keys])
+            out = {k: np.asarray(vec, np.float32) for k, vec in zip(keys, vectors)}
+        self.timings["turned_s"] += time.perf_counter() - t0
+        return out
 
     def stage2_signals(self, every: bool = False) -> set[str]:
         """The optional stage-2 features to compute: those the active calibration uses (each kept
@@ -437,7 +453,9 @@ class Engine:
         matcher = Matcher(self.index, self.calibration, self.settings.phash_radius,
                           top_k or self.settings.resnet_top_k, self.stage2_features,
                           threshold=self.settings.decision_threshold, band=band,
-                          stage2_max=self.settings.stage2_max_candidates)
+                          stage2_max=self.settings.stage2_max_candidates,
+                          turned_radius=self.settings.phash_turned_radius,
+                          turned_descriptors=self.turned_descriptors)
         matcher.decide_earlier = lambda image_id, originals: self._decide_earlier(matcher, image_id, originals)
         return matcher
 
@@ -458,16 +476,17 @@ class Engine:
     def _query(self, image: IndexedImage, pic: LoadedImage, limit: int) -> list[dict[str, Any]]:
         matcher = self.matcher(max(self.settings.resnet_top_k, limit))
         cands = matcher.candidates(image, before=False)
+        turned = matcher.turned_candidates_many([image], before=False).get(image.id, [])
         hashes = self.index.get_rows(cands, ["sha256"]) if cands else {}
         exact = {c for c in cands if hashes.get(c, {}).get("sha256") == pic.sha256}
         out = []
-        for s in matcher.score(image, cands)[:limit]:
+        for s in matcher.rank(image, cands, turned, before=False)[:limit]:
             is_exact = s.candidate_id in exact
             out.append({"id": s.candidate_id, "probability": 1.0 if is_exact else s.probability,
                         "stage": "exact" if is_exact else s.stage,
                         "decision": "duplicate" if is_exact or s.probability >= matcher.threshold else "unique",
                         "original_id": matcher.resolve_original(s.candidate_id, {}),
-                        "features": s.features, "contributions": s.contributions})
+                        "orientation": s.orientation, "features": s.features, "contributions": s.contributions})
         return out
 
 

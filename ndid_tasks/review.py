@@ -109,6 +109,7 @@ class ReviewCard:
     calibration_version: str = ""
     untrained: bool = False
     original_id: str = ""
+    orientation: str = ""  # the match needed the decided image turned this way
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -132,7 +133,8 @@ def card_from_record(record: dict[str, Any], cal: Calibration, stream: str, reas
                       stage=record.get("stage", ""), threshold=cal.threshold, stage1_probability=p1,
                       features=feats, contributions={k: float(v) for k, v in (record.get("contributions") or {}).items()},
                       reason=reason, stream=stream, calibration_version=record.get("calibration_version", ""),
-                      untrained=bool(record.get("untrained")), original_id=record.get("original_id", ""))
+                      untrained=bool(record.get("untrained")), original_id=record.get("original_id", ""),
+                      orientation=record.get("orientation", ""))
 
 
 def disagreement(card: ReviewCard) -> bool:

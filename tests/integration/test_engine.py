@@ -270,3 +270,37 @@ def test_raw_descriptors_live_outside_the_searched_collection(random_settings, c
         raws = [row["resnet_raw"] for page in pages for row in page]
         assert len(raws) == index.count() == len(items) - 1 and all(len(r) == engine.resnet.raw_dim for r in raws)
         assert str(client.get_load_state(index.raw)["state"]).endswith("NotLoad")  # released again
+
+
+def test_rotated_and_mirrored_copies_are_found_through_turned_phash(random_settings, tmp_path, photos):
+    """A copy turned by a right-angle rotation (± mirror) and recompressed has neither a close pHash
+    nor a close descriptor; the turned-pHash search proposes its original, the pair is scored with
+    the query turned back, and verification confirms it. With the search off it is missed."""
+    folder = tmp_path / "rot"
+    folder.mkdir()
+    t = time.time() - 10_000
+    names = ["astronaut", "coffee", "rocket", "camera", "immunohistochemistry", "coins"]
+    for n, name in enumerate(names):
+        write(folder / f"orig_{name}.jpg", photos[name], mtime=t + n)
+    turns = {"astronaut": Image.Transpose.ROTATE_90, "coffee": Image.Transpose.ROTATE_270,
+             "rocket": Image.Transpose.ROTATE_180, "camera": Image.Transpose.TRANSVERSE}
+    for n, (name, op) in enumerate(turns.items()):
+        write(folder / f"turned_{name}.jpg", photos[name].transpose(op), quality=85, mtime=t + 100 + n)
+    write(folder / "unrelated_chelsea.jpg", photos["chelsea"].transpose(Image.Transpose.ROTATE_90), mtime=t + 200)
+
+    def run(settings):
+        with Engine(settings) as engine:
+            return by_name(engine.ingest(local_items([folder]), run_id="r", run_at="2026-01-01T00:00:00+00:00"))
+
+    # a crowded index, where the original is not among the ResNet top-K of its turned copy (with
+    # only 6 images every one would be, and verification would find them anyway)
+    recs = run(random_settings.replace(resnet_top_k=1))
+    for name in turns:
+        rec = recs[f"turned_{name}.jpg"]
+        assert rec.decision == "duplicate" and rec.original_id.endswith(f"orig_{name}.jpg"), rec
+        assert rec.orientation and rec.stage == "stage2"
+    assert recs["unrelated_chelsea.jpg"].decision == "unique"
+    assert all(recs[f"orig_{n}.jpg"].decision == "unique" for n in names)
+    off = run(random_settings.replace(resnet_top_k=1, phash_turned_radius=0, state_dir=str(tmp_path / "off")))
+    assert sum(off[f"turned_{n}.jpg"].decision == "duplicate" for n in turns) < len(turns)
+    assert all(not r.orientation for r in off.values())

@@ -112,3 +112,27 @@ def test_stored_local_features_round_trip_and_refuse_other_settings():
     assert store.unpack("s3://b/other.jpg", data) is None  # a hash collision is not a hit
     other = FeatureStore(Settings(sift_max_side=384))
     assert other.unpack("s3://b/k.jpg", data) is None  # made with other SIFT settings: recompute
+
+
+def test_phash_variants_of_turned_images_follow_from_the_bits(photos):
+    """Each of the 7 rotations/mirrors: the pHash of the turned picture is within a few bits of the
+    variant derived from the original's 64 bits, and far from the original's own hash."""
+    from PIL import Image
+
+    from ndid_tasks.images import load_image
+    from ndid_tasks.signals import PHashSignal
+    from tests.conftest import jpeg_bytes
+
+    signal = PHashSignal()
+    for name in ("astronaut", "coffee", "rocket", "camera"):
+        pic = load_image(jpeg_bytes(photos[name]), name)
+        bits = signal.compute([pic])[0]
+        variants = PHashSignal.dihedral(bits)
+        assert variants.shape == (7, 64)
+        for n, (variant, *_) in enumerate(PHashSignal.DIHEDRAL):
+            turned = signal.compute([PHashSignal.turned(pic, variant)])[0]
+            assert np.count_nonzero(turned != variants[n]) <= 12, (name, variant)
+            turned_direct = signal.compute([load_image(jpeg_bytes(photos[name].transpose(
+                getattr(Image.Transpose, variant))), "t")])[0]
+            assert np.count_nonzero(turned_direct != variants[n]) <= 14, (name, variant)
+        assert PHashSignal.dihedral(variants[3])[3].tolist() == bits.tolist()  # transposing twice: itself
