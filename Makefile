@@ -40,7 +40,7 @@ system-packages:
 
 ## the whole suite: unit (no servers) + integration (real SeaweedFS S3, Milvus Lite, Airflow) + the
 ## distributed run (PostgreSQL, Redis, two Celery workers)
-test: install system-packages
+test: install system-packages lint
 	$(BIN)/python -m pytest -q -ra tests
 
 test-distributed: install system-packages
@@ -74,8 +74,10 @@ bench: install
 	$(BIN)/ndid bench make ../shared/data/originals ../shared/data/distractors bench_data
 	$(BIN)/ndid bench run bench_data --out bench_out
 
+## ruff (with bugbear and blind-except rules) over everything, mypy over the engine; `make test` runs it first
 lint: install
 	$(BIN)/ruff check ndid_tasks dags plugins tests scripts
+	$(BIN)/mypy
 
 clean:
 	-$(BIN)/ndid services down

@@ -55,28 +55,22 @@ def ndid_recalibrate():
 
         settings = task_settings()
         mode = get_current_context()["params"]["refresh_whitening"]
-        engine = Engine(settings)
-        try:
+        with Engine(settings) as engine:
             due, reason = refresh_due(settings, engine)
             if mode == "never" or (mode == "auto" and not due):
                 return {"status": "not due" if mode == "auto" else "disabled", "reason": reason}
             result = refresh_whitening(settings, engine)
-        finally:
-            engine.close()
         return {k: v for k, v in result.items() if not k.startswith("_")}
 
     @task(pool=MILVUS_POOL)
     @fail_fast
     def recalibrate() -> dict:
-        from ndid_tasks.calibrate import recalibration_run
         from ndid_tasks.pipeline import Engine
+        from ndid_tasks.recalibration import recalibration_run
 
         settings = task_settings()
-        engine = Engine(settings)
-        try:
+        with Engine(settings) as engine:
             result = recalibration_run(settings, engine, get_current_context()["run_id"])
-        finally:
-            engine.close()
         if result["status"] == "skipped":
             raise AirflowSkipException(result["reason"])
         return result

@@ -27,10 +27,10 @@ import numpy as np
 from PIL import Image
 
 from . import augment
-from .calibrate import image_files
 from .config import Settings
 from .decide import Matcher
-from .images import ImageDecodeError, LoadedImage, load_image
+from .features import stage1_features, with_standins
+from .images import ImageDecodeError, LoadedImage, image_files, load_image
 from .index import IndexedImage
 from .metrics import Prediction, micro_ap, operating_point, pr_curve, recall_at_1, recall_at_precision
 from .pipeline import Engine, local_items
@@ -215,7 +215,7 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
             sig_per_image = (time.perf_counter() - t_sig) / len(pics)
             dh = [im_hash for im_hash in (imagehash.dhash(p.image).hash.flatten() for p in pics)]
             pdq = _pdq(pics, dihedral=True) if "peer_pdq" in wanted else None
-            for k, (path, pic) in enumerate(zip(batch_files, pics)):
+            for k, (path, pic) in enumerate(zip(batch_files, pics, strict=True)):
                 engine._loaded[pic.image_id] = pic
                 t_q = time.perf_counter()
                 results[path.name] = _evaluate_query(
@@ -267,16 +267,14 @@ def _evaluate_query(qname, pic, phash, resnet, dhash, pdq, matcher: Matcher, cal
             else Prediction(qname, "", 0.0)
     if cands and ("phash_resnet_lr" in wanted or "always_stage2" in wanted):
         rows = engine.index.get_rows(cands, ["phash", "resnet"])
-        feats = {c: {"phash_distance": float(np.count_nonzero(phash != np.asarray(rows[c]["phash"]))) / 64.0,
-                     "resnet_cosine": float(np.dot(resnet, np.asarray(rows[c]["resnet"], np.float32)))}
+        feats = {c: stage1_features(phash, np.asarray(rows[c]["phash"]), resnet, np.asarray(rows[c]["resnet"], np.float32))
                  for c in cands if c in rows}
         if "phash_resnet_lr" in wanted:
             best = max(feats, key=lambda c: cal.stage1.probability(feats[c]))
             preds["phash_resnet_lr"] = Prediction(qname, ref_name[best], cal.stage1.probability(feats[best]))
         if "always_stage2" in wanted:
             extra = engine.stage2_features(pic.image_id, list(feats))
-            for c, values in feats.items():
-                values.update(extra.get(c, {"clip_cosine": 0.0, "pdq_distance": 1.0, "log_inliers": 0.0}))
+            feats = {c: with_standins({**values, **extra.get(c, {})}) for c, values in feats.items()}
             best = max(feats, key=lambda c: cal.stage2.probability(feats[c]))
             preds["always_stage2"] = Prediction(qname, ref_name[best], cal.stage2.probability(feats[best]))
     for m in ("phash_resnet_lr", "always_stage2"):
@@ -520,7 +518,7 @@ def descriptor_ablation(settings: Settings, folder: str | Path, out: str | Path,
     pics = [load_image(p.read_bytes(), p.name) for p in paths]
     n_refs = len(ref_paths)
     # pooled descriptors per (input, layer, p, mirrored): one forward pass per input and mirror
-    pooled: dict[tuple[str, str, float, bool], np.ndarray] = {}
+    parts: dict[tuple[str, str, float, bool], list[np.ndarray]] = {}
     layer4 = build_resnet50(settings).layer4.eval()  # the same (seeded or pretrained) weights
     for framing in ("center_crop", "squash"):
         signal = ResNetSignal(settings.replace(resnet_input=framing, resnet_layer="layer3"))
@@ -536,11 +534,10 @@ def descriptor_ablation(settings: Settings, folder: str | Path, out: str | Path,
                     f4 = layer4(f3.float())
                 for layer, fmap in (("layer3", f3), ("layer4", f4)):
                     for p in (1.0, 3.0):
-                        pooled.setdefault((framing, layer, p, flipped), []).append(  # type: ignore[arg-type]
-                            gem_pool(fmap, p).numpy())
+                        parts.setdefault((framing, layer, p, flipped), []).append(gem_pool(fmap, p).numpy())
                 if progress:
                     progress(len(batch))
-    pooled = {k: np.concatenate(v) for k, v in pooled.items()}  # type: ignore[misc]
+    pooled = {k: np.concatenate(v) for k, v in parts.items()}
     rows = []
     ref_name = [p.name for p in ref_paths]
     queries = [r["query"] for r in gt]

@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 
 from .errors import PermanentError
+from .features import BASE_STAGE2, OPTIONAL, STAGE1, STAGE2
+from .scoring import gated
 
 SCHEMA = "ndid.calibration/1"
-STAGE1_FEATURES = ("phash_distance", "resnet_cosine")
-STAGE2_FEATURES = ("phash_distance", "resnet_cosine", "clip_cosine", "pdq_distance", "log_inliers")
-OPTIONAL_STAGE2 = ("clip_cosine", "pdq_distance")  # a calibration leaves out those that do not pay (see fit)
+# the feature order of both stages and which stage-2 signals a calibration may drop: ndid_tasks.features
+STAGE1_FEATURES, STAGE2_FEATURES, OPTIONAL_STAGE2 = STAGE1, STAGE2, OPTIONAL
 SELECTION_TOLERANCE = 0.002  # held-out AP a signal must add to be worth computing
 DEFAULT_BAND = (0.2, 0.8)
 
@@ -42,14 +43,14 @@ class Stage:
     intercept: float
 
     def logit(self, values: dict[str, float]) -> float:
-        return self.intercept + sum(c * values[f] for f, c in zip(self.features, self.coefficients))
+        return self.intercept + sum(c * values[f] for f, c in zip(self.features, self.coefficients, strict=True))
 
     def probability(self, values: dict[str, float]) -> float:
         z = self.logit(values)
         return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
 
     def contributions(self, values: dict[str, float]) -> dict[str, float]:
-        out = {f: c * values[f] for f, c in zip(self.features, self.coefficients)}
+        out = {f: c * values[f] for f, c in zip(self.features, self.coefficients, strict=True)}
         out["intercept"] = self.intercept
         return out
 
@@ -114,7 +115,6 @@ class Calibration:
             raise CalibrationError(f"calibration is not JSON: {exc}") from exc
 
 
-BASE_STAGE2 = tuple(f for f in STAGE2_FEATURES if f not in OPTIONAL_STAGE2)
 
 
 def _valid_stage2(names: Sequence[str]) -> bool:
@@ -238,7 +238,7 @@ def fit_calibration(features: dict[str, np.ndarray], labels: np.ndarray, weights
     band = (lo, 1.0)
     p2 = _probabilities(s2, x2[eval_mask])
     in_band = (p1 >= band[0]) & (p1 <= band[1])
-    combined = np.where(in_band, p2, p1)
+    combined = gated(p1, p2, band)
     if threshold is None:
         threshold = choose_threshold(y[eval_mask], combined)
     if test.any():
@@ -293,6 +293,6 @@ def evaluate(cal: Calibration, features: dict[str, np.ndarray], labels: np.ndarr
     x2 = np.column_stack([features[f] for f in cal.stage2.features]).astype(np.float64)
     p1, p2 = _probabilities(cal.stage1, x1), _probabilities(cal.stage2, x2)
     in_band = (p1 >= cal.band[0]) & (p1 <= cal.band[1])
-    out = _binary_metrics(y, np.where(in_band, p2, p1), cal.threshold)
+    out = _binary_metrics(y, gated(p1, p2, cal.band), cal.threshold)
     out["stage2_share_of_pairs"] = float(in_band.mean()) if len(y) else 0.0
     return out

@@ -165,7 +165,8 @@ def positive_int(text: str) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .calibrate import bootstrap_calibration, image_files
+    from .bootstrap import bootstrap_calibration
+    from .images import image_files
 
     settings = load_settings()
     _untrained_banner(settings)

@@ -157,7 +157,8 @@ class Settings:
                                 "(bits of a 64-bit hash)")
         if (self.ambiguous_low is None) != (self.ambiguous_high is None):
             raise SettingsError("set both NDID_AMBIGUOUS_LOW and NDID_AMBIGUOUS_HIGH, or neither")
-        if self.ambiguous_low is not None and not 0 <= self.ambiguous_low <= self.ambiguous_high <= 1:
+        if (self.ambiguous_low is not None and self.ambiguous_high is not None
+                and not 0 <= self.ambiguous_low <= self.ambiguous_high <= 1):
             raise SettingsError("the ambiguous band needs 0 <= low <= high <= 1")
         for prefix_name in ("s3_images_prefix", "s3_decisions_prefix", "s3_calibration_prefix",
                             "s3_labels_prefix", "s3_staging_prefix", "s3_features_prefix"):

@@ -106,7 +106,7 @@ def runs_chart(runs: Sequence[dict[str, Any]]) -> bytes:
     for kind in kinds:
         values = [r.get("errors", {}).get(kind, 0) for r in runs]
         ax.bar(x, values, bottom=bottom, label=kind)
-        bottom = [b + v for b, v in zip(bottom, values)]
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_title("error records by kind")
     if kinds:
         ax.legend(loc="upper left", fontsize=8)

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from .calibration import Calibration
+from .features import stage1_features
 from .index import ImageIndex, IndexedImage
+from .scoring import PairScore, ambiguous, is_duplicate, score_pairs
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +30,6 @@ RECORD_SCHEMA = "ndid.decision/2"  # /2: stage "clip" -> "stage2", clip_pairs ->
 PHASH_CANDIDATES = 16  # most pHash neighbours taken from the radius search (nearest first)
 SEARCH_SLACK = 8  # extra hits per batch search, for the batch's own later images (see candidates_many)
 TURNED_CANDIDATES = 2  # nearest hits per rotation/mirror of the query's pHash (within the tight radius)
-PHASH_BITS = 64.0
-PDQ_BITS = 256
-
-
-@dataclass
-class PairScore:
-    candidate_id: str
-    features: dict[str, float]
-    probability: float
-    stage: str  # "stage1", "stage2" or "unverified" (in the band but beyond the verification cap)
-    contributions: dict[str, float]
-    orientation: str = ""  # how the query was turned to match (a PHashSignal.DIHEDRAL name), "" = as is
 
 
 @dataclass
@@ -71,11 +61,6 @@ class DecisionRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def pair_features(phash_a: np.ndarray, phash_b: np.ndarray, resnet_a: np.ndarray, resnet_b: np.ndarray) -> dict[str, float]:
-    return {"phash_distance": float(np.count_nonzero(phash_a != phash_b)) / PHASH_BITS,
-            "resnet_cosine": float(np.dot(resnet_a, resnet_b))}
 
 
 class Matcher:
@@ -192,39 +177,22 @@ class Matcher:
             return [h.id for h in hits if h.id != im.id and (not before or (h.created_at, h.id) < key)]
 
         hits = self.index.search_many(field_name, list(vectors), want + slack, latest, radius=radius)
-        found = [earlier(h, im) for h, im in zip(hits, owners)]
-        crowded = [n for n, (h, ok) in enumerate(zip(hits, found)) if before and len(ok) < want and len(h) == want + slack]
+        found = [earlier(h, im) for h, im in zip(hits, owners, strict=True)]
+        crowded = [n for n, (h, ok) in enumerate(zip(hits, found, strict=True)) if before and len(ok) < want and len(h) == want + slack]
         if crowded:  # enough room for every later image of the batch: exact
             again = self.index.search_many(field_name, [vectors[n] for n in crowded], want + batch, latest,
                                            radius=radius)
-            for n, h in zip(crowded, again):
+            for n, h in zip(crowded, again, strict=True):
                 found[n] = earlier(h, owners[n])
         return found
 
-    def _stage1(self, image: IndexedImage, candidate_ids: list[str]
-                ) -> tuple[list[PairScore], list[tuple[str, dict[str, float]]]]:
-        """Stage-1 scores of the confident pairs, and the ambiguous pairs (best first)."""
+    def _pairs(self, image: IndexedImage, candidate_ids: list[str]) -> list[tuple[str, dict[str, float]]]:
+        """(candidate, stage-1 features) for the candidates still in the index."""
         missing = [c for c in candidate_ids if c not in self._rows]
         rows = {**self._rows, **(self.index.get_rows(missing, ["phash", "resnet"]) if missing else {})}
-        scores: list[PairScore] = []
-        ambiguous: list[tuple[str, dict[str, float]]] = []
-        for cid in candidate_ids:
-            row = rows.get(cid)
-            if row is None:  # deleted between search and fetch
-                continue
-            feats = pair_features(np.asarray(image.phash), np.asarray(row["phash"], np.float32),
-                                  np.asarray(image.resnet), np.asarray(row["resnet"], np.float32))
-            p1 = self.cal.stage1.probability(feats)
-            if self.band[0] <= p1 <= self.band[1]:
-                ambiguous.append((cid, feats))
-            else:
-                scores.append(PairScore(cid, feats, p1, "stage1", self.cal.stage1.contributions(feats)))
-        ambiguous.sort(key=lambda a: (-self.cal.stage1.probability(a[1]), a[0]))
-        return scores, ambiguous
-
-    def _unverified(self, cid: str, feats: dict[str, float]) -> PairScore:
-        p1 = self.cal.stage1.probability(feats)
-        return PairScore(cid, feats, min(p1, self.band[0]), "unverified", self.cal.stage1.contributions(feats))
+        return [(cid, stage1_features(np.asarray(image.phash), np.asarray(rows[cid]["phash"], np.float32),
+                                      np.asarray(image.resnet), np.asarray(rows[cid]["resnet"], np.float32)))
+                for cid in candidate_ids if cid in rows]  # (a row deleted between search and fetch: gone)
 
     def stage2_plan(self, images: Sequence[IndexedImage], candidates: dict[str, list[str]],
                     turned: dict[str, list[tuple[str, str]]] | None = None) -> dict[str, list[str]]:
@@ -234,36 +202,27 @@ class Matcher:
         for im in images:
             if self._exact.get(im.id):
                 continue
-            chosen = [cid for cid, _ in self._stage1(im, candidates.get(im.id, []))[1][:self.stage2_max]]
+            chosen = [cid for cid, _, _ in ambiguous(self.cal, self._pairs(im, candidates.get(im.id, [])),
+                                                     self.band)[:self.stage2_max]]
             for variant, cids in _by_variant((turned or {}).get(im.id, [])).items():
                 aligned = self.turned_image(im, variant)
                 if aligned is not None:
-                    chosen += [cid for cid, _ in self._stage1(aligned, cids)[1][:self.stage2_max]]
+                    chosen += [cid for cid, _, _ in ambiguous(self.cal, self._pairs(aligned, cids),
+                                                              self.band)[:self.stage2_max]]
             if chosen:
                 plan[im.id] = list(dict.fromkeys(chosen))
         return plan
 
     def score(self, image: IndexedImage, candidate_ids: list[str]) -> list[PairScore]:
+        """The candidates' scores, best first (:func:`ndid_tasks.scoring.score_pairs`); the
+        expensive features come from ``stage2_features`` for the pairs stage 2 reads."""
         if not candidate_ids:
             return []
-        scores, ambiguous = self._stage1(image, candidate_ids)
-        self.pairs += len(scores) + len(ambiguous)
-        # only the most promising ambiguous pairs pay for verification; the others cannot be
-        # accepted unverified: their probability is capped at the band's lower edge
-        for cid, feats in ambiguous[self.stage2_max:]:
-            scores.append(self._unverified(cid, feats))
-        ambiguous = ambiguous[:self.stage2_max]
-        extra = self.stage2_features(image.id, [cid for cid, _ in ambiguous]) if ambiguous else {}
-        for cid, feats in ambiguous:
-            more = extra.get(cid)
-            if more is None:  # e.g. the candidate's source is gone: it cannot be verified
-                scores.append(self._unverified(cid, feats))
-                continue
-            feats = {**feats, **more}
-            self.stage2_pairs += 1
-            scores.append(PairScore(cid, feats, self.cal.stage2.probability(feats), "stage2",
-                                    self.cal.stage2.contributions(feats)))
-        scores.sort(key=lambda s: (-s.probability, s.candidate_id))
+        pairs = self._pairs(image, candidate_ids)
+        self.pairs += len(pairs)
+        scores = score_pairs(self.cal, pairs, lambda cids: self.stage2_features(image.id, cids),
+                             self.band, self.stage2_max)
+        self.stage2_pairs += sum(1 for s in scores if s.stage == "stage2")
         return scores
 
     def score_turned(self, image: IndexedImage, turned: list[tuple[str, str]]) -> list[PairScore]:
@@ -317,7 +276,7 @@ class Matcher:
                 record.features, record.contributions = best.features, best.contributions
                 record.probability, record.stage = best.probability, best.stage
                 record.matched_id = best.candidate_id
-                if best.probability >= self.threshold:
+                if is_duplicate(best, self.threshold):
                     record.decision = "duplicate"
         if record.decision == "duplicate":
             record.original_id = self.resolve_original(record.matched_id, originals)

@@ -74,5 +74,5 @@ class FeatureStore:
                 return None
 
         with ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
-            found = dict(zip(wanted, pool.map(fetch, wanted)))
+            found = dict(zip(wanted, pool.map(fetch, wanted), strict=True))
         return {k: v for k, v in found.items() if v is not None}

@@ -10,6 +10,7 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
@@ -80,7 +81,7 @@ def load_image(data: bytes, image_id: str, max_pixels: int = 80_000_000,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             fmt = img.format or "unknown"
             width, height = img.size
             if width * height > max_pixels:
@@ -250,3 +251,12 @@ def struct_error():
     import struct
 
     return struct.error
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def image_files(folder: str | Path, limit: int | None = None) -> list[Path]:
+    """The image files under ``folder`` (by suffix, recursively, sorted), at most ``limit``."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return files[:limit] if limit else files

@@ -336,7 +336,7 @@ class ImageIndex:
         return out
 
     def search_many(self, field: str, vectors: Sequence[np.ndarray], limit: int,
-                    latest_created_at: int | None = None, radius: int | None = None) -> list[list[Hit]]:
+                    latest_created_at: int | None = None, radius: float | None = None) -> list[list[Hit]]:
         """One search call for many query vectors (``field`` is "phash" or "resnet").
 
         pHash: the nearest ``limit`` within Hamming distance ``radius`` (squared L2 of 0/1
@@ -349,6 +349,7 @@ class ImageIndex:
         if not vectors:
             return []
         flt = SEARCHABLE if latest_created_at is None else f"{SEARCHABLE} and created_at <= {int(latest_created_at)}"
+        params: dict[str, Any]
         if field == "phash":
             params = {"metric_type": "L2"}
         else:

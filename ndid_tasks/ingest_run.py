@@ -317,7 +317,7 @@ def summary_from_counts(counts: dict[str, int], seconds: float | None = None) ->
         return {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith(name + ":") and v}
 
     decided = counts.get("objects", 0) - counts.get("decision:error", 0)
-    out = {"objects": counts.get("objects", 0), "decisions": group("decision"), "stages": group("stage"),
+    out: dict[str, Any] = {"objects": counts.get("objects", 0), "decisions": group("decision"), "stages": group("stage"),
            "errors": group("error"), "stage2_share": counts.get("stage2_images", 0) / decided if decided else 0.0,
            "untrained": counts.get("untrained", 0) > 0, "tagged": counts.get("tagged", 0)}
     if seconds:
@@ -364,7 +364,7 @@ def window_records(settings: Settings, bucket: str, prefix: str, start: datetime
         return store.get_json(key) if store.exists(key) else None
 
     with ThreadPoolExecutor(RECORD_WRITERS) as pool:
-        return dict(zip((i.id for i in objects), pool.map(fetch, objects)))
+        return dict(zip((i.id for i in objects), pool.map(fetch, objects), strict=True))
 
 
 # ---------------------------------------------------------------- a whole run in one process

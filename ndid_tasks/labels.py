@@ -113,7 +113,8 @@ def load_labels(store, prefix: str) -> tuple[list[Label], list[LabelError]]:
             labels, bad = [], [LabelError(obj.key, 0, f"unreadable: {exc}")]
         errors += bad
         for lab in labels:
-            latest[tuple(sorted((lab.image_a, lab.image_b)))] = lab
+            first, second = sorted((lab.image_a, lab.image_b))
+            latest[first, second] = lab
     return list(latest.values()), errors
 
 

@@ -10,7 +10,7 @@ import io
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +21,7 @@ import numpy as np
 
 from .calibration import OPTIONAL_STAGE2, Calibration, CalibrationError, default_calibration, load_calibration_file
 from .config import Settings
-from .decide import PDQ_BITS, DecisionRecord, Matcher
+from .decide import DecisionRecord, Matcher
 from .feature_store import FeatureStore
 from .images import ImageDecodeError, LoadedImage, load_image
 from .index import MAX_ID_LENGTH, ImageIndex, IndexedImage
@@ -105,10 +105,10 @@ class Engine:
         self._clip: dict[str, np.ndarray] = {}
         self._index = index
         self._calibration = calibration
-        self._s3 = {}
+        self._s3: dict[str, Any] = {}
         self._loaded: dict[str, LoadedImage] = {}
         self.clip_images_computed = 0
-        self.timings: Counter[str] = Counter()
+        self.timings: defaultdict[str, float] = defaultdict(float)  # seconds per stage
 
     # ---------------------------------------------------------------- parts
     @property
@@ -120,8 +120,8 @@ class Engine:
 
                 require_weights(self.settings, RESNET50)
             whitening = self._whitening or resolve_whitening(self.settings, self.calibration)
-            if self._whitening is not None and whitening.version != self.calibration.whitening_version:
-                raise WhiteningError(f"whitening {whitening.version} given with calibration "
+            if self._whitening is not None and self._whitening.version != self.calibration.whitening_version:
+                raise WhiteningError(f"whitening {self._whitening.version} given with calibration "
                                      f"{self.calibration.version}, which was fitted with {self.calibration.whitening_version}")
             self._resnet = ResNetSignal(self.settings, whitening=whitening)
         return self._resnet
@@ -232,7 +232,8 @@ class Engine:
         raw = self.resnet.compute_raw(pics)
         embeddings = self.resnet.whiten(raw)
         t3 = time.perf_counter()
-        self.timings.update({"decode_s": t1 - t0, "phash_s": t2 - t1, "resnet_s": t3 - t2})
+        for stage, seconds in {"decode_s": t1 - t0, "phash_s": t2 - t1, "resnet_s": t3 - t2}.items():
+            self.timings[stage] += seconds
         images = [IndexedImage(id=item.id, sha256=im.sha256, source=item.source, width=im.width,
                                height=im.height, num_bytes=im.num_bytes, created_at=item.created_at_ms,
                                phash=phashes[i], resnet=embeddings[i], raw=raw[i])
@@ -328,7 +329,7 @@ class Engine:
         if self.feature_store is None or not prepared.loaded:
             return 0
         t0 = time.perf_counter()
-        feats = dict(zip(prepared.loaded, self.geometry.compute(list(prepared.loaded.values()))))
+        feats = dict(zip(prepared.loaded, self.geometry.compute(list(prepared.loaded.values())), strict=True))
         self._local.update(feats)
         while len(self._local) > LOCAL_FEATURE_CACHE:
             self._local.pop(next(iter(self._local)))
@@ -345,10 +346,12 @@ class Engine:
             missing = [i for i in missing if i not in self._local or (pdq and i not in self._pdq)]
         if missing:
             pics = self.pictures(missing)
-            jobs = [(self._local, self.geometry.compute)] + ([(self._pdq, self.pdq.dihedral)] if pdq else [])
+            jobs: list[tuple[dict[str, Any], Callable[[list[LoadedImage]], Any]]] = [(self._local, self.geometry.compute)]
+            if pdq:
+                jobs.append((self._pdq, self.pdq.dihedral))
             for cache, compute in jobs:
                 order = [i for i in missing if i in pics and i not in cache]
-                cache.update(zip(order, compute([pics[i] for i in order])))
+                cache.update(zip(order, compute([pics[i] for i in order]), strict=True))
                 while len(cache) > LOCAL_FEATURE_CACHE:
                     cache.pop(next(iter(cache)))
         self.timings["geometry_s"] += time.perf_counter() - t0
@@ -364,7 +367,7 @@ class Engine:
         out: dict[tuple[str, str], np.ndarray] = {}
         if keys:
             vectors = self.resnet.compute([PHashSignal.turned(pics[i], v) for i, v in keys])
-            out = {k: np.asarray(vec, np.float32) for k, vec in zip(keys, vectors)}
+            out = {k: np.asarray(vec, np.float32) for k, vec in zip(keys, vectors, strict=True)}
         self.timings["turned_s"] += time.perf_counter() - t0
         return out
 
@@ -398,12 +401,12 @@ class Engine:
         usable = [cid for cid in candidate_ids if all(cid in d for d in needed)]
         inliers = self.geometry.verify_many(local[query_id], [local[cid] for cid in usable])
         out = {}
-        for cid, count in zip(usable, inliers):
+        for cid, count in zip(usable, inliers, strict=True):
             out[cid] = {"log_inliers": float(np.log1p(count))}
             if clip is not None:
                 out[cid]["clip_cosine"] = float(np.dot(clip[query_id], clip[cid]))
             if use_pdq:
-                out[cid]["pdq_distance"] = self.pdq.dihedral_distance(self._pdq[query_id], self._pdq[cid]) / PDQ_BITS
+                out[cid]["pdq_distance"] = self.pdq.dihedral_distance(self._pdq[query_id], self._pdq[cid]) / self.pdq.dim
         self.timings["geometry_s"] += time.perf_counter() - t0
         return out
 
@@ -448,8 +451,8 @@ class Engine:
 
     def matcher(self, top_k: int | None = None) -> Matcher:
         """A Matcher with this engine's calibration and the settings' overrides (threshold, band)."""
-        band = ((self.settings.ambiguous_low, self.settings.ambiguous_high)
-                if self.settings.ambiguous_low is not None else None)
+        low, high = self.settings.ambiguous_low, self.settings.ambiguous_high
+        band = (low, high) if low is not None and high is not None else None
         matcher = Matcher(self.index, self.calibration, self.settings.phash_radius,
                           top_k or self.settings.resnet_top_k, self.stage2_features,
                           threshold=self.settings.decision_threshold, band=band,

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .calibrate import bootstrap_features_from_images, fit_bootstrapped
+from .bootstrap import bootstrap_features_from_images, fit_bootstrapped
 from .calibration import Calibration
 from .config import Settings
 from .index import ImageIndex, placeholder_vector
@@ -72,7 +72,7 @@ def reindex(source: ImageIndex, target: ImageIndex, whitening: Whitening,
         usable = [r for r in rows if r["decision"] != "error" and len(r.get("resnet_raw") or []) == whitening.raw_dim]
         if usable:
             vectors = whitening.apply(np.asarray([r["resnet_raw"] for r in usable], np.float32))
-            for row, vector in zip(usable, vectors):
+            for row, vector in zip(usable, vectors, strict=True):
                 row["resnet"] = vector.tolist()
         counts["rewhitened"] += len(usable)
         for row in rows:
@@ -142,11 +142,12 @@ def refresh_whitening(settings: Settings, engine, sample_images: int = 150, copi
     chosen = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))[:sample_images]]
     pictures = engine.pictures(chosen)
     originals = [pictures[i] for i in chosen if i in pictures]
-    feats, labels, summary, whitening, query_level = bootstrap_features_from_images(
-        settings, originals, copies=copies, seed=seed, progress=progress, corpus_raw=corpus_raw)
-    summary["source"] = "index"
+    boot = bootstrap_features_from_images(settings, originals, copies=copies, seed=seed, progress=progress,
+                                          corpus_raw=corpus_raw)
+    boot.summary["source"] = "index"
+    whitening = boot.whitening
     whitening.fitted_on["index_rows"] = current.count()  # metadata only: not part of the version hash
-    cal = fit_bootstrapped(settings, feats, labels, summary, whitening, query_level, seed)
+    cal = fit_bootstrapped(settings, boot, seed)
     cal.version = f"index-{cal.version}-{whitening.version}"
     result = {"status": "fitted", "whitening": whitening.version, "calibration": cal.version,
               "corpus_descriptors": len(corpus_raw), "bootstrap_images": len(originals),

@@ -125,7 +125,7 @@ def wait_for_index(index: ImageIndex, timeout: float = 600) -> float:
 
 def fit_power_law(sizes: Sequence[int], values: Sequence[float]) -> float | None:
     """Exponent b of value ~ a * size^b (least squares on log-log)."""
-    pairs = [(s, v) for s, v in zip(sizes, values) if v and v > 0]
+    pairs = [(s, v) for s, v in zip(sizes, values, strict=True) if v and v > 0]
     if len(pairs) < 2:
         return None
     x, y = np.log([p[0] for p in pairs]), np.log([p[1] for p in pairs])
@@ -249,7 +249,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
               ("upsert_rows_per_s", "upsert rows/s"), ("dag_path_images_per_s", "DAG path images/s")]
     panels = [p for p in panels if any(p[0] in x for x in pts)]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0))
-    for ax, (key, label) in zip(np.atleast_1d(axes), panels):
+    for ax, (key, label) in zip(np.atleast_1d(axes), panels, strict=True):
         ax.loglog(rows, [p.get(key) for p in pts], "o-")
         slope = report["growth_exponents"].get(key)
         ax.set_title(f"{label}\n~ N^{slope}" if slope is not None else label, fontsize=9)

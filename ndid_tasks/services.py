@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -49,9 +50,9 @@ def env_file(state_dir: str | Path) -> Path:
     return Path(state_dir) / ENV_FILE_NAME
 
 
-def load_env_file(state_dir: str | Path, environ: dict | None = None) -> dict[str, str]:
+def load_env_file(state_dir: str | Path, environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Read ``<state_dir>/ndid.env`` into ``environ`` without overriding values already set."""
-    environ = os.environ if environ is None else environ
+    target: MutableMapping[str, str] = os.environ if environ is None else environ
     path = env_file(state_dir)
     loaded: dict[str, str] = {}
     if path.exists():
@@ -61,7 +62,7 @@ def load_env_file(state_dir: str | Path, environ: dict | None = None) -> dict[st
                 continue
             key, value = line.split("=", 1)
             loaded[key] = value
-            environ.setdefault(key, value)
+            target.setdefault(key, value)
     return loaded
 
 

@@ -16,7 +16,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import imagehash
 import numpy as np
@@ -32,11 +32,11 @@ class Signal(ABC):
     dim: ClassVar[int]
 
     @abstractmethod
-    def compute(self, images: Sequence[LoadedImage]) -> np.ndarray:
-        """One row per image."""
+    def compute(self, images: Sequence[LoadedImage]) -> Any:
+        """One entry per image (a row of an array for vectors and hashes)."""
 
     @abstractmethod
-    def compare(self, a: np.ndarray, b: np.ndarray) -> float:
+    def compare(self, a: Any, b: Any) -> float:
         """The pair feature this signal contributes (distance or similarity; see module doc)."""
 
 
@@ -412,7 +412,7 @@ class LocalFeatures:
         homographies absorb the shift)."""
         if self.descriptors is None:
             return self
-        out = LocalFeatures(self.points * np.float32([-1, 1]), None)
+        out = LocalFeatures(self.points * np.array([-1, 1], dtype=np.float32), None)
         out.descriptors = self.descriptors[:, _SIFT_MIRROR]
         return out
 
@@ -447,13 +447,13 @@ class GeometricSignal(Signal):
     def compute(self, images: Sequence[LoadedImage]) -> list[LocalFeatures]:
         import cv2
 
-        sift = cv2.SIFT_create(nfeatures=self.max_features)
+        sift = cv2.SIFT_create(nfeatures=self.max_features)  # type: ignore[attr-defined]  # (no stub)
         out = []
         for im in images:
             small = im.image.convert("L")
             small.thumbnail((self.max_side, self.max_side))
             kp, desc = sift.detectAndCompute(np.asarray(small), None)
-            out.append(LocalFeatures(np.float32([k.pt for k in kp]).reshape(-1, 2), desc))
+            out.append(LocalFeatures(np.array([k.pt for k in kp], dtype=np.float32).reshape(-1, 2), desc))
         return out
 
     def compare(self, a: LocalFeatures, b: LocalFeatures) -> float:

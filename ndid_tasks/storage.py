@@ -21,9 +21,6 @@ from .config import Settings
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
-
-
 class StorageError(RuntimeError):
     """An S3 request failed after its retries (or was refused)."""
 

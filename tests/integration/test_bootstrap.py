@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ndid_tasks import augment
-from ndid_tasks.calibrate import bootstrap_calibration
+from ndid_tasks.bootstrap import bootstrap_calibration
 from ndid_tasks.pipeline import Engine, local_items
 from tests.conftest import jpeg_bytes
 

@@ -115,7 +115,7 @@ def with_optional_signals(cal):
     from ndid_tasks.calibration import STAGE2_FEATURES, Calibration
 
     d = cal.to_dict()
-    coef = dict(zip(d["stage2"]["features"], d["stage2"]["coefficients"]))
+    coef = dict(zip(d["stage2"]["features"], d["stage2"]["coefficients"], strict=True))
     d["stage2"] = {"features": list(STAGE2_FEATURES), "intercept": d["stage2"]["intercept"],
                    "coefficients": [coef.get(f, 1.0) for f in STAGE2_FEATURES]}
     return Calibration.from_dict(d)

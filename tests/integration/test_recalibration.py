@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from ndid_tasks import augment
-from ndid_tasks.calibrate import holdout_mask, recalibrate
 from ndid_tasks.calibration import default_calibration
 from ndid_tasks.labels import Label
 from ndid_tasks.pipeline import Engine, local_items
+from ndid_tasks.recalibration import holdout_mask, recalibrate
 from tests.conftest import jpeg_bytes
 
 pytestmark = pytest.mark.integration
@@ -110,12 +110,12 @@ def guarded(tmp_path_factory, photos):
 def test_inverted_labels_are_refused_with_the_reason(guarded):
     """The defect: 28 fully inverted labels of one auditor were promoted (then an unrelated photo was
     called a duplicate and a CMYK copy unique)."""
-    from ndid_tasks.calibrate import check_set_from_index
+    from ndid_tasks.recalibration import IndexCheckSet
 
     engine, settings, honest = guarded
     inverted = [Label(lab.image_a, lab.image_b, not lab.is_duplicate, "mallory") for lab in honest]
     result = recalibrate(settings, engine, inverted, default_calibration("random"), min_labels=10,
-                         check_set=check_set_from_index(settings, engine))
+                         check_set=IndexCheckSet(settings, engine))
     assert result["status"] == "skipped", result
     assert "mallory" in result["refused_auditors"] and "mallory" in result["reason"]
     exact_errors = [e for e in result["label_errors"] if "exact copy" in e["reason"]]
@@ -125,11 +125,11 @@ def test_inverted_labels_are_refused_with_the_reason(guarded):
 def test_a_candidate_worse_on_the_check_set_is_refused(guarded):
     """Held-out labels can come from the same bad source as the training labels; the system's own
     check set (attacked copies and negatives it makes itself) cannot."""
-    from ndid_tasks.calibrate import check_set_from_index
+    from ndid_tasks.recalibration import IndexCheckSet
 
     engine, settings, honest = guarded
     active = default_calibration("random")
-    check = check_set_from_index(settings, engine)
+    check = IndexCheckSet(settings, engine)
     # no exact copies among them (no confident calls to contradict), every label inverted
     subtle = [Label(lab.image_a, lab.image_b, not lab.is_duplicate, "eve") for lab in honest
               if "_exact" not in lab.image_b]

@@ -136,7 +136,7 @@ def test_each_optional_signal_is_judged_on_its_own():
 
 
 def test_image_level_selection_adds_a_signal_only_when_it_raises_image_recall():
-    from ndid_tasks.calibrate import IMAGE_LEVEL_GAIN, select_by_image_level
+    from ndid_tasks.bootstrap import IMAGE_LEVEL_GAIN, select_by_image_level
     from ndid_tasks.config import Settings
 
     feats, y = synthetic_pairs(n=600)
@@ -147,8 +147,14 @@ def test_image_level_selection_adds_a_signal_only_when_it_raises_image_recall():
 
     lean = fit(["phash_distance", "resnet_cosine", "log_inliers"])
 
-    def query_level(recall_of):  # a stand-in for the check set: recall by which signal is in stage 2
-        return lambda cal, _cap: {"recall": max([0.80] + [r for f, r in recall_of.items() if f in cal.stage2.features])}
+    class CheckSetStandIn:  # image-level recall by which signal is in stage 2
+        def __init__(self, recall_of):
+            self.recall_of = recall_of
+
+        def evaluate(self, cal, _stage2_max):
+            return {"recall": max([0.80] + [r for f, r in self.recall_of.items() if f in cal.stage2.features])}
+
+    query_level = CheckSetStandIn
 
     settings = Settings()
     helps = select_by_image_level(lean, fit, query_level({"pdq_distance": 0.80 + 2 * IMAGE_LEVEL_GAIN}), settings)

@@ -119,8 +119,9 @@ def test_review_labels_one_object_per_auditor_and_pair(tmp_path):
     assert key_ann.startswith("labels/review/ann-") and key_ann.endswith(".jsonl")
     assert review_label_key(settings, "a/../b", "x", "y").count("/") == 3  # the name cannot escape the prefix
 
-    class Store:
-        objects: dict[str, bytes] = {}
+    class Store:  # the two calls the label writer makes, in memory (the S3 path: tests/ui)
+        def __init__(self):
+            self.objects: dict[str, bytes] = {}
 
         def put_bytes(self, key, data, content_type):
             self.objects[key] = data
