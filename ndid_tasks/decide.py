@@ -154,7 +154,8 @@ class Matcher:
         names = [name for name, *_ in PHashSignal.DIHEDRAL]
         owners = [im for im in images for _ in names]
         vectors = [v for im in images for v in PHashSignal.dihedral(im.phash)]
-        hits = self._earlier_hits("phash", vectors, owners, TURNED_CANDIDATES, self.turned_radius, before)
+        # no slack: a hit within the tight radius is rare, and the crowded re-search keeps it exact
+        hits = self._earlier_hits("phash", vectors, owners, TURNED_CANDIDATES, self.turned_radius, before, slack=0)
         out: dict[str, list[tuple[str, str]]] = {}
         for n, found in enumerate(hits):
             for cid in found[:TURNED_CANDIDATES]:
@@ -162,14 +163,14 @@ class Matcher:
         return out
 
     def _earlier_hits(self, field_name: str, vectors: Sequence[np.ndarray], owners: Sequence[IndexedImage],
-                      want: int, radius: float | None, before: bool) -> list[list[str]]:
+                      want: int, radius: float | None, before: bool, slack: int = SEARCH_SLACK) -> list[list[str]]:
         """Nearest ids for each vector, only images strictly earlier than its owner (with
         ``before``). The batch search asks for :data:`SEARCH_SLACK` extra hits, room for the batch's
-        own later images, which are filtered out afterwards; vectors that lost more than that are
+        own later images (``slack``), which are filtered out afterwards; vectors that lost more than that are
         searched again with room for the whole batch -- so the result always equals a per-image
         search, while Milvus returns few hits (its cost grows with the hit count)."""
         batch = len({im.id for im in owners})
-        slack = min(batch, SEARCH_SLACK) if before else 0
+        slack = min(batch, slack) if before else 0
         latest = max(im.created_at for im in owners) if before else None
 
         def earlier(hits, im):

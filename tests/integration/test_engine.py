@@ -304,3 +304,38 @@ def test_rotated_and_mirrored_copies_are_found_through_turned_phash(random_setti
     off = run(random_settings.replace(resnet_top_k=1, phash_turned_radius=0, state_dir=str(tmp_path / "off")))
     assert sum(off[f"turned_{n}.jpg"].decision == "duplicate" for n in turns) < len(turns)
     assert all(not r.orientation for r in off.values())
+
+
+def test_turned_candidates_equal_a_brute_force_search_of_earlier_images(random_settings, tmp_path, photos):
+    """The turned search (7 variants per image, no slack) gives what an exact per-image search
+    gives, also when later turned copies in the same batch crowd out the earlier ones."""
+    from ndid_tasks.decide import TURNED_CANDIDATES
+    from ndid_tasks.signals import PHashSignal
+
+    folder = tmp_path / "turned"
+    folder.mkdir()
+    t = time.time() - 10_000
+    k = 0
+    for name in ("astronaut", "coffee", "rocket", "camera"):
+        write(folder / f"{k:02d}_{name}.jpg", photos[name], mtime=t + k)
+        k += 1
+    for name in ("astronaut", "coffee"):
+        for op in (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.FLIP_LEFT_RIGHT,
+                   Image.Transpose.TRANSPOSE):
+            write(folder / f"{k:02d}_{name}_{op.name}.jpg", photos[name].transpose(op), quality=85, mtime=t + k)
+            k += 1
+    with Engine(random_settings) as engine:
+        prepared = engine.prepare(local_items([folder]), run_id="r1")
+        engine.index_prepared(prepared, "r1")
+        images = prepared.images
+        got = engine.matcher().turned_candidates_many(images)
+    names = [n for n, *_ in PHashSignal.DIHEDRAL]
+    radius = random_settings.phash_turned_radius
+    for im in images:
+        earlier = [o for o in images if (o.created_at, o.id) < (im.created_at, im.id)]
+        expected = set()
+        for n, variant in enumerate(PHashSignal.dihedral(im.phash)):
+            near = sorted((int(np.sum(o.phash != variant)), o.id) for o in earlier)
+            expected |= {(oid, names[n]) for d, oid in near[:TURNED_CANDIDATES] if d <= radius}
+        assert set(got.get(im.id, [])) == expected, im.id
+    assert sum(len(v) for v in got.values()) >= 8  # the turned copies found their original and each other
