@@ -11,9 +11,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from ndid_tasks.config import Settings, with_connections
+from ndid_tasks.config import Settings, load_env_file, with_connections
 from ndid_tasks.errors import is_permanent
-from ndid_tasks.services import load_env_file
 
 log = logging.getLogger(__name__)
 

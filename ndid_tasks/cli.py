@@ -33,8 +33,8 @@ class InputError(Exception):
 def load_settings(**overrides):
     """Settings from NDID_* (and the local services' env file). Without NDID_MILVUS_URI, a running
     local Milvus server (`ndid services up`, `make demo`) is used: it holds the embedded file."""
-    from .config import Settings
-    from .services import load_env_file, milvus_status
+    from .config import Settings, load_env_file
+    from .services import milvus_status
 
     load_env_file(os.environ.get("NDID_STATE_DIR", "var"))
     settings = Settings.from_env(**overrides)
@@ -66,7 +66,9 @@ def cmd_services(args) -> int:
     if args.action == "up":
         for st in services.services_up(settings, milvus_server=not args.no_milvus_server):
             print(f"{st.name:7s} running  pid={st.pid}  {st.address}  {st.detail}")
-        print(f"credentials: {services.env_file(settings.state_dir)} (loaded automatically by ndid)")
+        from .config import env_file
+
+        print(f"credentials: {env_file(settings.state_dir)} (loaded automatically by ndid)")
     elif args.action == "down":
         stopped = services.services_down(settings)
         print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
@@ -264,7 +266,7 @@ def cmd_models(args) -> int:
                 return EXIT_USAGE
             print(f"imported {weights.import_weights(settings, key, Path(args.file), args.sha256)}")
     if all(weights.model_path(settings, spec).exists() for spec in weights.MODELS.values()):
-        from .services import env_file, set_env_value
+        from .config import env_file, set_env_value
 
         if env_file(settings.state_dir).exists():  # the local demo / UI recorded random mode there
             set_env_value(settings.state_dir, "NDID_WEIGHTS_MODE", "pretrained")

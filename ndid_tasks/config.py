@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -277,3 +277,42 @@ def settings_table() -> list[tuple[str, str, str]]:
         shown = "(secret)" if not f.repr else ("" if default is None else str(default))
         rows.append((ENV_PREFIX + f.name.upper(), shown, str(f.type)))
     return rows
+
+
+# ---------------------------------------------------------------- the local env file
+# ``<state_dir>/ndid.env`` holds what the local services and the demo chose (S3 keys made at first
+# start, the weights mode): one more source of NDID_* values, read by the DAGs, the pages and the
+# CLI, never overriding what the environment already says.
+
+ENV_FILE_NAME = "ndid.env"
+
+
+def env_file(state_dir: str | Path) -> Path:
+    return Path(state_dir) / ENV_FILE_NAME
+
+
+def load_env_file(state_dir: str | Path, environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Read ``<state_dir>/ndid.env`` into ``environ`` without overriding values already set."""
+    target: MutableMapping[str, str] = os.environ if environ is None else environ
+    path = env_file(state_dir)
+    loaded: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or "=" not in line:
+                continue
+            key, value = line.split("=", 1)
+            loaded[key] = value
+            target.setdefault(key, value)
+    return loaded
+
+
+def set_env_value(state_dir: str | Path, key: str, value: str) -> None:
+    """Set one ``KEY=value`` line of ``<state_dir>/ndid.env`` (kept 0600; other lines unchanged)."""
+    path = env_file(state_dir)
+    lines = path.read_text().splitlines() if path.exists() else []
+    lines = [line for line in lines if not line.startswith(f"{key}=")] + [f"{key}={value}"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")

@@ -18,16 +18,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .config import Settings
+from .config import Settings, env_file, load_env_file
 
 log = logging.getLogger(__name__)
 
-ENV_FILE_NAME = "ndid.env"
 MILVUS_SERVER_PORT = 19530
 
 
@@ -44,38 +42,7 @@ class ServiceStatus:
     detail: str = ""
 
 
-# ---------------------------------------------------------------- local credentials (env file)
-
-def env_file(state_dir: str | Path) -> Path:
-    return Path(state_dir) / ENV_FILE_NAME
-
-
-def load_env_file(state_dir: str | Path, environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """Read ``<state_dir>/ndid.env`` into ``environ`` without overriding values already set."""
-    target: MutableMapping[str, str] = os.environ if environ is None else environ
-    path = env_file(state_dir)
-    loaded: dict[str, str] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if not line or line.startswith("#") or "=" not in line:
-                continue
-            key, value = line.split("=", 1)
-            loaded[key] = value
-            target.setdefault(key, value)
-    return loaded
-
-
-def set_env_value(state_dir: str | Path, key: str, value: str) -> None:
-    """Set one ``KEY=value`` line of ``<state_dir>/ndid.env`` (kept 0600; other lines unchanged)."""
-    path = env_file(state_dir)
-    lines = path.read_text().splitlines() if path.exists() else []
-    lines = [line for line in lines if not line.startswith(f"{key}=")] + [f"{key}={value}"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-
+# ---------------------------------------------------------------- local credentials (env file: ndid_tasks.config)
 
 def ensure_local_credentials(settings: Settings) -> tuple[str, str]:
     """Keys for the local S3 server: from the environment if given, else generated once and kept."""

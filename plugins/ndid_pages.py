@@ -40,10 +40,9 @@ RECORD_DAYS, RECORD_LIMIT = 7, 2000
 
 def page_settings():
     """Settings as the DAG tasks see them: NDID_* overlaid by the ndid_s3 / ndid_milvus Connections."""
-    from ndid_tasks import services
-    from ndid_tasks.config import Settings, with_connections
+    from ndid_tasks.config import Settings, load_env_file, with_connections
 
-    services.load_env_file(Settings.from_env().state_dir)
+    load_env_file(Settings.from_env().state_dir)
     return with_connections(Settings.from_env(), _connection("ndid_s3"), _connection("ndid_milvus"))
 
 

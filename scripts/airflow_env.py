@@ -53,8 +53,8 @@ def local_weights_mode(state_dir: str) -> str:
     set in the environment, else pretrained where the weights are present, else random. Recorded in
     ``<state>/ndid.env`` (which ``ndid`` and the DAGs read), so they all run in the demo's mode; said
     loudly, since random weights only demonstrate the pipeline. Call it before load_env_file()."""
-    from ndid_tasks import services, weights
-    from ndid_tasks.config import Settings
+    from ndid_tasks import weights
+    from ndid_tasks.config import Settings, set_env_value
 
     mode = os.environ.get("NDID_WEIGHTS_MODE")
     if mode is None:
@@ -62,7 +62,7 @@ def local_weights_mode(state_dir: str) -> str:
         have = all(weights.model_path(probe, s).exists() for s in weights.MODELS.values())
         mode = "pretrained" if have else "random"
     os.environ["NDID_WEIGHTS_MODE"] = mode
-    services.set_env_value(state_dir, "NDID_WEIGHTS_MODE", mode)
+    set_env_value(state_dir, "NDID_WEIGHTS_MODE", mode)
     if mode == "random":
         print(f"!! NDID runs UNTRAINED (NDID_WEIGHTS_MODE=random: seeded random weights; no pretrained weights "
               f"in {Settings.from_env().resolved_model_dir}). Import them with `ndid models import`; the next "

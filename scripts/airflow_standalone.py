@@ -18,7 +18,7 @@ from pathlib import Path
 from airflow_env import airflow_environ, local_weights_mode, prepare_airflow
 
 from ndid_tasks import services
-from ndid_tasks.config import Settings
+from ndid_tasks.config import Settings, load_env_file
 
 
 def pid_file(env: dict[str, str]) -> Path:
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
         print("Airflow stopped" + (f"; still alive: {left}" if left else ""))
         return 1 if left else 0
     local_weights_mode(env["NDID_STATE_DIR"])
-    services.load_env_file(env["NDID_STATE_DIR"])
+    load_env_file(env["NDID_STATE_DIR"])
     settings = Settings.from_env()
     for st in services.services_up(settings):
         print(f"{st.name}: {st.address} (pid {st.pid})")

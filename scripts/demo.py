@@ -63,16 +63,16 @@ def main() -> int:
     env = airflow_environ()
     os.environ.update(env)
     from ndid_tasks import services
-    from ndid_tasks.config import Settings
+    from ndid_tasks.config import Settings, load_env_file
     from ndid_tasks.storage import S3Store
 
     local_weights_mode(env["NDID_STATE_DIR"])
-    services.load_env_file(env["NDID_STATE_DIR"])
+    load_env_file(env["NDID_STATE_DIR"])
     settings = Settings.from_env()
     print("== starting local services")
     for st in services.services_up(settings):
         print(f"   {st.name}: {st.address} (pid {st.pid})")
-    services.load_env_file(env["NDID_STATE_DIR"])
+    load_env_file(env["NDID_STATE_DIR"])
     os.environ.setdefault("NDID_MILVUS_URI", services.milvus_server_uri())
     settings = Settings.from_env()
     prepare_airflow(env)

@@ -25,3 +25,24 @@ def test_nothing_is_unpickled():
         for line in text.splitlines():
             if "torch.load(" in line:
                 assert "weights_only=True" in line, f"{path}: {line.strip()}"
+
+
+def test_local_services_stay_out_of_the_production_path():
+    """The DAG glue, the plugin and the modules their tasks import never load ndid_tasks.services
+    (the local dev servers): only the CLI, the benchmark and the scripts do."""
+    root = ENGINE.parent
+    production = [root / "dags" / "ndid_airflow.py", root / "dags" / "ndid_ingest.py",
+                  root / "dags" / "ndid_recalibrate.py", root / "plugins" / "ndid_pages.py",
+                  root / "plugins" / "ndid_links.py"]
+    production += [p for p in ENGINE.glob("*.py") if p.stem not in ("services", "cli", "scale_bench", "benchmark")]
+    offenders = []
+    for path in production:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [f"{node.module or ''}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            offenders += [f"{path.name}: {n}" for n in names if n.endswith("services") or ".services." in n]
+    assert not offenders
