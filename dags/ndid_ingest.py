@@ -97,7 +97,7 @@ def ndid_ingest():
         ctx = get_current_context()
         settings = task_settings()
         with ingest_run.run_engine(settings) as engine:
-            return ingest_run.embed(settings, engine, part, ctx["run_id"], run_at(ctx))
+            return ingest_run.embed(engine, part, ctx["run_id"], run_at(ctx))
 
     @task(pool=MILVUS_POOL, map_index_template="slice {{ task.op_kwargs['part']['slice'] }}")
     @fail_fast
@@ -106,7 +106,7 @@ def ndid_ingest():
 
         settings = task_settings()
         with ingest_run.run_engine(settings) as engine:
-            return ingest_run.index(settings, engine, part, get_current_context()["run_id"])
+            return ingest_run.index(engine, part, get_current_context()["run_id"])
 
     @task(pool=MILVUS_POOL, map_index_template="slice {{ task.op_kwargs['part']['slice'] }}")
     @fail_fast
@@ -116,7 +116,7 @@ def ndid_ingest():
         ctx = get_current_context()
         settings = task_settings()
         with ingest_run.run_engine(settings) as engine:
-            return ingest_run.decide(settings, engine, part, ctx["run_id"], run_at(ctx))
+            return ingest_run.decide(engine, part, ctx["run_id"], run_at(ctx))
 
     @task(trigger_rule="none_failed")
     @fail_fast

@@ -56,10 +56,10 @@ def ndid_recalibrate():
         settings = task_settings()
         mode = get_current_context()["params"]["refresh_whitening"]
         with Engine(settings) as engine:
-            due, reason = refresh_due(settings, engine)
+            due, reason = refresh_due(engine)
             if mode == "never" or (mode == "auto" and not due):
                 return {"status": "not due" if mode == "auto" else "disabled", "reason": reason}
-            result = refresh_whitening(settings, engine)
+            result = refresh_whitening(engine)
         return {k: v for k, v in result.items() if not k.startswith("_")}
 
     @task(pool=MILVUS_POOL)
@@ -70,7 +70,7 @@ def ndid_recalibrate():
 
         settings = task_settings()
         with Engine(settings) as engine:
-            result = recalibration_run(settings, engine, get_current_context()["run_id"])
+            result = recalibration_run(engine, get_current_context()["run_id"])
         if result["status"] == "skipped":
             raise AirflowSkipException(result["reason"])
         return result

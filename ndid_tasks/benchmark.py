@@ -180,7 +180,7 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
                 log.warning("benchmark: reference %s unreadable (%s); it cannot be matched", item.source, exc)
         ref_ids = [p.image_id for p in loaded_refs]
         ref_name = {i.id: Path(i.source).name for i in items}
-        report["speed"] = _speed(settings, engine, loaded_refs, ingest_s, len(items), rss0)
+        report["speed"] = _speed(engine, loaded_refs, ingest_s, len(items), rss0)
         from .pipeline import summarize
 
         report["speed"]["startup_s"] = round(startup_s, 2)
@@ -188,7 +188,7 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
         if fit_whitening:  # the corpus-specific whitening + calibration, as `ndid whitening fit` makes them
             from .refresh import refresh_whitening
 
-            refreshed = refresh_whitening(settings, engine, activate=False)
+            refreshed = refresh_whitening(engine, activate=False)
             cal, whitening = refreshed.pop("_calibration"), refreshed.pop("_whitening")
             report["whitening_refresh"] = refreshed
             engine.close()
@@ -325,9 +325,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _speed(settings: Settings, engine: Engine, pics: list[LoadedImage], ingest_s: float, n: int,
+def _speed(engine: Engine, pics: list[LoadedImage], ingest_s: float, n: int,
            rss_before: float) -> dict[str, Any]:
     """End-to-end ingest next to the bare ResNet-50 forward pass on the same images."""
+    settings = engine.settings
     import torch
 
     from .signals import TorchEmbeddingSignal

@@ -198,7 +198,7 @@ def cmd_calibrate(args) -> int:
 
         engine = Engine(settings)  # the active calibration's index: re-indexed before the switch
         try:
-            result = switch_to(settings, engine, cal, whitening)
+            result = switch_to(engine, cal, whitening)
         finally:
             engine.close()
         print(f"activated {cal.version} (whitening {whitening.version}) in "
@@ -230,7 +230,7 @@ def cmd_whitening(args) -> int:
                   file=sys.stderr)
             return EXIT_CONFIG
         with _progress(args.sample_images, "augmenting") as bar:
-            result = refresh_whitening(settings, engine, sample_images=args.sample_images, copies=args.copies,
+            result = refresh_whitening(engine, sample_images=args.sample_images, copies=args.copies,
                                        corpus_sample=args.corpus_sample, seed=args.seed, activate=activate,
                                        progress=bar.update)
         cal, whitening = result.pop("_calibration", None), result.pop("_whitening", None)

@@ -182,8 +182,9 @@ def run_engine(settings: Settings) -> Engine:
     return Engine(settings, feature_store=FeatureStore(settings) if settings.store_local_features else None)
 
 
-def embed(settings: Settings, engine: Engine, part: dict[str, int], run_id: str, run_at: str) -> dict[str, Any]:
+def embed(engine: Engine, part: dict[str, int], run_id: str, run_at: str) -> dict[str, Any]:
     """Signals for every batch of the slice; a batch already staged (by an earlier try) is kept."""
+    settings = engine.settings
     store = S3Store(settings)
     counts: Counter[str] = Counter()
     t0 = time.perf_counter()
@@ -204,8 +205,9 @@ def embed(settings: Settings, engine: Engine, part: dict[str, int], run_id: str,
     return {**part, **counts, "embed_s": round(time.perf_counter() - t0, 3)}
 
 
-def index(settings: Settings, engine: Engine, part: dict[str, int], run_id: str) -> dict[str, Any]:
+def index(engine: Engine, part: dict[str, int], run_id: str) -> dict[str, Any]:
     """Upsert every staged batch of the slice (idempotent: stable keys, decisions kept)."""
+    settings = engine.settings
     store = S3Store(settings)
     rows = 0
     for batch_no in range(part["first"], part["stop"]):
@@ -228,8 +230,9 @@ def require_indexed(settings: Settings, run_id: str) -> None:
                            f"decide runs after every index task has succeeded")
 
 
-def decide(settings: Settings, engine: Engine, part: dict[str, int], run_id: str, run_at: str) -> dict[str, Any]:
+def decide(engine: Engine, part: dict[str, int], run_id: str, run_at: str) -> dict[str, Any]:
     """Decide, tag and record every batch of the slice; a batch recorded by an earlier try is kept."""
+    settings = engine.settings
     require_indexed(settings, run_id)
     store = S3Store(settings)
     total: Counter[str] = Counter()
@@ -377,9 +380,9 @@ def run_all(settings: Settings, bucket: str, prefix: str, start: datetime | None
     outline = plan(settings, bucket, prefix, start, end, batch_size or settings.ingest_batch_size, reprocess, run_id)
     with run_engine(settings) as engine:
         for part in outline["slices"]:
-            embed(settings, engine, part, run_id, run_at)
+            embed(engine, part, run_id, run_at)
         for part in outline["slices"]:
-            index(settings, engine, part, run_id)
-        parts = [decide(settings, engine, part, run_id, run_at) for part in outline["slices"]]
+            index(engine, part, run_id)
+        parts = [decide(engine, part, run_id, run_at) for part in outline["slices"]]
     date = (start or datetime.fromisoformat(run_at)).strftime("%Y-%m-%d")
     return write_summary(settings, outline, parts, date, time.time() - t0, settings.untrained)

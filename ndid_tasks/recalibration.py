@@ -15,7 +15,6 @@ import numpy as np
 
 from .bootstrap import CheckSet
 from .calibration import Calibration, evaluate, fit_calibration
-from .config import Settings
 from .features import STAGE2 as STAGE2_FEATURES
 from .features import stage1_features, with_standins
 from .labels import Label, load_labels
@@ -71,7 +70,7 @@ def holdout_mask(y: np.ndarray, holdout: float = 0.3, seed: int = 0) -> np.ndarr
     return test
 
 
-def recalibrate(settings: Settings, engine, labels: Sequence[Label], active: Calibration,
+def recalibrate(engine, labels: Sequence[Label], active: Calibration,
                 min_labels: int = 20, holdout: float = 0.3, seed: int = 0,
                 check_set: IndexCheckSet | None = None) -> dict[str, Any]:
     """Fit a candidate on audited labels; compare with ``active``.
@@ -82,6 +81,7 @@ def recalibrate(settings: Settings, engine, labels: Sequence[Label], active: Cal
     labels (F1 and AP) and, with a ``check_set`` (the system's own attacked copies and negatives,
     :class:`IndexCheckSet`), not worse there either (recall, false positives).
     """
+    settings = engine.settings
     ids = sorted({i for lab in labels for i in (lab.image_a, lab.image_b)})
     rows = engine.index.get_rows(ids, ["phash", "resnet", "sha256"]) if ids else {}
     known = [lab for lab in labels if lab.image_a in rows and lab.image_b in rows]
@@ -152,8 +152,8 @@ class IndexCheckSet:
     unique, and negatives, in the active whitening's space (a :class:`~ndid_tasks.bootstrap.CheckSet`).
     Built on the first :meth:`evaluate`, so a skipped recalibration costs nothing."""
 
-    def __init__(self, settings: Settings, engine, images: int = CHECK_SET_IMAGES, seed: int = 0) -> None:
-        self.settings, self.engine, self.images, self.seed = settings, engine, images, seed
+    def __init__(self, engine, images: int = CHECK_SET_IMAGES, seed: int = 0) -> None:
+        self.settings, self.engine, self.images, self.seed = engine.settings, engine, images, seed
         self.check_set: CheckSet | None = None
         self.readable: int | None = None
 
@@ -187,8 +187,9 @@ def _nan0(x: float) -> float:
     return 0.0 if math.isnan(x) else x
 
 
-def recalibration_run(settings: Settings, engine, run_id: str) -> dict[str, Any]:
+def recalibration_run(engine, run_id: str) -> dict[str, Any]:
     """Labels from S3 -> candidate fit -> comparison recorded -> promoted only if not worse."""
+    settings = engine.settings
     from .calibration_store import CalibrationStore
     from .ingest_run import safe_run_id
     from .pipeline import resolve_calibration
@@ -200,8 +201,8 @@ def recalibration_run(settings: Settings, engine, run_id: str) -> dict[str, Any]
     for e in errors[:50]:
         log.warning("label %s line %d skipped: %s", e.file, e.line, e.reason)
     active = resolve_calibration(settings)
-    result = recalibrate(settings, engine, labels, active, min_labels=settings.recalibrate_min_labels,
-                         check_set=IndexCheckSet(settings, engine))
+    result = recalibrate(engine, labels, active, min_labels=settings.recalibrate_min_labels,
+                         check_set=IndexCheckSet(engine))
     result["label_file_errors"] = [asdict(e) for e in errors[:200]]
     result["label_file_error_count"] = len(errors)
     candidate = result.pop("candidate")

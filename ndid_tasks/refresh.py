@@ -25,7 +25,6 @@ import numpy as np
 
 from .bootstrap import bootstrap_features_from_images, fit_bootstrapped
 from .calibration import Calibration
-from .config import Settings
 from .index import ImageIndex, placeholder_vector
 from .whitening import Whitening
 
@@ -92,10 +91,11 @@ def reindex(source: ImageIndex, target: ImageIndex, whitening: Whitening,
     return counts
 
 
-def switch_to(settings: Settings, engine, cal: Calibration, whitening: Whitening,
+def switch_to(engine, cal: Calibration, whitening: Whitening,
               activate: bool = True) -> dict[str, Any]:
     """Re-index the engine's current collection into ``whitening``'s, then (with ``activate``) store
     the whitening and move the calibration's ``active.json`` -- the one atomic switch."""
+    settings = engine.settings
     from .calibration_store import CalibrationStore
 
     current = engine.index
@@ -113,9 +113,10 @@ def switch_to(settings: Settings, engine, cal: Calibration, whitening: Whitening
     return out
 
 
-def refresh_due(settings: Settings, engine) -> tuple[bool, str]:
+def refresh_due(engine) -> tuple[bool, str]:
     """A refresh pays once the index is big enough and the active whitening was not fitted on it,
     or the index has doubled since that fit."""
+    settings = engine.settings
     rows = engine.index.count()
     w = engine.resnet.whitening
     fitted = (w.fitted_on if w is not None else {}) or {}
@@ -128,10 +129,11 @@ def refresh_due(settings: Settings, engine) -> tuple[bool, str]:
     return False, f"whitening {w.version} fitted when the index had {fitted.get('index_rows')} of now {rows} rows"
 
 
-def refresh_whitening(settings: Settings, engine, sample_images: int = 150, copies: int = 3,
+def refresh_whitening(engine, sample_images: int = 150, copies: int = 3,
                       corpus_sample: int = 20_000, seed: int = 0, activate: bool = True,
                       progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Fit a whitening + calibration on the current index and switch to them (see module doc)."""
+    settings = engine.settings
     t0 = time.perf_counter()
     current = engine.index
     ids, corpus_raw = sample_corpus(current, corpus_sample, seed)
@@ -152,7 +154,7 @@ def refresh_whitening(settings: Settings, engine, sample_images: int = 150, copi
     result = {"status": "fitted", "whitening": whitening.version, "calibration": cal.version,
               "corpus_descriptors": len(corpus_raw), "bootstrap_images": len(originals),
               "calibration_metrics": cal.metrics.get("gated", {})}
-    result.update(switch_to(settings, engine, cal, whitening, activate=activate))
+    result.update(switch_to(engine, cal, whitening, activate=activate))
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["_calibration"], result["_whitening"] = cal, whitening
     log.info("whitening refresh: %s", {k: v for k, v in result.items() if not k.startswith("_")})

@@ -227,11 +227,11 @@ def dag_path_throughput(settings: Settings, index: ImageIndex, images: str | Pat
             t0 = time.perf_counter()
             for part in outline["slices"]:
                 if step == "embed":
-                    ingest_run.embed(settings, engine, part, run, end.isoformat())
+                    ingest_run.embed(engine, part, run, end.isoformat())
                 elif step == "index":
-                    ingest_run.index(settings, engine, part, run)
+                    ingest_run.index(engine, part, run)
                 else:
-                    ingest_run.decide(settings, engine, part, run, end.isoformat())
+                    ingest_run.decide(engine, part, run, end.isoformat())
             work_s += time.perf_counter() - t0
     return round(len(files) / work_s, 2)
 

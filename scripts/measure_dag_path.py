@@ -65,13 +65,13 @@ def main(folder: str, n: int) -> dict:
             outline = ingest_run.plan(s, s.s3_bucket, "images/", t1, t2, 64, False, "second")
             with ingest_run.run_engine(s) as engine:
                 for part in outline["slices"]:
-                    embedded = ingest_run.embed(s, engine, part, "second", t2.isoformat())
-                    ingest_run.index(s, engine, part, "second")
+                    embedded = ingest_run.embed(engine, part, "second", t2.isoformat())
+                    ingest_run.index(engine, part, "second")
             with ingest_run.run_engine(s) as fresh:  # a fresh process: nothing cached
                 fresh.warm_up()
                 started = time.perf_counter()
                 for part in outline["slices"]:
-                    ingest_run.decide(s, fresh, part, "second", t2.isoformat())
+                    ingest_run.decide(fresh, part, "second", t2.isoformat())
                 seconds = time.perf_counter() - started
             name = "stored_features" if stored else "re_read_images"
             out[name] = {"decide_s": round(seconds, 2), "images_per_s": round(len(files) / seconds, 1),

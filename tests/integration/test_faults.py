@@ -206,8 +206,8 @@ def test_a_retried_decide_task_resumes_after_its_last_recorded_batch(world, monk
     outline = ingest_run.plan(settings, settings.s3_bucket, "images/", *window, 4, False, "run-1")
     with ingest_run.Engine(settings) as engine:
         for part in outline["slices"]:
-            ingest_run.embed(settings, engine, part, "run-1", run_at(window))
-            ingest_run.index(settings, engine, part, "run-1")
+            ingest_run.embed(engine, part, "run-1", run_at(window))
+            ingest_run.index(engine, part, "run-1")
         real = engine.decide
         calls = []
         fail_at = [2]
@@ -220,10 +220,10 @@ def test_a_retried_decide_task_resumes_after_its_last_recorded_batch(world, monk
 
         monkeypatch.setattr(engine, "decide", decide_or_fail)
         with pytest.raises(ConnectionError):
-            ingest_run.decide(settings, engine, outline["slices"][0], "run-1", run_at(window))
+            ingest_run.decide(engine, outline["slices"][0], "run-1", run_at(window))
         fail_at[0] = -1
         before = len(calls)
-        parts = [ingest_run.decide(settings, engine, p, "run-1", run_at(window)) for p in outline["slices"]]
+        parts = [ingest_run.decide(engine, p, "run-1", run_at(window)) for p in outline["slices"]]
     # the retry decides every batch once, except the one recorded before the failure
     assert len(calls) - before == outline["batches"] - 1
     ingest_run.write_summary(settings, outline, parts, "2026-01-01", 1.0, True)

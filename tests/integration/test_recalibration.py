@@ -45,32 +45,32 @@ def ingest_folder(engine, folder) -> dict[str, str]:
 
 
 def test_too_few_labels_skip(labelled):
-    engine, settings, labels = labelled
-    result = recalibrate(settings, engine, labels[:5], default_calibration("random"), min_labels=20)
+    engine, _, labels = labelled
+    result = recalibrate(engine, labels[:5], default_calibration("random"), min_labels=20)
     assert result["status"] == "skipped" and "need >= 20" in result["reason"]
 
 
 def test_consistent_labels_are_promoted_when_not_worse(labelled):
-    engine, settings, labels = labelled
+    engine, _, labels = labelled
     active = default_calibration("random")
-    first = recalibrate(settings, engine, labels, active, min_labels=20)
+    first = recalibrate(engine, labels, active, min_labels=20)
     assert first["status"] in ("promoted", "rejected")
     assert first["usable"] == len(labels) and first["heldout"] > 0
     # the same candidate against itself is "not worse": promoted
-    again = recalibrate(settings, engine, labels, first["candidate"], min_labels=20)
+    again = recalibrate(engine, labels, first["candidate"], min_labels=20)
     assert again["status"] == "promoted"
     assert again["candidate_eval"]["f1"] == pytest.approx(again["active_eval"]["f1"])
 
 
 def test_a_worse_candidate_is_refused(labelled):
-    engine, settings, labels = labelled
+    engine, _, labels = labelled
     y = np.array([int(lab.is_duplicate) for lab in labels])
     test = holdout_mask(y)
     # training labels flipped, held-out labels true: the candidate learns the opposite rule
     poisoned = [lab if test[i] else Label(lab.image_a, lab.image_b, not lab.is_duplicate, "mallory")
                 for i, lab in enumerate(labels)]
-    good = recalibrate(settings, engine, labels, default_calibration("random"), min_labels=20)["candidate"]
-    result = recalibrate(settings, engine, poisoned, good, min_labels=20)
+    good = recalibrate(engine, labels, default_calibration("random"), min_labels=20)["candidate"]
+    result = recalibrate(engine, poisoned, good, min_labels=20)
     assert result["status"] != "promoted"
     if result["status"] == "rejected":
         assert result["candidate_eval"]["average_precision"] < result["active_eval"]["average_precision"]
@@ -112,10 +112,10 @@ def test_inverted_labels_are_refused_with_the_reason(guarded):
     called a duplicate and a CMYK copy unique)."""
     from ndid_tasks.recalibration import IndexCheckSet
 
-    engine, settings, honest = guarded
+    engine, _, honest = guarded
     inverted = [Label(lab.image_a, lab.image_b, not lab.is_duplicate, "mallory") for lab in honest]
-    result = recalibrate(settings, engine, inverted, default_calibration("random"), min_labels=10,
-                         check_set=IndexCheckSet(settings, engine))
+    result = recalibrate(engine, inverted, default_calibration("random"), min_labels=10,
+                         check_set=IndexCheckSet(engine))
     assert result["status"] == "skipped", result
     assert "mallory" in result["refused_auditors"] and "mallory" in result["reason"]
     exact_errors = [e for e in result["label_errors"] if "exact copy" in e["reason"]]
@@ -127,13 +127,13 @@ def test_a_candidate_worse_on_the_check_set_is_refused(guarded):
     check set (attacked copies and negatives it makes itself) cannot."""
     from ndid_tasks.recalibration import IndexCheckSet
 
-    engine, settings, honest = guarded
+    engine, _, honest = guarded
     active = default_calibration("random")
-    check = IndexCheckSet(settings, engine)
+    check = IndexCheckSet(engine)
     # no exact copies among them (no confident calls to contradict), every label inverted
     subtle = [Label(lab.image_a, lab.image_b, not lab.is_duplicate, "eve") for lab in honest
               if "_exact" not in lab.image_b]
-    result = recalibrate(settings, engine, subtle, active, min_labels=10, check_set=check)
+    result = recalibrate(engine, subtle, active, min_labels=10, check_set=check)
     assert result["status"] != "promoted", result
     if result["status"] == "rejected":
         assert any("check set" in r for r in result["reasons"]), result["reasons"]
@@ -141,6 +141,6 @@ def test_a_candidate_worse_on_the_check_set_is_refused(guarded):
             result["check_set"]["candidate"]["false_positives"] > result["check_set"]["active"]["false_positives"]
     else:  # or its auditor already contradicted the active model's confident calls
         assert "eve" in result["refused_auditors"]
-    honest_result = recalibrate(settings, engine, honest, active, min_labels=10, check_set=check)
+    honest_result = recalibrate(engine, honest, active, min_labels=10, check_set=check)
     assert honest_result["refused_auditors"] == {} and honest_result["label_errors"] == []
     assert "unavailable" not in honest_result["check_set"]["active"]  # 32+ unique images: a real check set

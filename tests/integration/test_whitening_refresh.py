@@ -39,10 +39,10 @@ def test_refresh_reindexes_keeps_decisions_and_switches(s3_settings, photos, tmp
     engine.ingest(items, run_id="before", run_at="t0")
     old = engine.index.images
     before = engine.index.get_rows([i.id for i in items], FIELDS)
-    due, why = refresh_due(settings, engine)
+    due, why = refresh_due(engine)
     assert due and "not fitted on this index" in why
 
-    result = refresh_whitening(settings, engine, sample_images=40, copies=2)
+    result = refresh_whitening(engine, sample_images=40, copies=2)
     engine.close()
     assert result["status"] == "activated", result
     assert result["collection"] != old and result["previous_collection"] == old
@@ -64,7 +64,7 @@ def test_refresh_reindexes_keeps_decisions_and_switches(s3_settings, photos, tmp
         assert len(vec) == fresh.resnet.dim == fresh.resnet.whitening.dim <= settings.whitening_dim
         assert fresh.index.client.describe_alias(settings.images_alias)["collection_name"] == result["collection"]
         assert old in fresh.index.client.list_collections()  # kept for rollback
-        assert not refresh_due(settings, fresh)[0]
+        assert not refresh_due(fresh)[0]
 
         # ingesting the same objects again adds nothing and still finds the copies
         records = fresh.ingest(items, run_id="after", run_at="t1")
@@ -82,8 +82,8 @@ def test_refresh_skips_a_tiny_index(random_settings, photos, tmp_path):
     engine = Engine(random_settings)
     try:
         engine.ingest(local_items([tmp_path / "a.jpg"]), run_id="r", run_at="t")
-        assert not refresh_due(random_settings, engine)[0]
-        result = refresh_whitening(random_settings, engine, sample_images=150, activate=False)
+        assert not refresh_due(engine)[0]
+        result = refresh_whitening(engine, sample_images=150, activate=False)
         assert result["status"] == "skipped" and "at least 30" in result["reason"] and engine.index.count() == 1
     finally:
         engine.close()
