@@ -72,6 +72,10 @@ class _Cache:
             self.values[name] = (time.monotonic(), value)
         return value
 
+    def forget(self, name: str) -> None:
+        with self.lock:
+            self.values.pop(name, None)
+
 
 CACHE = _Cache()
 _ENGINE: dict[str, Any] = {}
@@ -82,6 +86,13 @@ def _records(settings) -> list[dict[str, Any]]:
     from ndid_tasks.review import recent_records
 
     return CACHE.get("records", lambda: recent_records(settings, RECORD_DAYS, RECORD_LIMIT))
+
+
+def _labels(settings):
+    """(per-auditor counts, parsed labels, refused rows) over every label file, cached."""
+    from ndid_tasks.dashboard import label_counts
+
+    return CACHE.get("labels", lambda: label_counts(_store(settings), settings))
 
 
 def _active_calibration(settings):
@@ -174,6 +185,7 @@ def submit_label(request: Request, body: dict[str, Any], user: GetUserDep, setti
     card = card_from_record(record, _active_calibration(settings), str(body.get("stream", "informative")), "")
     row = review_label(card.image_a, card.image_b, verdict, user.get_name(), context=card.label_context())
     key = write_review_label(store, settings, row)
+    CACHE.forget("labels")  # the dashboard shows it at once
     event = emit_labels_event(request, settings, key, user.get_name())
     return {"key": key, "verdict": verdict, "auditor": user.get_name(), "asset_event": event}
 
@@ -233,9 +245,9 @@ def dashboard_page(request: Request, user: GetUserDep, settings: SettingsDep) ->
     from ndid_tasks.review import audit_estimate, latest_verdicts
 
     store = _store(settings)
-    runs = dashboard.run_summaries(store, settings)
+    runs = CACHE.get("runs", lambda: dashboard.run_summaries(store, settings))
     history = dashboard.calibration_history(store, settings)
-    per_auditor, labels, refused_rows = dashboard.label_counts(store, settings)
+    per_auditor, labels, refused_rows = _labels(settings)
     estimate = audit_estimate(_records(settings), latest_verdicts(labels), settings.review_sample_rate)
     cal = _active_calibration(settings)
     totals = {"objects": sum(r.get("objects", 0) for r in runs),
@@ -250,7 +262,8 @@ def dashboard_page(request: Request, user: GetUserDep, settings: SettingsDep) ->
 def runs_chart(settings: SettingsDep) -> Response:
     from ndid_tasks import dashboard
 
-    return Response(dashboard.runs_chart(dashboard.run_summaries(_store(settings), settings)), media_type="image/png")
+    runs = CACHE.get("runs", lambda: dashboard.run_summaries(_store(settings), settings))
+    return Response(dashboard.runs_chart(runs), media_type="image/png")
 
 
 @app.get("/charts/pr.png")
@@ -260,7 +273,7 @@ def pr_chart(settings: SettingsDep) -> Response:
     from ndid_tasks.labels import pair_id
     from ndid_tasks.review import latest_verdicts
 
-    _, labels, _ = dashboard.label_counts(_store(settings), settings)
+    _, labels, _ = _labels(settings)
     verdicts = latest_verdicts(labels)
     scored = [(float(r.get("probability", 0)), verdicts[pid]) for r in _records(settings) if r.get("matched_id")
               and (pid := pair_id(r["id"], r["matched_id"])) in verdicts]

@@ -72,7 +72,7 @@ def status_of(url: str, headers: dict | None = None) -> int:
         return exc.code
 
 
-def test_review_label_triggers_recalibration_and_the_dashboard_shows_it(ui_stack):
+def test_review_label_triggers_recalibration_and_the_dashboard_shows_it(ui_stack, tmp_path):
     from playwright.sync_api import sync_playwright
 
     from tests.ui.conftest import CHROMIUM
@@ -171,6 +171,16 @@ def test_review_label_triggers_recalibration_and_the_dashboard_shows_it(ui_stack
         assert group.count() >= 2 and copy["original_id"] in look.locator("#group").text_content()
         assert group.first.locator("img").evaluate("img => img.decode().then(() => img.naturalWidth)") > 0
         shot(page, "lookup")
+
+        # ... or upload a picture: the matches `ndid query` gives, nothing stored
+        upload = tmp_path / "upload.jpg"
+        upload.write_bytes(store.get_bytes(copy["id"].split("/", 3)[3]))
+        before = sum(1 for _ in store.iter_objects(""))
+        look.locator("input[type=file]").set_input_files(str(upload))
+        look.locator("button", has_text="Find matches").click()
+        look.locator("#matches").wait_for(timeout=180_000)
+        assert copy["original_id"] in look.locator("#matches").text_content()
+        assert sum(1 for _ in store.iter_objects("")) == before
 
         # pictures only of recorded objects, and never an S3 URL in a page
         assert page.request.get(f"{stack.url}/ndid/api/image?id=s3://{settings.s3_bucket}/{key}").status == 404
