@@ -165,10 +165,10 @@ class Matcher:
     def _earlier_hits(self, field_name: str, vectors: Sequence[np.ndarray], owners: Sequence[IndexedImage],
                       want: int, radius: float | None, before: bool, slack: int = SEARCH_SLACK) -> list[list[str]]:
         """Nearest ids for each vector, only images strictly earlier than its owner (with
-        ``before``). The batch search asks for :data:`SEARCH_SLACK` extra hits, room for the batch's
-        own later images (``slack``), which are filtered out afterwards; vectors that lost more than that are
-        searched again with room for the whole batch -- so the result always equals a per-image
-        search, while Milvus returns few hits (its cost grows with the hit count)."""
+        ``before``). The batch search asks for ``slack`` extra hits, room for the batch's own later
+        images, which are filtered out afterwards; vectors that lost more than that are searched
+        again with room for the whole batch -- so the result always equals a per-image search,
+        while Milvus returns few hits (its cost grows with the hit count)."""
         batch = len({im.id for im in owners})
         slack = min(batch, slack) if before else 0
         latest = max(im.created_at for im in owners) if before else None
@@ -179,7 +179,8 @@ class Matcher:
 
         hits = self.index.search_many(field_name, list(vectors), want + slack, latest, radius=radius)
         found = [earlier(h, im) for h, im in zip(hits, owners, strict=True)]
-        crowded = [n for n, (h, ok) in enumerate(zip(hits, found, strict=True)) if before and len(ok) < want and len(h) == want + slack]
+        crowded = [n for n, (h, ok) in enumerate(zip(hits, found, strict=True))
+                   if before and len(ok) < want and len(h) == want + slack]
         if crowded:  # enough room for every later image of the batch: exact
             again = self.index.search_many(field_name, [vectors[n] for n in crowded], want + batch, latest,
                                            radius=radius)
