@@ -6,14 +6,17 @@ from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param,
 from airflow.sdk.exceptions import AirflowSkipException
 from ndid_airflow import DAG_DEFAULTS, MILVUS_POOL, base_settings, fail_fast, task_defaults, task_settings
 
+from ndid_tasks.labels import labels_asset_uri
+
 SETTINGS = base_settings()
-LABELS = Asset(f"s3://{SETTINGS.s3_bucket}/{SETTINGS.s3_labels_prefix}", extra={"format": "jsonl or csv"})
+LABELS = Asset(labels_asset_uri(SETTINGS), extra={"format": "jsonl or csv"})
 
 DOC = f"""
 ### NDID recalibration
 
-Runs **{SETTINGS.recalibrate_schedule}** and whenever new audited labels land (asset `{LABELS.uri}`;
-a labelling tool emits the event through the Airflow API after writing a file).
+Runs **{SETTINGS.recalibrate_schedule}** and whenever new audited labels land (asset `{LABELS.uri}`:
+the NDID review page, Plugins ▸ NDID, emits an event for every label through the Airflow API;
+any other labelling tool can do the same after writing a file).
 
 Labels are JSON Lines or CSV objects under `s3://{SETTINGS.s3_bucket}/{SETTINGS.s3_labels_prefix}` with
 `image_a, image_b, is_duplicate, auditor, labelled_at` (image ids as in the decision records).

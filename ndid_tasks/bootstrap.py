@@ -29,6 +29,7 @@ from .whitening import Whitening, fit_whitening
 
 log = logging.getLogger(__name__)
 
+
 def _scene_sources(n: int) -> range:
     """Which of ``n`` originals give a same-scene pair: every sixth, all outside the check corpus."""
     return range(2, n, 6)
