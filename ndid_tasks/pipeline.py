@@ -10,7 +10,7 @@ import io
 import json
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -83,6 +83,34 @@ def local_items(paths: Iterable[str | Path]) -> list[SourceItem]:
     return sorted(items, key=lambda i: (i.created_at_ms, i.id))
 
 
+class BoundedDict(OrderedDict):
+    """A dict that forgets its oldest entries beyond ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
+class FeatureCache:
+    """What stage 2 needs of recent images, per signal, each under the same bound (the oldest
+    leave first): SIFT features (~130 KB an image), PDQ dihedral hashes, CLIP vectors."""
+
+    def __init__(self, limit: int = LOCAL_FEATURE_CACHE) -> None:
+        self.local: BoundedDict = BoundedDict(limit)
+        self.pdq: BoundedDict = BoundedDict(limit)
+        self.clip: BoundedDict = BoundedDict(limit)
+
+    def forget(self, ids: Sequence[str]) -> None:
+        for cache in (self.local, self.pdq, self.clip):
+            for image_id in ids:
+                cache.pop(image_id, None)
+
+
 class Engine:
     """Signals, index and calibration for one process; heavy parts are built on first use."""
 
@@ -99,10 +127,7 @@ class Engine:
         self.clip = ClipSignal(settings)
         self.geometry = GeometricSignal.from_settings(settings)
         self.pdq = PDQSignal()
-        # stage-2 inputs of recent images, each cache bounded: SIFT features, PDQ dihedral hashes, CLIP
-        self._local: dict[str, Any] = {}
-        self._pdq: dict[str, np.ndarray] = {}
-        self._clip: dict[str, np.ndarray] = {}
+        self.features = FeatureCache()  # stage-2 inputs of recent images
         self._index = index
         self._calibration = calibration
         self._s3: dict[str, Any] = {}
@@ -302,7 +327,7 @@ class Engine:
         """CLIP vectors: stored ones are reused; missing ones are computed once and stored
         (only for indexed images -- a query's vector is never written)."""
         t0 = time.perf_counter()
-        found = {i: self._clip[i] for i in ids if i in self._clip}
+        found = {i: self.features.clip[i] for i in ids if i in self.features.clip}
         lookup = [i for i in dict.fromkeys(ids) if i not in found]
         found.update(self.index.get_clip(lookup) if lookup else {})
         missing = [i for i in dict.fromkeys(ids) if i not in found]
@@ -316,9 +341,7 @@ class Engine:
                 self.index.upsert_clip({k: v for k, v in new.items() if k in indexed})
                 found.update(new)
                 self.clip_images_computed += len(order)
-        self._clip.update(found)
-        while len(self._clip) > LOCAL_FEATURE_CACHE:
-            self._clip.pop(next(iter(self._clip)))
+        self.features.clip.update(found)
         self.timings["clip_s"] += time.perf_counter() - t0
         return found
 
@@ -330,32 +353,28 @@ class Engine:
             return 0
         t0 = time.perf_counter()
         feats = dict(zip(prepared.loaded, self.geometry.compute(list(prepared.loaded.values())), strict=True))
-        self._local.update(feats)
-        while len(self._local) > LOCAL_FEATURE_CACHE:
-            self._local.pop(next(iter(self._local)))
+        self.features.local.update(feats)
         self.timings["geometry_s"] += time.perf_counter() - t0
         return self.feature_store.put_many(feats)
 
     def local_features(self, ids: list[str], pdq: bool = False) -> dict[str, Any]:
-        """SIFT features per id (and, with ``pdq``, PDQ dihedral hashes into ``self._pdq``), cached in
+        """SIFT features per id (and, with ``pdq``, PDQ dihedral hashes into ``self.features.pdq``), cached in
         this process; read from the feature store where there is one, else computed from pixels."""
         t0 = time.perf_counter()
-        missing = [i for i in dict.fromkeys(ids) if i not in self._local or (pdq and i not in self._pdq)]
+        missing = [i for i in dict.fromkeys(ids) if i not in self.features.local or (pdq and i not in self.features.pdq)]
         if missing and self.feature_store is not None:
-            self._local.update(self.feature_store.get_many([i for i in missing if i not in self._local]))
-            missing = [i for i in missing if i not in self._local or (pdq and i not in self._pdq)]
+            self.features.local.update(self.feature_store.get_many([i for i in missing if i not in self.features.local]))
+            missing = [i for i in missing if i not in self.features.local or (pdq and i not in self.features.pdq)]
         if missing:
             pics = self.pictures(missing)
-            jobs: list[tuple[dict[str, Any], Callable[[list[LoadedImage]], Any]]] = [(self._local, self.geometry.compute)]
+            jobs: list[tuple[dict[str, Any], Callable[[list[LoadedImage]], Any]]] = [(self.features.local, self.geometry.compute)]
             if pdq:
-                jobs.append((self._pdq, self.pdq.dihedral))
+                jobs.append((self.features.pdq, self.pdq.dihedral))
             for cache, compute in jobs:
                 order = [i for i in missing if i in pics and i not in cache]
                 cache.update(zip(order, compute([pics[i] for i in order]), strict=True))
-                while len(cache) > LOCAL_FEATURE_CACHE:
-                    cache.pop(next(iter(cache)))
         self.timings["geometry_s"] += time.perf_counter() - t0
-        return {i: self._local[i] for i in ids if i in self._local}
+        return {i: self.features.local[i] for i in ids if i in self.features.local}
 
     def turned_descriptors(self, wanted: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]:
         """Descriptors of queries turned by a right-angle rotation or mirror, {(id, variant): vector},
@@ -394,7 +413,7 @@ class Engine:
         clip = self.clip_vectors(ids) if "clip_cosine" in wanted else None
         use_pdq = "pdq_distance" in wanted
         local = self.local_features(ids, pdq=use_pdq)
-        needed = [local] + ([clip] if clip is not None else []) + ([self._pdq] if use_pdq else [])
+        needed = [local] + ([clip] if clip is not None else []) + ([self.features.pdq] if use_pdq else [])
         if any(query_id not in d for d in needed):
             return {}
         t0 = time.perf_counter()
@@ -406,7 +425,7 @@ class Engine:
             if clip is not None:
                 out[cid]["clip_cosine"] = float(np.dot(clip[query_id], clip[cid]))
             if use_pdq:
-                out[cid]["pdq_distance"] = self.pdq.dihedral_distance(self._pdq[query_id], self._pdq[cid]) / self.pdq.dim
+                out[cid]["pdq_distance"] = self.pdq.dihedral_distance(self.features.pdq[query_id], self.features.pdq[cid]) / self.pdq.dim
         self.timings["geometry_s"] += time.perf_counter() - t0
         return out
 
@@ -446,8 +465,8 @@ class Engine:
     def forget(self, ids: Sequence[str]) -> None:
         """Drop cached pixels, local features, PDQ hashes and CLIP vectors of these ids."""
         for image_id in ids:
-            for cache in (self._loaded, self._local, self._pdq, self._clip):
-                cache.pop(image_id, None)
+            self._loaded.pop(image_id, None)
+        self.features.forget(ids)
 
     def matcher(self, top_k: int | None = None) -> Matcher:
         """A Matcher with this engine's calibration and the settings' overrides (threshold, band)."""

@@ -136,3 +136,16 @@ def test_phash_variants_of_turned_images_follow_from_the_bits(photos):
                 getattr(Image.Transpose, variant))), "t")])[0]
             assert np.count_nonzero(turned_direct != variants[n]) <= 14, (name, variant)
         assert PHashSignal.dihedral(variants[3])[3].tolist() == bits.tolist()  # transposing twice: itself
+
+
+def test_the_engines_feature_cache_keeps_each_signal_bounded():
+    from ndid_tasks.pipeline import FeatureCache
+
+    cache = FeatureCache(limit=3)
+    for n in range(5):
+        cache.local[f"img{n}"] = n
+    cache.clip.update({f"img{n}": n for n in range(5)})
+    assert list(cache.local) == list(cache.clip) == ["img2", "img3", "img4"]  # the oldest left first
+    cache.pdq["img4"] = 4
+    cache.forget(["img4"])
+    assert "img4" not in cache.local and "img4" not in cache.pdq and list(cache.clip) == ["img2", "img3"]
