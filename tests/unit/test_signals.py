@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from ndid_tasks.images import load_image
-from ndid_tasks.signals import ClipSignal, PHashSignal, ResNetSignal, precision_agreement
+from ndid_tasks.signals import DECISION_SIGNALS, ClipSignal, PHashSignal, ResNetSignal, precision_agreement
 from tests.conftest import jpeg_bytes
 
 
@@ -149,3 +149,24 @@ def test_the_engines_feature_cache_keeps_each_signal_bounded():
     cache.pdq["img4"] = 4
     cache.forget(["img4"])
     assert "img4" not in cache.local and "img4" not in cache.pdq and list(cache.clip) == ["img2", "img3"]
+
+
+@pytest.mark.parametrize("signal_cls", DECISION_SIGNALS, ids=lambda c: c.name)
+def test_every_decision_signal_keeps_the_signal_contract(signal_cls, photos, tmp_path):
+    """The contract every registered signal keeps: it names itself and the pair features it owns,
+    computes one entry per image, and finds an image closer to itself than to another image."""
+    from ndid_tasks.config import Settings
+    from ndid_tasks.features import BY_NAME
+    from ndid_tasks.images import load_image
+    from tests.conftest import jpeg_bytes
+
+    assert signal_cls.name and signal_cls.pair_features
+    for feature in signal_cls.pair_features:
+        assert feature.signal == signal_cls.name and BY_NAME[feature.name] is feature
+        assert feature.stage in (1, 2) and not (feature.stage == 1 and feature.optional)
+    signal = signal_cls.for_settings(Settings(state_dir=str(tmp_path), weights_mode="random"))
+    pics = [load_image(jpeg_bytes(photos[name]), name) for name in ("astronaut", "coins")]
+    values = signal.compute(pics)
+    assert len(values) == 2
+    same, other = signal.compare(values[0], values[0]), signal.compare(values[0], values[1])
+    assert (same > other) if signal_cls.higher_is_closer else (same < other), (same, other)
