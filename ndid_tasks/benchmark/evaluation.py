@@ -1,0 +1,243 @@
+"""Accuracy: every method (the full pipeline, its ablations, peers) over the benchmark's queries."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Settings
+from ..decide import Matcher
+from ..features import stage1_features, with_standins
+from ..images import ImageDecodeError, LoadedImage, load_image
+from ..index import IndexedImage
+from ..metrics import Prediction, micro_ap, operating_point, recall_at_1, recall_at_precision
+from ..pipeline import Engine, local_items
+from .generator import read_ground_truth
+from .report import write_report
+from .speed import machine, measure_speed, peak_rss_mb
+
+log = logging.getLogger(__name__)
+
+
+METHODS = ("full", "phash_only", "resnet_only", "phash_resnet_lr", "always_stage2",
+           "peer_imagehash_phash", "peer_imagehash_dhash", "peer_pdq")
+
+
+# ---------------------------------------------------------------- generator
+
+
+@dataclass
+class QueryResult:
+    predictions: dict[str, Prediction]
+    candidate_hit: bool
+    stage2_invoked: bool
+
+
+def _hamming_nn(q: np.ndarray, refs: np.ndarray) -> tuple[int, float]:
+    d = np.count_nonzero(refs != q[None, :], axis=1)
+    i = int(np.argmin(d))
+    return i, float(d[i])
+
+
+def _pdq(images: list[LoadedImage], dihedral: bool) -> list[np.ndarray]:
+    import pdqhash
+
+    out = []
+    for im in images:
+        arr = np.ascontiguousarray(np.asarray(im.image.convert("RGB")))
+        if dihedral:
+            hashes, _ = pdqhash.compute_dihedral(arr)
+            out.append(np.asarray(hashes, dtype=bool))
+        else:
+            h, _ = pdqhash.compute(arr)
+            out.append(np.asarray(h, dtype=bool)[None, :])
+    return out
+
+
+def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, methods: str = "all",
+                  progress: Callable[[int], None] | None = None, fit_whitening: bool = False) -> dict[str, Any]:
+    import imagehash
+
+    folder, out = Path(folder), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = METHODS if methods == "all" else tuple(m.strip() for m in methods.split(","))
+    db = out / "bench_milvus.db"
+    shutil.rmtree(db, ignore_errors=True)
+    if db.exists():
+        db.unlink()
+    settings = settings.replace(milvus_uri=str(db), milvus_collection_prefix="bench")
+    gt = read_ground_truth(folder)
+    truth = {r["query"]: r["original"] for r in gt}
+    family = {r["query"]: r["family"] for r in gt}
+    engine = Engine(settings)
+    report: dict[str, Any] = {"folder": str(folder), "weights_mode": settings.weights_mode,
+                              "untrained": settings.untrained, "machine": machine(), "settings": {
+                                  k: v for k, v in settings.public_dict().items()
+                                  if k in ("phash_radius", "resnet_top_k", "milvus_hnsw_ef", "precision",
+                                           "embed_batch_size", "resnet_layer", "resnet_gem_p", "resnet_input",
+                                           "resnet_flip_symmetric", "whitening_dim", "stage2_max_candidates")},
+                              "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    try:
+        # --- index the refs: the end-to-end ingest path, timed
+        items = local_items([folder / "refs"])
+        rss0 = peak_rss_mb()
+        startup_s = engine.warm_up()  # once per process; the bare reference below is warmed up too
+        t0 = time.perf_counter()
+        ingest_records = engine.ingest(items, run_id="bench", run_at="bench", progress=progress)
+        ingest_s = time.perf_counter() - t0
+        loaded_refs = []
+        for item in items:
+            try:
+                loaded_refs.append(load_image(Path(item.source).read_bytes(), item.id))
+            except ImageDecodeError as exc:
+                log.warning("benchmark: reference %s unreadable (%s); it cannot be matched", item.source, exc)
+        ref_ids = [p.image_id for p in loaded_refs]
+        ref_name = {i.id: Path(i.source).name for i in items}
+        report["speed"] = measure_speed(engine, loaded_refs, ingest_s, len(items), rss0)
+        from ..pipeline import summarize
+
+        report["speed"]["startup_s"] = round(startup_s, 2)
+        report["speed"]["stage2_share_at_ingest"] = round(summarize(ingest_records)["stage2_share"], 3)
+        if fit_whitening:  # the corpus-specific whitening + calibration, as `ndid whitening fit` makes them
+            from ..refresh import refresh_whitening
+
+            refreshed = refresh_whitening(engine, activate=False)
+            cal, whitening = refreshed.pop("_calibration"), refreshed.pop("_whitening")
+            report["whitening_refresh"] = refreshed
+            engine.close()
+            engine = Engine(settings, calibration=cal, whitening=whitening)
+        rows = engine.index.get_rows(ref_ids, ["phash", "resnet"])
+        ref_phash = np.array([rows[i]["phash"] for i in ref_ids], dtype=np.float32)
+        ref_resnet = np.array([rows[i]["resnet"] for i in ref_ids], dtype=np.float32)
+        ref_dhash = np.array([imagehash.dhash(im.image).hash.flatten() for im in loaded_refs])
+        ref_pdq = np.concatenate(_pdq(loaded_refs, dihedral=False)) if "peer_pdq" in wanted else None
+
+        # --- queries
+        qfiles = [folder / "queries" / r["query"] for r in gt]
+        cal = engine.calibration
+        matcher = engine.matcher()
+        results: dict[str, QueryResult] = {}
+        latencies = []
+        chunk = settings.embed_batch_size
+        for start in range(0, len(qfiles), chunk):
+            batch_files = qfiles[start:start + chunk]
+            pics = [load_image(p.read_bytes(), f"query:{p.name}") for p in batch_files]
+            t_sig = time.perf_counter()
+            ph = engine.phash.compute(pics)
+            rn = engine.resnet.compute(pics)
+            sig_per_image = (time.perf_counter() - t_sig) / len(pics)
+            dh = [im_hash for im_hash in (imagehash.dhash(p.image).hash.flatten() for p in pics)]
+            pdq = _pdq(pics, dihedral=True) if "peer_pdq" in wanted else None
+            for k, (path, pic) in enumerate(zip(batch_files, pics, strict=True)):
+                engine._loaded[pic.image_id] = pic
+                t_q = time.perf_counter()
+                results[path.name] = _evaluate_query(
+                    path.name, pic, ph[k], rn[k], dh[k], pdq[k] if pdq else None, matcher, cal, engine,
+                    ref_ids, ref_name, ref_phash, ref_resnet, ref_dhash, ref_pdq, truth, wanted)
+                latencies.append(time.perf_counter() - t_q + sig_per_image)
+                engine.forget([pic.image_id])
+            if progress:
+                progress(len(batch_files))
+        report["query_latency_ms"] = {"p50": round(1000 * float(np.percentile(latencies, 50)), 1),
+                                      "p95": round(1000 * float(np.percentile(latencies, 95)), 1)}
+        report["accuracy"] = _accuracy(results, truth, family, wanted)
+        report["operating_point"] = operating_point([r.predictions["full"] for r in results.values()], truth,
+                                                    matcher.threshold) if "full" in wanted else {}
+        hard = [q for q in results if family[q] == "hard_negative"]
+        if hard:  # same-scene, not-duplicate queries: what each method's top score says about them
+            report["hard_negatives"] = {"queries": len(hard), "full_false_positives": sum(
+                results[q].predictions["full"].score >= matcher.threshold for q in hard) if "full" in wanted else None,
+                "max_score": {m: round(max(results[q].predictions[m].score for q in hard), 4)
+                              for m in wanted if all(m in results[q].predictions for q in hard)}}
+        positives = [q for q in results if truth[q]]
+        report["stage2_share_of_queries"] = sum(results[q].stage2_invoked for q in results) / max(len(results), 1)
+        report["candidate_recall"] = {
+            fam: sum(results[q].candidate_hit for q in positives if family[q] == fam) /
+            max(1, sum(1 for q in positives if family[q] == fam))
+            for fam in sorted({family[q] for q in positives})}
+        report["calibration_version"] = cal.version
+    finally:
+        engine.close()
+    report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    write_report(report, results, truth, family, out, wanted)
+    return report
+
+
+def _evaluate_query(qname, pic, phash, resnet, dhash, pdq, matcher: Matcher, cal, engine, ref_ids, ref_name,
+                    ref_phash, ref_resnet, ref_dhash, ref_pdq, truth, wanted) -> QueryResult:
+    preds: dict[str, Prediction] = {}
+    image = IndexedImage(id=pic.image_id, sha256=pic.sha256, source="", width=pic.width, height=pic.height,
+                         num_bytes=pic.num_bytes, created_at=0, phash=phash, resnet=resnet)
+    cands = matcher.candidates(image, before=False)
+    turned = matcher.turned_candidates_many([image], before=False).get(image.id, [])
+    hit = bool(truth[qname]) and any(ref_name.get(c) == truth[qname] for c in cands + [c for c, _ in turned])
+    stage2_invoked = False
+    if "full" in wanted:
+        before = matcher.stage2_pairs
+        scores = matcher.rank(image, cands, turned, before=False)
+        stage2_invoked = matcher.stage2_pairs > before
+        preds["full"] = Prediction(qname, ref_name[scores[0].candidate_id], scores[0].probability) if scores \
+            else Prediction(qname, "", 0.0)
+    if cands and ("phash_resnet_lr" in wanted or "always_stage2" in wanted):
+        rows = engine.index.get_rows(cands, ["phash", "resnet"])
+        feats = {c: stage1_features(phash, np.asarray(rows[c]["phash"]), resnet, np.asarray(rows[c]["resnet"], np.float32))
+                 for c in cands if c in rows}
+        if "phash_resnet_lr" in wanted:
+            best = max(feats, key=lambda c: cal.stage1.probability(feats[c]))
+            preds["phash_resnet_lr"] = Prediction(qname, ref_name[best], cal.stage1.probability(feats[best]))
+        if "always_stage2" in wanted:
+            extra = engine.stage2_features(pic.image_id, list(feats))
+            feats = {c: with_standins({**values, **extra.get(c, {})}) for c, values in feats.items()}
+            best = max(feats, key=lambda c: cal.stage2.probability(feats[c]))
+            preds["always_stage2"] = Prediction(qname, ref_name[best], cal.stage2.probability(feats[best]))
+    for m in ("phash_resnet_lr", "always_stage2"):
+        if m in wanted and m not in preds:
+            preds[m] = Prediction(qname, "", 0.0)
+    if "phash_only" in wanted or "peer_imagehash_phash" in wanted:
+        i, d = _hamming_nn(phash, ref_phash)
+        for m in ("phash_only", "peer_imagehash_phash"):
+            preds[m] = Prediction(qname, ref_name[ref_ids[i]], -d)
+    if "resnet_only" in wanted:
+        sims = ref_resnet @ resnet
+        i = int(np.argmax(sims))
+        preds["resnet_only"] = Prediction(qname, ref_name[ref_ids[i]], float(sims[i]))
+    if "peer_imagehash_dhash" in wanted:
+        i, d = _hamming_nn(dhash, ref_dhash)
+        preds["peer_imagehash_dhash"] = Prediction(qname, ref_name[ref_ids[i]], -d)
+    if "peer_pdq" in wanted and pdq is not None:
+        d = np.min(np.stack([np.count_nonzero(ref_pdq != v[None, :], axis=1) for v in pdq]), axis=0)
+        i = int(np.argmin(d))
+        preds["peer_pdq"] = Prediction(qname, ref_name[ref_ids[i]], -float(d[i]))
+    return QueryResult(preds, hit, stage2_invoked)
+
+
+def _accuracy(results: dict[str, QueryResult], truth, family, wanted) -> dict[str, Any]:
+    fams = sorted({family[q] for q in truth if truth[q]})
+    negative = {family[q] for q in truth if not truth[q]}
+    out: dict[str, Any] = {}
+    for m in wanted:
+        preds = [r.predictions[m] for r in results.values() if m in r.predictions]
+        entry = {"overall": method_scores(preds, truth)}
+        for f in fams:  # a family's copies plus all negatives: precision stays meaningful
+            keep = {q for q in truth if family[q] == f or family[q] in negative}
+            entry[f] = method_scores([p for p in preds if p.query in keep], {q: truth[q] for q in keep})
+        out[m] = entry
+    return out
+
+
+def method_scores(preds, truth) -> dict[str, float]:
+    return {"micro_ap": round(micro_ap(preds, truth), 4),
+            "recall_at_p99": round(recall_at_precision(preds, truth, 0.99), 4),
+            "recall_at_p95": round(recall_at_precision(preds, truth, 0.95), 4),
+            "recall_at_1": round(recall_at_1(preds, truth), 4)}
+
+
+# ---------------------------------------------------------------- speed

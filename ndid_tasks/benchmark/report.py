@@ -1,0 +1,113 @@
+"""The report: JSON, markdown and the pictures (PR curves, per-family recall)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..metrics import pr_curve
+
+log = logging.getLogger(__name__)
+
+
+def write_report(report: dict[str, Any], results, truth, family, out: Path, wanted) -> None:
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    _plots(results, truth, family, out, wanted, report)
+    (out / "report.md").write_text(markdown(report))
+    report["markdown"] = str(out / "report.md")
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = [f"# NDID benchmark — {'UNTRAINED (random weights)' if r['untrained'] else 'pretrained weights'}",
+             "", (f"folder `{r['folder']}`, calibration `{r.get('calibration_version')}`, "
+                  f"machine: {r['machine']['cpu']} ({r['machine']['cores']} cores), torch {r['machine']['torch']}"),
+             "", "## Accuracy (top-1 per query, one global threshold)", "",
+             "| method | micro-AP | R@P99 | R@P95 | R@1 |", "|---|---|---|---|---|"]
+    for m, e in r["accuracy"].items():
+        o = e["overall"]
+        lines.append(f"| {m} | {o['micro_ap']:.3f} | {o['recall_at_p99']:.3f} | {o['recall_at_p95']:.3f} | "
+                     f"{o['recall_at_1']:.3f} |")
+    fams = [k for k in next(iter(r["accuracy"].values())) if k != "overall"]
+    lines += ["", "### Per family (micro-AP / R@P99 / R@1; each family with all negatives)", "",
+              "| method | " + " | ".join(fams) + " |", "|---|" + "---|" * len(fams)]
+    for m, e in r["accuracy"].items():
+        lines.append(f"| {m} | " + " | ".join(
+            f"{e[f]['micro_ap']:.2f} / {e[f]['recall_at_p99']:.2f} / {e[f]['recall_at_1']:.2f}" for f in fams) + " |")
+    op = r.get("operating_point") or {}
+    if op:
+        lines += ["", (f"**Shipped calibration's operating point** (threshold {op['threshold']:.3f}): precision "
+                       f"{op['precision']:.3f}, recall {op['recall']:.3f}, false positives {op['false_positives']} "
+                       f"({op['false_positives_on_negatives']} on {op['negatives']} negative queries).")]
+    hn = r.get("hard_negatives")
+    if hn:
+        lines += ["", f"**Hard negatives** (same scene, no shared pixels; {hn['queries']} queries): "
+                      f"{hn['full_false_positives']} called duplicate by the full pipeline at its threshold; "
+                      f"top scores " + ", ".join(f"{m} {v}" for m, v in hn["max_score"].items()) + "."]
+    wr = r.get("whitening_refresh")
+    if wr:
+        lines += ["", (f"Queries answered with a whitening + calibration fitted on the indexed refs "
+                      f"(`--fit-whitening`): whitening {wr['whitening']}, calibration {wr['calibration']}, "
+                      f"{wr['corpus_descriptors']} corpus descriptors + {wr['bootstrap_images']} images with attacked "
+                      f"copies, re-indexed {wr['reindex'].get('rows')} rows in {wr['seconds']} s.")]
+    lines += [f"Stage 2 (verification, CLIP if calibrated) invoked for {100 * r['stage2_share_of_queries']:.1f} % of queries. Candidate recall per family: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in r["candidate_recall"].items()) + "."]
+    s = r["speed"]
+    lines += ["", "## Speed", "", "| figure | value |", "|---|---|",
+              f"| end-to-end ingest (decode → signals → upsert → decide) | {s['ingest_images_per_s']} img/s |",
+              f"| once per process, not in the figure above (build ResNet-50, start Milvus Lite) | {s.get('startup_s')} s |",
+              f"| bare ResNet-50 forward ({s['precision']}, same images, same run; median of {s.get('bare_resnet50_runs')}) | {s['bare_resnet50_images_per_s']} img/s |",
+              f"| NDID's ResNet stage in that ingest (preprocessing, layer3 GeM, whitening) | {s.get('ndid_resnet_stage_images_per_s')} img/s |",
+              f"| ingest / bare model | **{s['ingest_to_bare_ratio']}** |",
+              (f"| bare ResNet-50 with BatchNorm folded (stricter reference; NDID folds it too) | "
+              f"{s.get('bare_resnet50_bn_folded_images_per_s')} img/s → ratio {s.get('ingest_to_bn_folded_ratio')} |"),
+              f"| refs that reached stage 2 while being ingested | {100 * s.get('stage2_share_at_ingest', 0):.1f} % |",
+              f"| query latency p50 / p95 | {r['query_latency_ms']['p50']} / {r['query_latency_ms']['p95']} ms |",
+              f"| peak RSS | {s['peak_rss_mb']} MB |",
+              (f"| index: searched vector bytes / image (+ raw descriptor kept for re-whitening; disk bytes / image) "
+              f"| {s['index_vector_bytes_per_image']} (+{s.get('index_raw_descriptor_bytes_per_image', 0)}; "
+              f"{s['index_disk_bytes_per_image']}) |"),
+              f"| descriptor / whitening | {s.get('resnet_descriptor')} / {s.get('whitening')} |",
+              f"| stage seconds | {s['stage_seconds']} |", "",
+              "![PR curves](pr_curves.png)", "", "![per family](families.png)", ""]
+    return "\n".join(lines)
+
+
+def _plots(results, truth, family, out: Path, wanted, report) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tag = " (UNTRAINED weights)" if report["untrained"] else ""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for m in wanted:
+        p, r, _ = pr_curve([res.predictions[m] for res in results.values() if m in res.predictions], truth)
+        ax.plot(r, p, label=f"{m} (AP {report['accuracy'][m]['overall']['micro_ap']:.3f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Top-1 precision/recall" + tag)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out / "pr_curves.png", dpi=110)
+    plt.close(fig)
+    fams = [k for k in next(iter(report["accuracy"].values())) if k != "overall"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / max(len(wanted), 1)
+    for i, m in enumerate(wanted):
+        ax.bar(np.arange(len(fams)) + i * width, [report["accuracy"][m][f]["recall_at_p99"] for f in fams],
+               width, label=m)
+    ax.set_xticks(np.arange(len(fams)) + 0.4 - width / 2, fams)
+    ax.set_ylabel("recall at precision 0.99")
+    ax.set_title("Per attack family" + tag)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "families.png", dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- descriptor ablation
