@@ -40,17 +40,13 @@ SAMPLE_SALT = "ndid-audit-sample"
 
 # ---------------------------------------------------------------- reading decisions back
 
-def record_keys(store: S3Store, settings: Settings, days: int, now: datetime | None = None) -> list[str]:
+def record_keys(settings: Settings, days: int, now: datetime | None = None) -> list[str]:
     """Keys of the records of objects that appeared in the last ``days`` days, newest hour first
-    (one listing per day partition, see ingest_run.record_key)."""
-    from .ingest_run import records_prefix
+    (the partition layout is ingest_run's: its listing of a window is reused)."""
+    from .ingest_run import recorded_keys
 
     now = now or datetime.now(UTC)
-    keys: list[str] = []
-    for back in range(days + 1):
-        day = (now - timedelta(days=back)).strftime("%Y-%m-%d")
-        keys += sorted((o.key for o in store.iter_objects(f"{records_prefix(settings)}date={day}/")), reverse=True)
-    return keys
+    return sorted(recorded_keys(settings, now - timedelta(days=days), now + timedelta(hours=1)), reverse=True)
 
 
 def read_records(store: S3Store, keys: Sequence[str]) -> list[dict[str, Any]]:
@@ -69,7 +65,7 @@ def recent_records(settings: Settings, days: int = 7, limit: int = 2000, store: 
                    ) -> list[dict[str, Any]]:
     """At most ``limit`` records of the last ``days`` days, newest first."""
     store = store or S3Store(settings)
-    return read_records(store, record_keys(store, settings, days)[:limit])
+    return read_records(store, record_keys(settings, days)[:limit])
 
 
 # ---------------------------------------------------------------- the queue
