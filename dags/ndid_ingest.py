@@ -77,10 +77,9 @@ def ndid_ingest():
         p = ctx["params"]
         start, end = run_window(ctx)
         settings = task_settings()
-        if settings.weights_mode == "pretrained":  # fail here, in seconds, not in every embed task
-            from ndid_tasks.weights import RESNET50, require_weights
+        from ndid_tasks.weights import require_descriptor_weights
 
-            require_weights(settings, RESNET50)
+        require_descriptor_weights(settings)  # fail here, in seconds, not in every embed task
         outline = ingest_run.plan(settings, p["bucket"], p["prefix"], start, end, int(p["batch_size"]),
                                   bool(p["reprocess"]), ctx["run_id"])
         return {**outline, "started": time.time()}

@@ -24,7 +24,7 @@ from .features import STAGE2 as STAGE2_FEATURES
 from .features import stage1_features
 from .images import LoadedImage, image_files, load_image
 from .scoring import score_pairs
-from .signals import ClipSignal, GeometricSignal, PDQSignal, PHashSignal, ResNetSignal
+from .signals import ClipSignal, GeometricSignal, PDQSignal, PHashSignal, descriptor_signal
 from .whitening import Whitening, fit_whitening
 
 log = logging.getLogger(__name__)
@@ -171,14 +171,14 @@ def bootstrap_features_from_images(settings: Settings, originals: Sequence[Loade
                         _as_loaded(view_b, f"{originals[i].image_id}#scene-b")]
     everything = originals + [c for _, c in copies_list] + scene_views
     phash = PHashSignal().compute(everything)
-    raw = ResNetSignal(settings).compute_raw(everything)
+    raw = descriptor_signal(settings).compute_raw(everything)
     if whitening is None:
         sample = raw if corpus_raw is None or not len(corpus_raw) else np.concatenate([corpus_raw, raw])
-        whitening = fit_whitening(sample, settings.resnet_descriptor, settings.weights_mode, settings.whitening_dim,
+        whitening = fit_whitening(sample, settings.descriptor_name, settings.weights_mode, settings.whitening_dim,
                                   fitted_on={"source": "bootstrap" if corpus_raw is None else "index",
                                              "images": len(originals), "copies": len(copies_list),
                                              "corpus_descriptors": 0 if corpus_raw is None else len(corpus_raw)})
-    resnet = ResNetSignal(settings, whitening=whitening).whiten(raw)
+    resnet = descriptor_signal(settings, whitening=whitening).whiten(raw)
     clip = ClipSignal(settings).compute(everything)
     pdq = PDQSignal().dihedral(everything)
     geometry = GeometricSignal.from_settings(settings)
@@ -216,7 +216,7 @@ def bootstrap_features_from_images(settings: Settings, originals: Sequence[Loade
     summary = {"source": "bootstrap", "images": n, "copies_per_image": copies, "attacks": names,
                "hard_negatives_per_image": hard_negatives, "same_scene_negatives": len(scene_views) // 2,
                "seed": seed,
-               "resnet_descriptor": settings.resnet_descriptor, "whitening": whitening.version}
+               "descriptor": settings.descriptor_name, "whitening": whitening.version}
 
     # image-level check set: a corpus of 2/3 of the originals (+ the first view of each scene);
     # queries = copies of corpus originals (positives), copies of the other originals without a

@@ -1,12 +1,14 @@
 """Calibrations in S3: immutable versions, an ``active`` pointer, and every promotion decision.
 
     <calibration prefix>versions/<version>.json     the calibration document
-    <calibration prefix>active.json                 {"version": ..., "key": ...}
+    <calibration prefix>active.json                 {"version": ..., "key": ...} (ResNet-50 descriptor)
+    <calibration prefix>active-<descriptor>.json    the same for another NDID_DESCRIPTOR (sscd)
     <calibration prefix>evaluations/<version>.json  candidate vs active on held-out labels
     <calibration prefix>whitening/<version>.npz     descriptor whitenings that calibrations name
 
 Moving ``active.json`` is the one atomic switch: the active calibration names its whitening, and
-the whitening names the index collection, so all three change together.
+the whitening names the index collection, so all three change together. Each descriptor keeps its
+own pointer: switching NDID_DESCRIPTOR back and forth finds each one's calibration where it was.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class CalibrationStore:
 
     @property
     def active_key(self) -> str:
-        return f"{self.prefix}active.json"
+        suffix = "" if self.settings.descriptor == "resnet50" else f"-{self.settings.descriptor}"
+        return f"{self.prefix}active{suffix}.json"
 
     def save(self, cal: Calibration) -> str:
         key = self.version_key(cal.version)

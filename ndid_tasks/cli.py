@@ -136,8 +136,10 @@ def cmd_query(args) -> int:
             matches = engine.query(data, limit=args.limit)
         except ImageDecodeError as exc:
             raise InputError(f"cannot read {args.image}: {exc}") from exc
+        calibration = engine.calibration.version
     if args.json:
-        print(json.dumps({"query": args.image, "untrained": settings.untrained, "matches": matches}, indent=2))
+        print(json.dumps({"query": args.image, "untrained": settings.untrained, "descriptor": settings.descriptor_name,
+                          "calibration": calibration, "matches": matches}, indent=2))
     else:
         if not matches:
             print("no candidates")
@@ -205,6 +207,9 @@ def cmd_calibrate(args) -> int:
         print(f"activated {cal.version} (whitening {whitening.version}) in "
               f"s3://{settings.s3_bucket}/{settings.s3_calibration_prefix}; index {result['collection']} "
               f"({result['reindex']['rows']} rows copied from {result['previous_collection']})")
+        if result["previous_collection"] is None:
+            print(f"first calibration of descriptor {settings.descriptor_name}: its index starts empty; run "
+                  f"ndid_ingest with reprocess=true over earlier windows to index their images with it")
     return EXIT_OK
 
 
@@ -217,7 +222,7 @@ def cmd_whitening(args) -> int:
     try:
         if args.action == "status":
             w = engine.resnet.whitening
-            print(json.dumps({"calibration": engine.calibration.version, "descriptor": settings.resnet_descriptor,
+            print(json.dumps({"calibration": engine.calibration.version, "descriptor": settings.descriptor_name,
                               "whitening": w.version if w else None, "dim": engine.resnet.dim,
                               "whitening_fitted_on": w.fitted_on if w else None,
                               "collection": engine.index.images, "rows": engine.index.count()}, indent=2))
@@ -257,7 +262,9 @@ def cmd_models(args) -> int:
             print(f"{spec.key:9s} {'present' if path.exists() else 'missing'}  {path}  ({spec.description})")
         print(f"weights mode: {settings.weights_mode}")
         return EXIT_OK
-    keys = list(weights.MODELS) if args.model == "all" else [args.model]
+    if args.action == "compile":
+        return _compile_encoders(settings)
+    keys = [spec.key for spec in weights.required_models(settings)] if args.model == "all" else [args.model]
     for key in keys:
         if args.action == "fetch":
             print(f"fetched {weights.fetch_weights(settings, key)}")
@@ -266,11 +273,27 @@ def cmd_models(args) -> int:
                 print("ndid models import MODEL FILE", file=sys.stderr)
                 return EXIT_USAGE
             print(f"imported {weights.import_weights(settings, key, Path(args.file), args.sha256)}")
-    if all(weights.model_path(settings, spec).exists() for spec in weights.MODELS.values()):
+    if all(weights.model_path(settings, spec).exists() for spec in weights.required_models(settings)):
         from .config import env_file, set_env_value
 
         if env_file(settings.state_dir).exists():  # the local demo / UI recorded random mode there
             set_env_value(settings.state_dir, "NDID_WEIGHTS_MODE", "pretrained")
+    return EXIT_OK
+
+
+def _compile_encoders(settings) -> int:
+    """Build the compiled packages now (a deployment step), so no task pays the compilation."""
+    from .pipeline import Engine
+
+    engine = Engine(settings.replace(torch_compile=True))
+    encoders = {"descriptor": engine.resnet, "clip": engine.clip}
+    for role, signal in encoders.items():
+        if not signal.compilable:
+            print(f"{role:10s} {type(signal).__name__}: already compiled (TorchScript)")
+            continue
+        signal.model  # noqa: B018 - compiles, or loads the package built before
+        print(f"{role:10s} {type(signal).__name__}: {signal.compiled_from}")
+    print(f"packages in {settings.resolved_model_dir / 'compiled'}; set NDID_TORCH_COMPILE=true where tasks run")
     return EXIT_OK
 
 
@@ -355,9 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output-dir", help="also write the calibration JSON and whitening NPZ here")
     s.set_defaults(func=cmd_whitening)
 
-    s = sub.add_parser("models", help="pretrained weights: status, fetch (needs a network), import FILE")
-    s.add_argument("action", choices=["status", "fetch", "import"])
-    s.add_argument("model", nargs="?", default="all", choices=["all", "resnet50", "clip"])
+    s = sub.add_parser("models", help="pretrained weights: status, fetch (needs a network), import FILE, "
+                                      "compile (the encoders, ahead of time, for NDID_TORCH_COMPILE)")
+    s.add_argument("action", choices=["status", "fetch", "import", "compile"])
+    from .weights import MODELS
+
+    s.add_argument("model", nargs="?", default="all", choices=["all", *MODELS])
     s.add_argument("file", nargs="?")
     s.add_argument("--sha256", help="expected checksum of FILE (import)")
     s.set_defaults(func=cmd_models)

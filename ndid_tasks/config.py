@@ -24,6 +24,7 @@ WEIGHTS_MODES = ("pretrained", "random")
 PRECISIONS = ("auto", "fp32", "bf16")
 RESNET_LAYERS = ("layer3", "layer4")
 RESNET_INPUTS = ("squash", "center_crop")
+DESCRIPTORS = ("resnet50", "sscd")  # the global descriptor's model (ndid_tasks.signals.DESCRIPTOR_SIGNALS)
 
 
 class SettingsError(PermanentError, ValueError):
@@ -68,6 +69,10 @@ class Settings:
     precision: str = "auto"  # auto: bf16 where the CPU has native bf16 (AMX/AVX512-BF16), else fp32
     torch_compile: bool = False
     torch_threads: int = 0  # 0: torch default
+    # the global descriptor (candidates and a stage-1 feature): resnet50 (torchvision, default) or
+    # sscd (a TorchScript copy-detection model imported with `ndid models import sscd FILE`); each
+    # descriptor has its own whitening, calibration and index collection
+    descriptor: str = "resnet50"
     # ResNet-50 descriptor: GeM pooling of one stage's feature map, on the whole image squashed to 224x224
     resnet_layer: str = "layer3"  # layer3 (1024-d, better for crops, skips layer4) or layer4 (2048-d)
     resnet_gem_p: float = 3.0  # GeM exponent; 1 = average pooling
@@ -134,6 +139,8 @@ class Settings:
             raise SettingsError(f"NDID_WEIGHTS_MODE must be one of {WEIGHTS_MODES}, not {self.weights_mode!r}")
         if self.precision not in PRECISIONS:
             raise SettingsError(f"NDID_PRECISION must be one of {PRECISIONS}, not {self.precision!r}")
+        if self.descriptor not in DESCRIPTORS:
+            raise SettingsError(f"NDID_DESCRIPTOR must be one of {DESCRIPTORS}, not {self.descriptor!r}")
         if self.resnet_layer not in RESNET_LAYERS:
             raise SettingsError(f"NDID_RESNET_LAYER must be one of {RESNET_LAYERS}, not {self.resnet_layer!r}")
         if self.resnet_input not in RESNET_INPUTS:
@@ -180,9 +187,12 @@ class Settings:
         return Path(self.model_dir) if self.model_dir else Path(self.state_dir) / "models"
 
     @property
-    def resnet_descriptor(self) -> str:
-        """Names the raw descriptor; a whitening is only valid for the descriptor it was fitted on."""
+    def descriptor_name(self) -> str:
+        """Names the raw descriptor; a whitening (and so a calibration and an index collection) is
+        only valid for the descriptor it was fitted on."""
         flip = "-flip" if self.resnet_flip_symmetric else ""
+        if self.descriptor == "sscd":
+            return f"sscd-disc-mixup-squash288{flip}"
         return f"resnet50-{self.resnet_layer}-gem{self.resnet_gem_p:g}-{self.resnet_input}224{flip}"
 
     @property
@@ -201,7 +211,7 @@ class Settings:
         never loaded for search, only read back to fit and apply a new whitening."""
         import hashlib
 
-        digest = hashlib.sha256(self.resnet_descriptor.encode()).hexdigest()[:8]
+        digest = hashlib.sha256(self.descriptor_name.encode()).hexdigest()[:8]
         return f"{self.milvus_collection_prefix}_raw_{self.weights_mode}_{digest}"
 
     @property

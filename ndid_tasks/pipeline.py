@@ -25,7 +25,7 @@ from .decide import DecisionRecord, Matcher
 from .feature_store import FeatureStore
 from .images import ImageDecodeError, LoadedImage, load_image
 from .index import MAX_ID_LENGTH, ImageIndex, IndexedImage
-from .signals import ClipSignal, GeometricSignal, PDQSignal, PHashSignal, ResNetSignal
+from .signals import ClipSignal, GeometricSignal, GlobalDescriptorSignal, PDQSignal, PHashSignal, descriptor_signal
 from .whitening import Whitening, WhiteningError, load_whitening_file, packaged_whitening
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class Engine:
         self.feature_store = feature_store
         self._whitening = whitening
         self.phash = PHashSignal()
-        self._resnet: ResNetSignal | None = None
+        self._resnet: GlobalDescriptorSignal | None = None
         self.clip = ClipSignal(settings)
         self.geometry = GeometricSignal.from_settings(settings)
         self.pdq = PDQSignal()
@@ -137,18 +137,17 @@ class Engine:
 
     # ---------------------------------------------------------------- parts
     @property
-    def resnet(self) -> ResNetSignal:
-        """The ResNet signal with the whitening that the active calibration names."""
+    def resnet(self) -> GlobalDescriptorSignal:
+        """The global descriptor (NDID_DESCRIPTOR) with the whitening that the active calibration names."""
         if self._resnet is None:
-            if self.settings.weights_mode == "pretrained":  # the first thing to fix, so say it first
-                from .weights import RESNET50, require_weights
+            from .weights import require_descriptor_weights
 
-                require_weights(self.settings, RESNET50)
+            require_descriptor_weights(self.settings)  # the first thing to fix, so say it first
             whitening = self._whitening or resolve_whitening(self.settings, self.calibration)
             if self._whitening is not None and self._whitening.version != self.calibration.whitening_version:
                 raise WhiteningError(f"whitening {self._whitening.version} given with calibration "
                                      f"{self.calibration.version}, which was fitted with {self.calibration.whitening_version}")
-            self._resnet = ResNetSignal(self.settings, whitening=whitening)
+            self._resnet = descriptor_signal(self.settings, whitening=whitening)
         return self._resnet
 
     @property
@@ -159,7 +158,7 @@ class Engine:
             return w.version
         import hashlib
 
-        return "raw-" + hashlib.sha256(self.settings.resnet_descriptor.encode()).hexdigest()[:8]
+        return "raw-" + hashlib.sha256(self.settings.descriptor_name.encode()).hexdigest()[:8]
 
     @property
     def index(self) -> ImageIndex:
@@ -599,7 +598,7 @@ def pack_prepared(prepared: Prepared) -> bytes:
     return buf.getvalue()
 
 
-def unpack_prepared(data: bytes, resnet: ResNetSignal) -> Prepared:
+def unpack_prepared(data: bytes, resnet: GlobalDescriptorSignal) -> Prepared:
     """Staged signals back; the raw descriptors are whitened here, by the consumer's whitening, so a
     whitening switch between the embed and the index task cannot mix vector spaces."""
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:

@@ -26,7 +26,7 @@ import numpy as np
 from .bootstrap import bootstrap_features_from_images, fit_bootstrapped
 from .calibration import Calibration
 from .index import ImageIndex, placeholder_vector
-from .whitening import Whitening
+from .whitening import DescriptorMismatchError, Whitening
 
 log = logging.getLogger(__name__)
 
@@ -98,18 +98,26 @@ def switch_to(engine, cal: Calibration, whitening: Whitening,
     settings = engine.settings
     from .calibration_store import CalibrationStore
 
-    current = engine.index
+    try:
+        current: ImageIndex | None = engine.index
+    except DescriptorMismatchError:  # the first calibration of a new NDID_DESCRIPTOR: another model's
+        current = None  # vectors cannot be re-whitened into it; a reprocess run re-embeds the images
     target = ImageIndex(settings, settings.images_collection(whitening.version), whitening.dim,
-                        client=current.client, raw_dim=whitening.raw_dim)
-    counts = reindex(current, target, whitening) if target.images != current.images else {"rows": 0}
-    out: dict[str, Any] = {"previous_collection": current.images, "collection": target.images, "reindex": counts,
-                           "status": "fitted"}
-    if activate:
-        store = CalibrationStore(settings)
-        store.save_whitening(whitening)  # first: the calibration that names it must always resolve
-        store.activate(cal)
-        target.point_alias(settings.images_alias)
-        out["status"] = "activated"
+                        client=current.client if current is not None else None, raw_dim=whitening.raw_dim)
+    counts = reindex(current, target, whitening) if current is not None and target.images != current.images \
+        else {"rows": 0}
+    out: dict[str, Any] = {"previous_collection": current.images if current is not None else None,
+                           "collection": target.images, "reindex": counts, "status": "fitted"}
+    try:
+        if activate:
+            store = CalibrationStore(settings)
+            store.save_whitening(whitening)  # first: the calibration that names it must always resolve
+            store.activate(cal)
+            target.point_alias(settings.images_alias)
+            out["status"] = "activated"
+    finally:
+        if current is None:  # target opened its own client
+            target.close()
     return out
 
 

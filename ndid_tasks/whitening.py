@@ -33,6 +33,10 @@ class WhiteningError(PermanentError, ValueError):
     """A whitening file is missing, malformed or does not fit the configured descriptor."""
 
 
+class DescriptorMismatchError(WhiteningError):
+    """A whitening (so its calibration and index) belongs to another descriptor than NDID_DESCRIPTOR."""
+
+
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

@@ -114,3 +114,33 @@ def _stop_embedded_milvus_at_the_end():
     manager = sys.modules.get("milvus_lite.server_manager")
     if manager is not None:
         manager.server_manager_instance.release_all()
+
+
+def make_torchscript_descriptor(path: Path, dim: int = 64, seed: int = 0) -> Path:
+    """A small copy-detection-shaped TorchScript model (a seeded random CNN + GeM pooling, (n, 3,
+    H, W) -> (n, dim)), saved like SSCD's published file: what the SSCD path is tested with, since
+    no real weights can be downloaded here."""
+    import torch
+
+    torch.manual_seed(seed)
+
+    class TinyDescriptor(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 16, 7, stride=4, padding=3), torch.nn.ReLU(),
+                torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.ReLU(),
+                torch.nn.Conv2d(32, dim, 3, stride=2, padding=1), torch.nn.ReLU())
+
+        def forward(self, x):
+            f = self.body(x).clamp(min=1e-6).pow(3.0).mean(dim=(2, 3)).pow(1.0 / 3.0)
+            return torch.nn.functional.normalize(f, dim=1)
+
+    import warnings
+
+    with warnings.catch_warnings():  # tracing is deprecated for new models; SSCD's file is TorchScript
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(TinyDescriptor().eval(), torch.rand(2, 3, 288, 288))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    traced.save(str(path))
+    return path

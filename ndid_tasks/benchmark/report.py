@@ -70,7 +70,7 @@ def markdown(r: dict[str, Any]) -> str:
               (f"| index: searched vector bytes / image (+ raw descriptor kept for re-whitening; disk bytes / image) "
               f"| {s['index_vector_bytes_per_image']} (+{s.get('index_raw_descriptor_bytes_per_image', 0)}; "
               f"{s['index_disk_bytes_per_image']}) |"),
-              f"| descriptor / whitening | {s.get('resnet_descriptor')} / {s.get('whitening')} |",
+              f"| descriptor / whitening | {s.get('descriptor', s.get('resnet_descriptor'))} / {s.get('whitening')} |",
               f"| stage seconds | {s['stage_seconds']} |", "",
               "![PR curves](pr_curves.png)", "", "![per family](families.png)", ""]
     return "\n".join(lines)

@@ -74,7 +74,7 @@ def measure_speed(engine: Engine, pics: list[LoadedImage], ingest_s: float, n: i
             "rss_growth_mb": round(peak_rss_mb() - rss_before, 0),
             "index_vector_bytes_per_image": (64 + engine.resnet.dim) * 4,
             "index_raw_descriptor_bytes_per_image": engine.resnet.raw_dim * 4,
-            "resnet_descriptor": settings.resnet_descriptor,
+            "descriptor": settings.descriptor_name,
             "whitening": engine.resnet.whitening.version if engine.resnet.whitening else "none",
             "index_disk_bytes_per_image": round(disk / max(n, 1)), "torch_threads": torch.get_num_threads()}
 

@@ -20,6 +20,11 @@ class ClipSignal(TorchEmbeddingSignal):
         self._mean, self._std = tuple(mean), tuple(std)
         return visual
 
+    def weights_files(self) -> list:
+        from ..weights import CLIP_VIT_B_32, model_path
+
+        return [] if self.settings.untrained else [model_path(self.settings, CLIP_VIT_B_32)]
+
     def preprocess(self, images: Sequence[LoadedImage]):
         self.model  # noqa: B018 - building the model sets CLIP's own mean/std
         return super().preprocess(images)

@@ -33,6 +33,7 @@ class TorchEmbeddingSignal(Signal):
     higher_is_closer = True  # cosine similarity of L2-normalised embeddings
 
     input_size: ClassVar[int] = 224
+    compilable: ClassVar[bool] = True  # torch.compile applies (NDID_TORCH_COMPILE)
     _lock = threading.Lock()
 
     def __init__(self, settings: Settings, precision: str | None = None) -> None:
@@ -40,6 +41,7 @@ class TorchEmbeddingSignal(Signal):
         requested = precision or settings.precision
         self.precision = ("bf16" if native_bf16_available() else "fp32") if requested == "auto" else requested
         self._model = None
+        self.compiled_from = "eager"  # NDID_TORCH_COMPILE: "cache", "compiled" or "eager" once built
         self._mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
         self._std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -59,10 +61,39 @@ class TorchEmbeddingSignal(Signal):
                     model = self._build().to(memory_format=torch.channels_last)
                     if self.precision == "bf16":
                         model = model.to(torch.bfloat16)
-                    if self.settings.torch_compile:
-                        model = torch.compile(model)
+                    if self.settings.torch_compile and self.compilable:
+                        model = self._compiled(model)
                     self._model = model
         return self._model
+
+    def _compiled(self, model):
+        """The module compiled ahead of time, built once per machine and model and loaded by every
+        later process (see ndid_tasks.compiled); the eager module where compiling fails."""
+        import torch
+
+        from ..compiled import compiled_or_eager
+
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        example = torch.zeros(2, 3, self.input_size, self.input_size, dtype=dtype).contiguous(
+            memory_format=torch.channels_last)
+        compiled, self.compiled_from = compiled_or_eager(model, example, self.compile_identity(),
+                                                         self.settings.resolved_model_dir / "compiled")
+        return compiled
+
+    def compile_identity(self) -> dict:
+        """Everything a compiled package of this encoder depends on besides torch and the CPU."""
+        identity = {"name": self.name, "class": type(self).__name__, "precision": self.precision,
+                    "input_size": self.input_size, "weights_mode": self.settings.weights_mode}
+        if self.settings.untrained:
+            identity["seed"] = self.settings.random_seed
+        for path in self.weights_files():
+            stat = path.stat()
+            identity[path.name] = [stat.st_size, stat.st_mtime_ns]
+        return identity
+
+    def weights_files(self) -> list:
+        """The files the encoder's weights come from (none for seeded random weights)."""
+        return []
 
     def preprocess(self, images: Sequence[LoadedImage]):
         import torch

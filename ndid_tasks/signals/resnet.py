@@ -1,79 +1,43 @@
-"""The global descriptor: ResNet-50 layer3 GeM, whitened; candidates (top-K) and a stage-1 feature."""
+"""The default global descriptor: ResNet-50 layer3 GeM, whitened (see descriptor.py for the slot)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
-from ..config import Settings
 from ..images import LoadedImage
-from .base import PairFeature
-from .embedding import TorchEmbeddingSignal
+from .descriptor import GlobalDescriptorSignal
 
 
-class ResNetSignal(TorchEmbeddingSignal):
-    """ResNet-50 descriptor: GeM pooling of a stage's feature map (layer3 by default), then whitening.
+class ResNetSignal(GlobalDescriptorSignal):
+    """ResNet-50 descriptor (the default): GeM pooling of a stage's feature map (layer3 by default).
 
-    ``compute_raw`` gives the L2-normalised pooled descriptor (what the index keeps for re-whitening);
-    ``compute`` applies the :class:`~ndid_tasks.whitening.Whitening` (PCA, ``dim`` axes) when one is
-    set. layer3 + GeM on the whole (squashed) image keeps the spatial detail that crops share with
+    layer3 + GeM on the whole (squashed) image keeps the spatial detail that crops share with
     their original; with layer3 the network stops there, so layer4 costs nothing.
     """
 
-    name = "resnet"
-    pair_features = (PairFeature("resnet_cosine", 1, "resnet", 0.0, False, "cosine of the whitened ResNet-50 descriptors"),)
-
-    def __init__(self, settings: Settings, precision: str | None = None, whitening=None) -> None:
-        super().__init__(settings, precision)
-        self.whitening = whitening
-        if whitening is not None and whitening.descriptor != settings.resnet_descriptor:
-            from ..whitening import WhiteningError
-
-            raise WhiteningError(f"whitening {whitening.version} was fitted on {whitening.descriptor} descriptors "
-                                 f"but the settings give {settings.resnet_descriptor}; fit a new one with "
-                                 f"`ndid whitening fit`")
+    model_key = "resnet50"
 
     @property
     def raw_dim(self) -> int:
         return 1024 if self.settings.resnet_layer == "layer3" else 2048
-
-    @property
-    def dim(self) -> int:  # type: ignore[override]
-        return self.whitening.dim if self.whitening is not None else self.raw_dim
 
     def _build(self):
         from ..weights import build_resnet50
 
         return PooledResNet(build_resnet50(self.settings), self.settings.resnet_layer, self.settings.resnet_gem_p)
 
+    def compile_identity(self) -> dict:
+        return {**super().compile_identity(), "descriptor": self.settings.descriptor_name}
+
+    def weights_files(self) -> list:
+        from ..weights import RESNET50, model_path
+
+        return [] if self.settings.untrained else [model_path(self.settings, RESNET50)]
+
     def preprocess(self, images: Sequence[LoadedImage]):
         if self.settings.resnet_input == "center_crop":
             return super().preprocess(images)
-        import torch
-        from torchvision.transforms.v2 import functional as F
-
-        size = [self.input_size, self.input_size]
-        batch = [F.resize(F.pil_to_tensor(im.content), size, interpolation=F.InterpolationMode.BILINEAR, antialias=True)
-                 for im in images]
-        return F.normalize(torch.stack(batch).float().div_(255.0), list(self._mean), list(self._std))
-
-    def compute(self, images: Sequence[LoadedImage]) -> np.ndarray:
-        return self.whiten(self.compute_raw(images))
-
-    def whiten(self, raw: np.ndarray) -> np.ndarray:
-        if self.whitening is None:
-            return np.asarray(raw, dtype=np.float32)
-        if not len(raw):
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.whitening.apply(raw)
-
-    def compute_raw(self, images: Sequence[LoadedImage]) -> np.ndarray:
-        raw = super().compute(images)
-        if self.settings.resnet_flip_symmetric and len(images):
-            raw = raw + super().compute(mirrored(images))
-            raw = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
-        return raw.astype(np.float32)
+        return self.squashed(images)
 
 
 def _pooled_resnet_class():
@@ -95,16 +59,6 @@ def _pooled_resnet_class():
             return gem_pool(self.body(x), self.p)
 
     return _PooledResNet
-
-
-def mirrored(images: Sequence[LoadedImage]) -> list[LoadedImage]:
-    """The images' content (flat borders already trimmed), flipped left-right."""
-    import dataclasses
-
-    from PIL import Image
-
-    return [dataclasses.replace(im, image=im.content.transpose(Image.Transpose.FLIP_LEFT_RIGHT), box=None)
-            for im in images]
 
 
 def gem_pool(fmap, p: float):

@@ -18,7 +18,7 @@ def test_bootstrap_fits_whitening_and_an_image_level_threshold(random_settings, 
         (folder / f"{name}.jpg").write_bytes(jpeg_bytes(img))
     cal, whitening = bootstrap_calibration(random_settings, folder, limit=None, copies=2)
     assert cal.whitening_version == whitening.version and whitening.fitted_on["source"] == "bootstrap"
-    assert whitening.dim <= random_settings.whitening_dim and whitening.descriptor == random_settings.resnet_descriptor
+    assert whitening.dim <= random_settings.whitening_dim and whitening.descriptor == random_settings.descriptor_name
     assert cal.band[1] == 1.0  # stage 1 never accepts alone
     assert cal.threshold > cal.band[0]
     ql = cal.metrics["query_level"]

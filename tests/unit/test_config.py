@@ -40,9 +40,13 @@ def test_derived_values():
     # never mixes encoders or whitenings
     assert s.images_collection("w256-0123456789") == "ndid_images_random_w256_0123456789"
     assert s.images_alias == "ndid_images_random"
-    assert s.resnet_descriptor == "resnet50-layer3-gem3-squash224"
-    assert s.replace(resnet_layer="layer4", resnet_flip_symmetric=True).resnet_descriptor == \
+    assert s.descriptor_name == "resnet50-layer3-gem3-squash224"
+    assert s.replace(resnet_layer="layer4", resnet_flip_symmetric=True).descriptor_name == \
         "resnet50-layer4-gem3-squash224-flip"
+    sscd = s.replace(descriptor="sscd")  # another model: another raw collection (and whitening, calibration)
+    assert sscd.descriptor_name.startswith("sscd-") and sscd.raw_collection != s.raw_collection
+    with pytest.raises(SettingsError, match="NDID_DESCRIPTOR"):
+        Settings(descriptor="clip")
     assert Settings(milvus_uri="http://milvus:19530").resolved_milvus_uri == "http://milvus:19530"
 
 

@@ -2,7 +2,16 @@ import numpy as np
 import pytest
 
 from ndid_tasks.images import load_image
-from ndid_tasks.signals import DECISION_SIGNALS, ClipSignal, PHashSignal, ResNetSignal, precision_agreement
+from ndid_tasks.signals import (
+    DECISION_SIGNALS,
+    DESCRIPTOR_SIGNALS,
+    ClipSignal,
+    GlobalDescriptorSignal,
+    PHashSignal,
+    ResNetSignal,
+    descriptor_signal,
+    precision_agreement,
+)
 from tests.conftest import jpeg_bytes
 
 
@@ -151,7 +160,8 @@ def test_the_engines_feature_cache_keeps_each_signal_bounded():
     assert "img4" not in cache.local and "img4" not in cache.pdq and list(cache.clip) == ["img2", "img3"]
 
 
-@pytest.mark.parametrize("signal_cls", DECISION_SIGNALS, ids=lambda c: c.name)
+@pytest.mark.parametrize("signal_cls", [*DECISION_SIGNALS, *DESCRIPTOR_SIGNALS.values()],
+                         ids=lambda c: getattr(c, "model_key", c.name))
 def test_every_decision_signal_keeps_the_signal_contract(signal_cls, photos, tmp_path):
     """The contract every registered signal keeps: it names itself and the pair features it owns,
     computes one entry per image, and finds an image closer to itself than to another image."""
@@ -164,7 +174,16 @@ def test_every_decision_signal_keeps_the_signal_contract(signal_cls, photos, tmp
     for feature in signal_cls.pair_features:
         assert feature.signal == signal_cls.name and BY_NAME[feature.name] is feature
         assert feature.stage in (1, 2) and not (feature.stage == 1 and feature.optional)
-    signal = signal_cls.for_settings(Settings(state_dir=str(tmp_path), weights_mode="random"))
+    settings = Settings(state_dir=str(tmp_path), weights_mode="random")
+    if issubclass(signal_cls, GlobalDescriptorSignal):  # any model of the descriptor slot
+        from ndid_tasks.weights import import_weights
+        from tests.conftest import make_torchscript_descriptor
+
+        settings = settings.replace(descriptor=signal_cls.model_key)
+        if signal_cls.model_key == "sscd":
+            import_weights(settings, "sscd", make_torchscript_descriptor(tmp_path / "sscd.pt"))
+        assert isinstance(descriptor_signal(settings), signal_cls)
+    signal = signal_cls.for_settings(settings)
     pics = [load_image(jpeg_bytes(photos[name]), name) for name in ("astronaut", "coins")]
     values = signal.compute(pics)
     assert len(values) == 2

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -48,3 +50,36 @@ def test_resnet_checkpoint_loads_with_weights_only(tmp_path):
     torch.save(resnet50(weights=None).state_dict(), path)
     model = weights._resnet_from_file(path)
     assert model.fc.out_features == 1000
+
+
+def test_sscd_import_records_a_checksum_and_loading_rechecks_it(tmp_path):
+    from tests.conftest import make_torchscript_descriptor
+
+    settings = Settings(state_dir=str(tmp_path / "var"), weights_mode="random", descriptor="sscd")
+    with pytest.raises(weights.MissingWeightsError, match="ndid models import sscd"):
+        weights.require_descriptor_weights(settings)  # SSCD needs its file even in random mode
+    weights.require_descriptor_weights(settings.replace(descriptor="resnet50"))  # seeded ResNet-50: no file
+    source = make_torchscript_descriptor(tmp_path / "sscd.pt", dim=48)
+    with pytest.raises(weights.WeightsVerificationError, match="expected"):
+        weights.import_weights(settings, "sscd", source, expected_sha256="0" * 64)
+    dest = weights.import_weights(settings, "sscd", source, expected_sha256=weights.file_sha256(source))
+    assert dest.with_name(dest.name + ".sha256").read_text().strip() == weights.file_sha256(source)
+    assert weights.descriptor_width(weights.build_sscd(settings)) == 48
+    dest.write_bytes(dest.read_bytes() + b"\0")  # swapped or damaged after import
+    with pytest.raises(weights.WeightsVerificationError, match="changed since it was imported"):
+        weights.build_sscd(settings)
+
+
+def test_sscd_import_refuses_files_that_are_not_descriptor_models(tmp_path):
+    settings = Settings(state_dir=str(tmp_path / "var"), weights_mode="random", descriptor="sscd")
+    pickled = tmp_path / "state_dict.pt"
+    torch.save({"w": torch.zeros(3)}, pickled)  # a checkpoint, not TorchScript: never unpickled
+    with pytest.raises(weights.WeightsVerificationError, match="not a TorchScript model"):
+        weights.import_weights(settings, "sscd", pickled)
+    classifier = tmp_path / "classifier.pt"
+    with warnings.catch_warnings():  # tracing is deprecated; SSCD's published file is TorchScript
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.trace(torch.nn.Conv2d(3, 4, 3).eval(), torch.zeros(1, 3, 32, 32)).save(str(classifier))
+    with pytest.raises(weights.WeightsVerificationError, match=r"\(n, d\) vectors"):
+        weights.import_weights(settings, "sscd", classifier)  # gives a feature map, not a vector
+    assert not weights.model_path(settings, weights.SSCD).exists()

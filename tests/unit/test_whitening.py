@@ -54,7 +54,7 @@ def test_whitening_must_fit_the_descriptor(random_settings):
 def test_shipped_calibration_names_the_shipped_whitening(random_settings, tmp_path):
     cal = default_calibration("random")
     w = resolve_whitening(random_settings, cal)
-    assert w is not None and w.version == cal.whitening_version and w.descriptor == random_settings.resnet_descriptor
+    assert w is not None and w.version == cal.whitening_version and w.descriptor == random_settings.descriptor_name
     other = fit_whitening(np.random.default_rng(2).normal(size=(20, w.raw_dim)), w.descriptor, "random", dim=8)
     other.save(tmp_path / "other.npz")
     with pytest.raises(WhiteningError, match="was fitted with"):
