@@ -26,13 +26,13 @@ demo: install
 # (Chromium: Playwright's own browser download cannot work here) need, installed when missing and root.
 # The PostgreSQL package is told not to create (and start) a default cluster: the tests start
 # their own servers and stop them by PID.
-SYSTEM_PACKAGES = redis-server postgresql chromium
+SYSTEM_PACKAGES = redis-server postgresql chromium g++
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
 	  echo "Debian packages missing:$$missing (not root: the distributed and browser tests will be skipped)"; exit 0; fi; \
-	echo "installing$$missing (for the distributed and browser tests)"; \
+	echo "installing$$missing (for the distributed, browser and compiled-encoder tests)"; \
 	mkdir -p /etc/postgresql-common; \
 	grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf || \
 	  echo "create_main_cluster = false" >> /etc/postgresql-common/createcluster.conf; \
