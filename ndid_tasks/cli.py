@@ -257,9 +257,11 @@ def cmd_models(args) -> int:
 
     settings = load_settings()
     if args.action == "status":
+        needed = weights.required_models(settings)
         for spec in weights.MODELS.values():
             path = weights.model_path(settings, spec)
-            print(f"{spec.key:9s} {'present' if path.exists() else 'missing'}  {path}  ({spec.description})")
+            use = "" if spec in needed else "  [not used with these settings]"
+            print(f"{spec.key:9s} {'present' if path.exists() else 'missing'}  {path}  ({spec.description}){use}")
         print(f"weights mode: {settings.weights_mode}")
         return EXIT_OK
     if args.action == "compile":
