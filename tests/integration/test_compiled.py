@@ -67,6 +67,7 @@ def test_compiled_once_then_loaded_by_a_fresh_process_with_eager_outputs(tmp_pat
     out = compiled.compute(pictures())
     assert compiled.compiled_from == "compiled"
     np.testing.assert_allclose(out, eager, atol=1e-5)
+    np.testing.assert_allclose(compiled.compute(pictures()[:1]), eager[:1], atol=1e-5)  # a lone query: batch of 1
     packages = list((tmp_path / "models" / "compiled").glob("tiny-*.pt2"))
     assert len(packages) == 1
     assert encode_in_a_fresh_process(tmp_path, tmp_path / "again.npy") == "cache"  # no recompilation
