@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import time
@@ -163,12 +164,50 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
             fam: sum(results[q].candidate_hit for q in positives if family[q] == fam) /
             max(1, sum(1 for q in positives if family[q] == fam))
             for fam in sorted({family[q] for q in positives})}
+        report["stage2_share_by_kind"] = {kind: round(sum(results[q].stage2_invoked for q in qs) / len(qs), 3)
+                                          for kind, qs in (("copies", positives),
+                                                           ("unique", [q for q in results if not truth[q]])) if qs}
+        if "full" in wanted:
+            report["by_crop_area"] = crop_area_breakdown(results, gt, folder, matcher.threshold)
         report["calibration_version"] = cal.version
     finally:
         engine.close()
     report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_report(report, results, truth, family, out, wanted)
     return report
+
+
+CROP_FAMILIES = ("crop", "tight_crop")  # pure crops (+ JPEG): the kept area is the size ratio
+CROP_AREA_BINS = (0.0, 0.10, 0.15, 0.30, 0.50, 1.0)
+
+
+def crop_area_breakdown(results: dict[str, QueryResult], gt: list[dict[str, str]], folder: Path,
+                        threshold: float) -> list[dict[str, Any]]:
+    """Candidate recall, R@1 and recall at the threshold of the cropped copies, by the share of
+    the original's area they keep (read from the image sizes, so any folder of crops works)."""
+    from PIL import Image
+
+    def size(path: Path) -> int:
+        with Image.open(path) as im:
+            return im.width * im.height
+
+    kept: dict[str, float] = {}
+    for r in gt:
+        if r["family"] in CROP_FAMILIES and r["query"] in results and (folder / "refs" / r["original"]).exists():
+            kept[r["query"]] = size(folder / "queries" / r["query"]) / size(folder / "refs" / r["original"])
+    truth = {r["query"]: r["original"] for r in gt}
+    out = []
+    for lo, hi in itertools.pairwise(CROP_AREA_BINS):
+        qs = [q for q, a in kept.items() if lo < a <= hi]
+        if not qs:
+            continue
+        right = [results[q].predictions["full"].reference == truth[q] for q in qs]
+        out.append({"kept_area": f"{lo:.0%}-{hi:.0%}", "queries": len(qs),
+                    "candidate_recall": round(float(np.mean([results[q].candidate_hit for q in qs])), 3),
+                    "recall_at_1": round(float(np.mean(right)), 3),
+                    "recall_at_threshold": round(float(np.mean(
+                        [ok and results[q].predictions["full"].score >= threshold for q, ok in zip(qs, right, strict=True)])), 3)})
+    return out
 
 
 def _evaluate_query(qname, pic, phash, resnet, dhash, pdq, matcher: Matcher, cal, engine, ref_ids, ref_name,

@@ -55,6 +55,16 @@ def markdown(r: dict[str, Any]) -> str:
                       f"copies, re-indexed {wr['reindex'].get('rows')} rows in {wr['seconds']} s.")]
     lines += [f"Stage 2 (verification, CLIP if calibrated) invoked for {100 * r['stage2_share_of_queries']:.1f} % of queries. Candidate recall per family: "
               + ", ".join(f"{k} {v:.3f}" for k, v in r["candidate_recall"].items()) + "."]
+    kinds = r.get("stage2_share_by_kind")
+    if kinds:
+        lines[-1] += " Stage 2 by kind of query: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in kinds.items()) + "."
+    crops = r.get("by_crop_area")
+    if crops:
+        lines += ["", "### Cropped copies by the area they keep (crop and tight-crop families)", "",
+                  "| area kept | queries | candidate recall | R@1 | recall at the threshold |", "|---|---|---|---|---|"]
+        lines += [f"| {c['kept_area']} | {c['queries']} | {c['candidate_recall']:.3f} | {c['recall_at_1']:.3f} | "
+                  f"{c['recall_at_threshold']:.3f} |" for c in crops]
+        lines += ["", "![cropped copies by area kept](crop_area.png)"]
     s = r["speed"]
     lines += ["", "## Speed", "", "| figure | value |", "|---|---|",
               f"| end-to-end ingest (decode → signals → upsert → decide) | {s['ingest_images_per_s']} img/s |",
@@ -108,6 +118,21 @@ def _plots(results, truth, family, out: Path, wanted, report) -> None:
     fig.tight_layout()
     fig.savefig(out / "families.png", dpi=110)
     plt.close(fig)
+    crops = report.get("by_crop_area")
+    if crops:
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        x = np.arange(len(crops))
+        for i, (key, label) in enumerate((("candidate_recall", "candidate recall"), ("recall_at_1", "R@1"),
+                                          ("recall_at_threshold", "recall at the threshold"))):
+            ax.bar(x + (i - 1) * 0.27, [c[key] for c in crops], 0.27, label=label)
+        ax.set_xticks(x, [f"{c['kept_area']}\n({c['queries']})" for c in crops])
+        ax.set_xlabel("share of the original's area kept (queries)")
+        ax.set_ylim(0, 1.05)
+        ax.set_title("Cropped copies, full pipeline" + tag)
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        fig.savefig(out / "crop_area.png", dpi=110)
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------- descriptor ablation

@@ -45,7 +45,13 @@ def test_make_and_run_a_tiny_benchmark(tmp_path, photos, random_settings):
     assert saved["accuracy"] == report["accuracy"]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "UNTRAINED" in md and "micro-AP" in md
-    for png in ("pr_curves.png", "families.png"):
+    crops = report["by_crop_area"]  # 4 crops + 4 tight crops, binned by the area they keep
+    assert sum(c["queries"] for c in crops) == 8
+    assert any(c["kept_area"] in ("0%-10%", "10%-15%") for c in crops)  # tight crops keep 5-15 %
+    assert all(0 <= c["recall_at_threshold"] <= c["recall_at_1"] <= 1 for c in crops)
+    assert set(report["stage2_share_by_kind"]) == {"copies", "unique"}
+    assert "area kept" in md
+    for png in ("pr_curves.png", "families.png", "crop_area.png"):
         assert (tmp_path / "out" / png).stat().st_size > 5000
 
 
