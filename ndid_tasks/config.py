@@ -61,6 +61,9 @@ class Settings:
     milvus_token: str = field(default="", repr=False)
     milvus_collection_prefix: str = "ndid"
     milvus_hnsw_ef: int = 256  # recall over speed: ef=64 missed 6-9 % of true duplicates
+    # Milvus Lite only (embedded file or `milvus-lite server`): rows waiting in its memtable are
+    # brute-forced and copied row by row on every search, so a small one keeps each call cheap
+    milvus_lite_memtable_mb: int = 8
 
     # --- models ---
     model_dir: str = ""  # empty: <state_dir>/models
@@ -148,7 +151,7 @@ class Settings:
         if not self.resnet_gem_p >= 1:
             raise SettingsError("NDID_RESNET_GEM_P must be >= 1 (1 = average pooling)")
         for name in ("embed_batch_size", "ingest_batch_size", "resnet_top_k", "milvus_hnsw_ef",
-                     "stage2_max_candidates", "whitening_dim", "sift_max_side", "sift_features",
+                     "stage2_max_candidates", "whitening_dim", "sift_max_side", "sift_features", "milvus_lite_memtable_mb",
                      "ingest_max_parallel", "max_decode_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"NDID_{name.upper()} must be >= 1")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ MAX_ID_LENGTH = 1024
 QUERY_CHUNK = 256
 # Decision fields that a re-upsert of the same image must not wipe out.
 KEPT_FIELDS = ("ingested_at", "decision", "matched_id", "original_id", "run_id")
+HNSW_BUILD = {"M": 16, "efConstruction": 200}
 
 
 @dataclass
@@ -75,6 +77,17 @@ class Hit:
     id: str
     created_at: int
     score: float  # Hamming distance for pHash hits, cosine for ResNet hits
+
+
+LITE_MEMTABLE_ENV = "MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES"
+
+
+def lite_environment(settings: Settings) -> dict[str, str]:
+    """Environment for a Milvus Lite engine (embedded or ``milvus-lite server``). Lite copies every
+    memtable row into Python lists and brute-forces it on each search; its default 128 MB memtable
+    (~80 k of our rows) made one search call 3.6-4 s at 50-100 k rows, an 8 MB one 0.4-1.5 s. A
+    value already in the environment wins."""
+    return {LITE_MEMTABLE_ENV: os.environ.get(LITE_MEMTABLE_ENV, str(settings.milvus_lite_memtable_mb << 20))}
 
 
 def placeholder_vector(dim: int) -> np.ndarray:
@@ -129,6 +142,8 @@ class ImageIndex:
                 from pathlib import Path
 
                 Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+                # the embedded engine reads it once, when pymilvus first imports it
+                os.environ.update(lite_environment(settings))
             client = MilvusClient(**kwargs)
         self.client = client
         self.ensure_collections()
@@ -175,10 +190,11 @@ class ImageIndex:
             schema.add_field("phash", DataType.FLOAT_VECTOR, dim=64)
             schema.add_field("resnet", DataType.FLOAT_VECTOR, dim=self.resnet_dim)
             params = self.client.prepare_index_params()
-            # 0/1 floats with L2: squared distance == Hamming distance, and range search works
-            params.add_index(field_name="phash", index_type="FLAT", metric_type="L2")
-            params.add_index(field_name="resnet", index_type="HNSW", metric_type="COSINE",
-                             params={"M": 16, "efConstruction": 200})
+            # 0/1 floats with L2: squared distance == Hamming distance. HNSW, not FLAT: Milvus Lite's
+            # FLAT L2 materialises (queries x rows x 64) differences -- 75 % of a 64-image batch
+            # search at 100 k rows (see docs/benchmarks.md)
+            params.add_index(field_name="phash", index_type="HNSW", metric_type="L2", params=HNSW_BUILD)
+            params.add_index(field_name="resnet", index_type="HNSW", metric_type="COSINE", params=HNSW_BUILD)
             self._create(self.images, schema, params)
             log.info("created Milvus collection %s at %s", self.images, self.uri)
         if self.clip not in existing:
@@ -187,8 +203,7 @@ class ImageIndex:
             schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
             schema.add_field("clip", DataType.FLOAT_VECTOR, dim=512)
             params = self.client.prepare_index_params()
-            params.add_index(field_name="clip", index_type="HNSW", metric_type="COSINE",
-                             params={"M": 16, "efConstruction": 200})
+            params.add_index(field_name="clip", index_type="HNSW", metric_type="COSINE", params=HNSW_BUILD)
             self._create(self.clip, schema, params)
 
     def _create(self, name: str, schema: Any, params: Any) -> None:
@@ -349,11 +364,8 @@ class ImageIndex:
         if not vectors:
             return []
         flt = SEARCHABLE if latest_created_at is None else f"{SEARCHABLE} and created_at <= {int(latest_created_at)}"
-        params: dict[str, Any]
-        if field == "phash":
-            params = {"metric_type": "L2"}
-        else:
-            params = {"metric_type": "COSINE", "params": {"ef": max(self.settings.milvus_hnsw_ef, limit)}}
+        params = {"metric_type": "L2" if field == "phash" else "COSINE",
+                  "params": {"ef": max(self.settings.milvus_hnsw_ef, limit)}}  # (a FLAT index ignores ef)
         res = self.client.search(self.images, data=[np.asarray(v, np.float32).tolist() for v in vectors],
                                  anns_field=field, limit=limit, filter=flt, output_fields=["created_at"],
                                  search_params=params)

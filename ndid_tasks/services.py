@@ -300,7 +300,9 @@ def start_milvus(settings: Settings, port: int = MILVUS_SERVER_PORT, wait: float
     argv = [_executable("milvus-lite"), "server", "--data-dir", str(data), "--host", "127.0.0.1",
             "--port", str(port)]
     log_path = Path(settings.state_dir) / "milvus" / "server.log"
-    pid = spawn(settings, "milvus", argv, log_path)
+    from .index import lite_environment
+
+    pid = spawn(settings, "milvus", argv, log_path, env=lite_environment(settings))
     _pid_file(settings, "milvus").with_suffix(".uri").write_text(milvus_server_uri(port))
     wait_until(lambda: _milvus_ready(milvus_server_uri(port)), wait, f"Milvus Lite server (pid {pid})",
                 log_path, pid)

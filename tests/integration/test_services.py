@@ -1,8 +1,10 @@
 """The local services are real: authenticated S3 that persists, Milvus Lite served to many processes."""
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import boto3
 import pytest
@@ -123,6 +125,9 @@ def test_milvus_lite_server_serves_two_processes_at_once(tmp_path):
     st = services.start_milvus(settings, port=port)
     try:
         assert st.running and services.milvus_status(settings, port).running
+        environ = Path(f"/proc/{st.pid}/environ").read_bytes().split(b"\0")
+        if not os.environ.get("MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES"):  # the small memtable (NDID_MILVUS_LITE_MEMTABLE_MB)
+            assert f"MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES={8 << 20}".encode() in environ
         script = textwrap.dedent(f"""
             import sys
             from pymilvus import MilvusClient, DataType

@@ -19,11 +19,20 @@ def test_reads_ndid_variables_with_types():
 @pytest.mark.parametrize("env", [
     {"NDID_WEIGHTS_MODE": "imagenet"}, {"NDID_PHASH_RADIUS": "65"}, {"NDID_EMBED_BATCH_SIZE": "0"},
     {"NDID_PHASH_RADIUS": "ten"}, {"NDID_AMBIGUOUS_LOW": "0.3"}, {"NDID_TORCH_COMPILE": "maybe"},
-    {"NDID_AMBIGUOUS_LOW": "0.8", "NDID_AMBIGUOUS_HIGH": "0.2"},
+    {"NDID_AMBIGUOUS_LOW": "0.8", "NDID_AMBIGUOUS_HIGH": "0.2"}, {"NDID_MILVUS_LITE_MEMTABLE_MB": "0"},
 ])
 def test_bad_values_are_refused(env):
     with pytest.raises(SettingsError):
         Settings.from_env(env)
+
+
+def test_milvus_lite_memtable_budget_reaches_its_environment(monkeypatch):
+    from ndid_tasks.index import LITE_MEMTABLE_ENV, lite_environment
+
+    monkeypatch.delenv(LITE_MEMTABLE_ENV, raising=False)
+    assert lite_environment(Settings(milvus_lite_memtable_mb=16)) == {LITE_MEMTABLE_ENV: str(16 << 20)}
+    monkeypatch.setenv(LITE_MEMTABLE_ENV, "1234")  # set by hand: the operator's value wins
+    assert lite_environment(Settings()) == {LITE_MEMTABLE_ENV: "1234"}
 
 
 def test_secrets_never_in_repr_or_public_dict():
