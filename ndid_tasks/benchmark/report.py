@@ -100,11 +100,7 @@ def _plots(results, truth, family, out: Path, wanted, report) -> None:
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_ylim(0, 1.02)
-    ax.set_title("Top-1 precision/recall" + tag)
-    ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(out / "pr_curves.png", dpi=110)
-    plt.close(fig)
+    _save(fig, ax, "Top-1 precision/recall" + tag, out / "pr_curves.png", fontsize=8, loc="lower left")
     fams = [k for k in next(iter(report["accuracy"].values())) if k != "overall"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     width = 0.8 / max(len(wanted), 1)
@@ -113,11 +109,7 @@ def _plots(results, truth, family, out: Path, wanted, report) -> None:
                width, label=m)
     ax.set_xticks(np.arange(len(fams)) + 0.4 - width / 2, fams)
     ax.set_ylabel("recall at precision 0.99")
-    ax.set_title("Per attack family" + tag)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "families.png", dpi=110)
-    plt.close(fig)
+    _save(fig, ax, "Per attack family" + tag, out / "families.png", fontsize=7, ncol=2)
     crops = report.get("by_crop_area")
     if crops:
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
@@ -128,11 +120,17 @@ def _plots(results, truth, family, out: Path, wanted, report) -> None:
         ax.set_xticks(x, [f"{c['kept_area']}\n({c['queries']})" for c in crops])
         ax.set_xlabel("share of the original's area kept (queries)")
         ax.set_ylim(0, 1.05)
-        ax.set_title("Cropped copies, full pipeline" + tag)
-        ax.legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
-        fig.savefig(out / "crop_area.png", dpi=110)
-        plt.close(fig)
+        _save(fig, ax, "Cropped copies, full pipeline" + tag, out / "crop_area.png", fontsize=8, loc="upper left")
+
+
+def _save(fig, ax, title: str, path: Path, **legend: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
+    ax.legend(**legend)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------- descriptor ablation
