@@ -12,7 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-rows = json.load(open(sys.argv[1]))
+with open(sys.argv[1]) as f:
+    rows = json.load(f)
 THRESHOLD = float(sys.argv[3]) if len(sys.argv) > 3 else 0.3148  # the shipped calibration's
 refs = [r for r in rows if r["kind"] == "ref"]  # each reference as ingest decides it (all unique)
 # copies the full pipeline finds at the threshold, unturned (a rotated copy's own p1 is for the
@@ -33,7 +34,7 @@ a.set_xlabel("stage-1 probability"); a.set_ylabel("images"); a.legend(fontsize=8
 a.set_title("stage 1 (pHash distance + ResNet cosine), untrained weights", fontsize=9)
 b.plot(share, kept, marker=".", ms=3)
 for e in (0.023, 0.3, 0.5, 0.6, 0.8):
-    i = int(round(e * 100)) if e >= 0.01 else 2
+    i = round(e * 100) if e >= 0.01 else 2
     b.annotate(f"edge {e:g}", (share[i], kept[i]), fontsize=7, xytext=(4, -10), textcoords="offset points")
 b.axvline(0.30, color="grey", ls="--", lw=0.8); b.text(0.31, 0.72, "30 % target", fontsize=7, color="grey")
 b.set_xlabel("share of unique images reaching verification"); b.set_ylabel("share of found copies kept")
@@ -41,4 +42,4 @@ b.set_title("raising the band's lower edge", fontsize=9); b.set_xlim(0, 1); b.se
 fig.suptitle("Why stage 1 cannot gate at 30 % on the dev set (UNTRAINED weights)", fontsize=10)
 fig.tight_layout(); fig.savefig(sys.argv[2], dpi=110)
 print(json.dumps({"refs": len(refs), "found_copies": len(found),
-                  "at_30pct": next((round(k, 3), round(e, 2)) for s, k, e in zip(share, kept, edges) if s <= 0.30)}))
+                  "at_30pct": next((round(k, 3), round(e, 2)) for s, k, e in zip(share, kept, edges, strict=False) if s <= 0.30)}))

@@ -1,12 +1,20 @@
-"""Per query: stage-1 p1 of candidates, ResNet neighbour cosines; copies vs uniques."""
-import json, sys, time
+"""What stage 1 sees: per image of a dev set, its candidates' stage-1 probabilities, the ResNet
+cosines of its nearest refs and the full ranking's best (for gating_plot.py). An analysis that
+reads the Matcher's internals, not a product path.
+
+    NDID_WEIGHTS_MODE=random python docs/analysis/gating_probe.py BENCH_FOLDER OUT_DIR
+"""
+import json
+import sys
 from pathlib import Path
+
 import numpy as np
+
+from ndid_tasks.benchmark.generator import read_ground_truth
 from ndid_tasks.config import Settings
-from ndid_tasks.pipeline import Engine, local_items
 from ndid_tasks.images import load_image
 from ndid_tasks.index import IndexedImage
-from ndid_tasks.benchmark.generator import read_ground_truth
+from ndid_tasks.pipeline import Engine, local_items
 
 folder = Path(sys.argv[1]); out = Path(sys.argv[2]); out.mkdir(exist_ok=True, parents=True)
 s = Settings.from_env().replace(milvus_uri=str(out / "m.db"), milvus_collection_prefix="probe")
@@ -32,13 +40,13 @@ def probe(image, before, kind, truth, fam):
     tp1 = [p1[c] for c in p1 if truth and name.get(c) == truth]
     scores = m.rank(image, cands, [], before=before)
     best = scores[0] if scores else None
-    rows_out.append(dict(kind=kind, fam=fam, truth=truth, n=len(pairs),
-        p1=sorted(p1.values(), reverse=True), true_p1=(tp1[0] if tp1 else None),
-        cos=cos[:2 * K],
-        true_cos=next((h.score for h in hits if truth and name.get(h.id) == truth), None),
-        true_rank=next((k for k, h in enumerate(hits) if truth and name.get(h.id) == truth), None),
-        phd={name.get(c): feats[c]["phash_distance"] for c in feats},
-        best=(name.get(best.candidate_id), best.probability, best.stage) if best else None))
+    rows_out.append({"kind": kind, "fam": fam, "truth": truth, "n": len(pairs),
+        "p1": sorted(p1.values(), reverse=True), "true_p1": (tp1[0] if tp1 else None),
+        "cos": cos[:2 * K],
+        "true_cos": next((h.score for h in hits if truth and name.get(h.id) == truth), None),
+        "true_rank": next((k for k, h in enumerate(hits) if truth and name.get(h.id) == truth), None),
+        "phd": {name.get(c): feats[c]["phash_distance"] for c in feats},
+        "best": (name.get(best.candidate_id), best.probability, best.stage) if best else None})
 # refs at ingest (as ingest sees them)
 ids = [i.id for i in items]
 R = eng.index.get_rows(ids, ["phash", "resnet", "created_at", "sha256"])
