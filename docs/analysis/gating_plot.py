@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 with open(sys.argv[1]) as f:
-    rows = json.load(f)
-THRESHOLD = float(sys.argv[3]) if len(sys.argv) > 3 else 0.3148  # the shipped calibration's
+    probe = json.load(f)
+rows, THRESHOLD = probe["rows"], probe["threshold"]  # the calibration's threshold the probe ran with
 refs = [r for r in rows if r["kind"] == "ref"]  # each reference as ingest decides it (all unique)
 # copies the full pipeline finds at the threshold, unturned (a rotated copy's own p1 is for the
 # turned query, which the probe does not score, so the rotation family is left out)

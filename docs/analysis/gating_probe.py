@@ -64,5 +64,6 @@ for rec in gt:
                       created_at=0, phash=ph, resnet=rn)
     probe(im, False, "query", rec["original"], rec["family"])
     eng.forget([pic.image_id])
-(out / "probe.json").write_text(json.dumps(rows_out, default=float))
+(out / "probe.json").write_text(json.dumps({"threshold": m.threshold, "band": list(m.band), "rows": rows_out},
+                                           default=float))
 eng.close()
