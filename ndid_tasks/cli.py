@@ -252,6 +252,33 @@ def cmd_whitening(args) -> int:
         engine.close()
 
 
+def cmd_words(args) -> int:
+    """Fit the visual-words vocabulary (k-means on RootSIFT) on a folder of generic photos."""
+    from .images import image_files, load_image
+    from .signals import GeometricSignal
+    from .signals.visual_words import fit_vocabulary
+
+    settings = load_settings()
+    files = image_files(args.folder)[args.skip:]
+    if args.limit:
+        files = files[:args.limit]
+    geometry = GeometricSignal.from_settings(settings)
+    features = []
+    with _progress(len(files), "SIFT") as bar:
+        for path in files:
+            try:
+                features += geometry.compute([load_image(path.read_bytes(), path.name)])
+            except Exception as exc:  # noqa: BLE001 - an unreadable photo is skipped, not fatal
+                print(f"skipped {path.name}: {exc}", file=sys.stderr)
+            bar.update(1)
+    vocab = fit_vocabulary(features, size=args.size, seed=args.seed,
+                           meta={"fitted_on": f"{Path(args.folder).name} (sorted files {args.skip}..)",
+                                 "sift_max_side": settings.sift_max_side, "sift_features": settings.sift_features})
+    Path(args.output).write_bytes(vocab.to_bytes())
+    print(json.dumps({"version": vocab.version, "output": args.output, **vocab.meta}, indent=2))
+    return EXIT_OK
+
+
 def cmd_models(args) -> int:
     from . import weights
 
@@ -379,6 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit and re-index but do not switch (write files with --output-dir)")
     s.add_argument("--output-dir", help="also write the calibration JSON and whitening NPZ here")
     s.set_defaults(func=cmd_whitening)
+
+    s = sub.add_parser("words", help="fit the visual-words vocabulary (tight-crop candidates) on generic photos")
+    s.add_argument("action", choices=["fit"])
+    s.add_argument("folder")
+    s.add_argument("output", help="the vocabulary NPZ to write (use it with NDID_VISUAL_WORDS_FILE)")
+    s.add_argument("--size", type=int, default=4096, help="words (k-means centroids)")
+    s.add_argument("--skip", type=int, default=0, help="skip the first N sorted files (e.g. those a benchmark uses)")
+    s.add_argument("--limit", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_words)
 
     s = sub.add_parser("models", help="pretrained weights: status, fetch (needs a network), import FILE, "
                                       "compile (the encoders, ahead of time, for NDID_TORCH_COMPILE)")

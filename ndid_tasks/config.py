@@ -89,6 +89,13 @@ class Settings:
     sift_max_side: int = 256  # verified at this size (SIFT upsamples 2x inside): 12 ms/image (384: 27 ms)
     sift_features: int = 500  # keypoints per image (1000: 13 ms per pair to match, 500: 3 ms)
     store_local_features: bool = True  # DAG path: SIFT features of every image at ingest, kept in S3
+    # tight crops: candidates from the SIFT features as visual words (a sparse Milvus collection);
+    # costs SIFT for every image at ingest; Milvus Lite searches sparse vectors by brute force
+    visual_words: bool = True
+    # verified beyond NDID_STAGE2_MAX_CANDIDATES: the original of ~3 in 4 tight crops is among its 4
+    # nearest by words (2: 0.62, 8: 0.77; dev set, 162 refs); 0 = words kept but not searched
+    visual_words_candidates: int = 4
+    visual_words_file: str = ""  # vocabulary NPZ from `ndid words fit` ("" = the packaged one)
 
     # --- batching ---
     embed_batch_size: int = 32
@@ -165,6 +172,8 @@ class Settings:
         if not 0 <= self.phash_radius <= 64 or not 0 <= self.phash_turned_radius <= 64:
             raise SettingsError("NDID_PHASH_RADIUS and NDID_PHASH_TURNED_RADIUS must be within 0..64 "
                                 "(bits of a 64-bit hash)")
+        if not 0 <= self.visual_words_candidates <= 64:
+            raise SettingsError("NDID_VISUAL_WORDS_CANDIDATES must be within 0..64 (each one is verified)")
         if (self.ambiguous_low is None) != (self.ambiguous_high is None):
             raise SettingsError("set both NDID_AMBIGUOUS_LOW and NDID_AMBIGUOUS_HIGH, or neither")
         if (self.ambiguous_low is not None and self.ambiguous_high is not None
@@ -216,6 +225,10 @@ class Settings:
 
         digest = hashlib.sha256(self.descriptor_name.encode()).hexdigest()[:8]
         return f"{self.milvus_collection_prefix}_raw_{self.weights_mode}_{digest}"
+
+    def words_collection(self, vocabulary_version: str) -> str:
+        """Visual words of one vocabulary (independent of the encoders' weights and whitening)."""
+        return f"{self.milvus_collection_prefix}_words_{vocabulary_version.replace('-', '_')}"
 
     @property
     def clip_collection(self) -> str:

@@ -4,6 +4,7 @@
     else candidates = pHash range search (wide radius) ∪ ResNet top-K, all strictly earlier
                       ∪ turned copies: pHash search with the query's 7 rotations/mirrors (tight
                         radius), each scored with the query turned that way (its "orientation")
+                      ∪ visual words: the nearest by SIFT words (tight crops), always verified
          features per candidate ──▶ stage-1 LR ──▶ outside band: decided (stage "stage1")
                                                 └─ inside band: + geometric verification
                                                    (+ CLIP cosine if the calibration uses it) ──▶ stage-2 LR
@@ -76,8 +77,8 @@ class Matcher:
                  stage2_max: int = 3,
                  decide_earlier: Callable[[str, dict[str, str]], str] | None = None,
                  turned_radius: int = 0,
-                 turned_descriptors: Callable[[list[tuple[str, str]]], dict[tuple[str, str], np.ndarray]] | None = None
-                 ) -> None:
+                 turned_descriptors: Callable[[list[tuple[str, str]]], dict[tuple[str, str], np.ndarray]] | None = None,
+                 words_candidates: int = 0) -> None:
         self.index = index
         self.cal = calibration
         self.radius = phash_radius
@@ -94,6 +95,9 @@ class Matcher:
         # descriptor turned that way, {(image id, variant): vector} (missing: cannot be scored)
         self.turned_radius = turned_radius if turned_descriptors is not None else 0
         self.turned_descriptors = turned_descriptors
+        # tight crops: the ``words_candidates`` nearest by visual words (where the index keeps them),
+        # each verified whatever its stage-1 probability -- a tight crop's is low -- while stage 2 is on
+        self.words_candidates = words_candidates if index.words else 0
         self._turned: dict[tuple[str, str], np.ndarray] = {}
         self.stage2_pairs = 0
         self.pairs = 0
@@ -101,12 +105,14 @@ class Matcher:
         self._exact: dict[str, str | None] = {}
 
     def prefetch(self, images: Sequence[IndexedImage], candidates: dict[str, list[str]],
-                 turned: dict[str, list[tuple[str, str]]] | None = None) -> None:
+                 turned: dict[str, list[tuple[str, str]]] | None = None,
+                 words: dict[str, list[str]] | None = None) -> None:
         """Fetch the candidates' vectors, the exact-copy answers and the turned queries'
         descriptors of many images in a few calls (instead of round trips per image)."""
-        turned = turned or {}
+        turned, words = turned or {}, words or {}
         ids = list(dict.fromkeys([c for im in images for c in candidates.get(im.id, [])]
-                                 + [c for im in images for c, _ in turned.get(im.id, [])]))
+                                 + [c for im in images for c, _ in turned.get(im.id, [])]
+                                 + [c for im in images for c in words.get(im.id, [])]))
         self._rows = self.index.get_rows(ids, ["phash", "resnet"]) if ids else {}
         self._exact = self.index.earliest_with_sha256_many(images)
         wanted = list(dict.fromkeys((im.id, v) for im in images for _, v in turned.get(im.id, [])
@@ -162,7 +168,21 @@ class Matcher:
                 out.setdefault(owners[n].id, []).append((cid, names[n % len(names)]))
         return out
 
-    def _earlier_hits(self, field_name: str, vectors: Sequence[np.ndarray], owners: Sequence[IndexedImage],
+    @property
+    def stage2_on(self) -> bool:
+        """An empty ambiguous band (NDID_AMBIGUOUS_LOW >= HIGH) switches stage 2 off, for every source."""
+        return self.band[0] < self.band[1]
+
+    def words_candidates_many(self, images: Sequence[IndexedImage], before: bool = True) -> dict[str, list[str]]:
+        """The nearest ``words_candidates`` earlier images by visual words, per image with words
+        (one batch search; none where the index keeps no words)."""
+        owners = [im for im in images if im.words] if self.words_candidates else []
+        if not owners:
+            return {}
+        hits = self._earlier_hits("words", [im.words for im in owners], owners, self.words_candidates, None, before)
+        return {im.id: found[:self.words_candidates] for im, found in zip(owners, hits, strict=True) if found}
+
+    def _earlier_hits(self, field_name: str, vectors: Sequence[Any], owners: Sequence[IndexedImage],
                       want: int, radius: float | None, before: bool, slack: int = SEARCH_SLACK) -> list[list[str]]:
         """Nearest ids for each vector, only images strictly earlier than its owner (with
         ``before``). The batch search asks for ``slack`` extra hits, room for the batch's own later
@@ -197,7 +217,8 @@ class Matcher:
                 for cid in candidate_ids if cid in rows]  # (a row deleted between search and fetch: gone)
 
     def stage2_plan(self, images: Sequence[IndexedImage], candidates: dict[str, list[str]],
-                    turned: dict[str, list[tuple[str, str]]] | None = None) -> dict[str, list[str]]:
+                    turned: dict[str, list[tuple[str, str]]] | None = None,
+                    words: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
         """Which candidates of each image will reach stage 2 (so their CLIP vectors and local
         features can be computed in batches first). Exact copies never need it."""
         plan = {}
@@ -211,19 +232,23 @@ class Matcher:
                 if aligned is not None:
                     chosen += [cid for cid, _, _ in ambiguous(self.cal, self._pairs(aligned, cids),
                                                               self.band)[:self.stage2_max]]
+            if self.stage2_on:
+                chosen += (words or {}).get(im.id, [])
             if chosen:
                 plan[im.id] = list(dict.fromkeys(chosen))
         return plan
 
-    def score(self, image: IndexedImage, candidate_ids: list[str]) -> list[PairScore]:
+    def score(self, image: IndexedImage, candidate_ids: list[str], verify_all: bool = False) -> list[PairScore]:
         """The candidates' scores, best first (:func:`ndid_tasks.scoring.score_pairs`); the
-        expensive features come from ``stage2_features`` for the pairs stage 2 reads."""
+        expensive features come from ``stage2_features`` for the pairs stage 2 reads -- with
+        ``verify_all`` for every candidate, whatever its stage-1 probability (visual-words
+        candidates: found by their local features, judged by them)."""
         if not candidate_ids:
             return []
         pairs = self._pairs(image, candidate_ids)
         self.pairs += len(pairs)
-        scores = score_pairs(self.cal, pairs, lambda cids: self.stage2_features(image.id, cids),
-                             self.band, self.stage2_max)
+        band, cap = ((0.0, 1.0), len(pairs)) if verify_all else (self.band, self.stage2_max)
+        scores = score_pairs(self.cal, pairs, lambda cids: self.stage2_features(image.id, cids), band, cap)
         self.stage2_pairs += sum(1 for s in scores if s.stage == "stage2")
         return scores
 
@@ -240,13 +265,19 @@ class Matcher:
         return scores
 
     def rank(self, image: IndexedImage, candidates: list[str] | None = None,
-             turned: list[tuple[str, str]] | None = None, before: bool = True) -> list[PairScore]:
-        """Every candidate's score, best first, each candidate once (as it is, or turned where that
-        scores higher): the one ranking that decisions, ``ndid query`` and the benchmark use."""
+             turned: list[tuple[str, str]] | None = None, before: bool = True,
+             words: list[str] | None = None) -> list[PairScore]:
+        """Every candidate's score, best first, each candidate once (as it is, turned, or verified
+        as a visual-words candidate, whichever scores higher): the one ranking that decisions,
+        ``ndid query`` and the benchmark use."""
         cands = self.candidates(image, before) if candidates is None else candidates
         if turned is None:
             turned = self.turned_candidates_many([image], before).get(image.id, [])
+        if words is None:
+            words = self.words_candidates_many([image], before).get(image.id, [])
         scores = self.score(image, cands) + self.score_turned(image, turned)
+        settled = {s.candidate_id for s in scores if s.stage == "stage2" or s.probability >= self.band[1]}
+        scores += self.score(image, [c for c in words if c not in settled], verify_all=self.stage2_on)
         scores.sort(key=lambda s: (-s.probability, s.orientation != "", s.candidate_id))
         best: dict[str, PairScore] = {}
         for s in scores:
@@ -254,10 +285,11 @@ class Matcher:
         return list(best.values())
 
     def decide(self, image: IndexedImage, originals: dict[str, str],
-               candidates: list[str] | None = None, turned: list[tuple[str, str]] | None = None) -> DecisionRecord:
+               candidates: list[str] | None = None, turned: list[tuple[str, str]] | None = None,
+               words: list[str] | None = None) -> DecisionRecord:
         """Decide one image. ``originals`` maps already-decided ids to their original (updated here);
-        ``candidates`` and ``turned`` may come precomputed from :meth:`candidates_many` and
-        :meth:`turned_candidates_many`."""
+        ``candidates``, ``turned`` and ``words`` may come precomputed from :meth:`candidates_many`,
+        :meth:`turned_candidates_many` and :meth:`words_candidates_many`."""
         record = DecisionRecord(id=image.id, source=image.source, decision="unique", sha256=image.sha256,
                                 original_id=image.id)
         exact = (self._exact[image.id] if image.id in self._exact
@@ -270,8 +302,10 @@ class Matcher:
             cands = self.candidates(image) if candidates is None else candidates
             if turned is None:
                 turned = self.turned_candidates_many([image]).get(image.id, [])
-            record.candidates = len(set(cands) | {c for c, _ in turned})
-            scores = self.rank(image, cands, turned)
+            if words is None:
+                words = self.words_candidates_many([image]).get(image.id, [])
+            record.candidates = len(set(cands) | {c for c, _ in turned} | set(words))
+            scores = self.rank(image, cands, turned, words=words)
             if scores:
                 best = scores[0]
                 record.orientation = best.orientation

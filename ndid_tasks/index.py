@@ -58,6 +58,7 @@ class IndexedImage:
     original_id: str = ""
     run_id: str = ""
     raw: np.ndarray | None = None  # the un-whitened descriptor, kept so the index can be re-whitened
+    words: dict[int, float] | None = None  # visual words (sparse tf-idf), None: not computed
     extra: dict[str, Any] = field(default_factory=dict)
 
     def row(self, weights_mode: str, inline_raw: bool = False) -> dict[str, Any]:
@@ -76,7 +77,7 @@ class IndexedImage:
 class Hit:
     id: str
     created_at: int
-    score: float  # Hamming distance for pHash hits, cosine for ResNet hits
+    score: float  # Hamming distance for pHash hits, cosine for ResNet and visual-words hits
 
 
 LITE_MEMTABLE_ENV = "MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES"
@@ -118,10 +119,11 @@ def ids_filter(ids: Iterable[str]) -> str:
 
 class ImageIndex:
     """``images`` is the versioned collection (see :meth:`Settings.images_collection`);
-    ``resnet_dim`` the length of the (whitened) ResNet vectors it holds."""
+    ``resnet_dim`` the length of the (whitened) ResNet vectors it holds; ``words`` the collection of
+    visual words ("" = none, see :mod:`ndid_tasks.signals.visual_words`)."""
 
     def __init__(self, settings: Settings, images: str, resnet_dim: int, client: MilvusClient | None = None,
-                 raw_dim: int = 0) -> None:
+                 raw_dim: int = 0, words: str = "") -> None:
         self.settings = settings
         self.uri = settings.resolved_milvus_uri
         self.images = images
@@ -132,6 +134,7 @@ class ImageIndex:
         self.raw = settings.raw_collection
         self.raw_dim = raw_dim
         self.inline_raw = False
+        self.words = words
         if client is None:
             # pymilvus' 10 s keepalive pings get long calls dropped ("too_many_pings"), for a
             # server and for the embedded Lite file alike (it is served over local gRPC too)
@@ -156,8 +159,8 @@ class ImageIndex:
         """Create both collections if missing and make sure they are loaded (safe to call any
         number of times; after a Milvus restart existing collections come back released)."""
         existing = set(self.client.list_collections())
-        for name in (self.images, self.clip):
-            if name in existing:
+        for name in (self.images, self.clip, self.words):
+            if name and name in existing:
                 self.client.load_collection(name)
         if self.images in existing:
             fields = {f["name"] for f in self.client.describe_collection(self.images)["fields"]}
@@ -206,6 +209,18 @@ class ImageIndex:
             params.add_index(field_name="clip", index_type="HNSW", metric_type="COSINE", params=HNSW_BUILD)
             self._create(self.clip, schema, params)
 
+        if self.words and self.words not in existing:
+            # its own collection: images collections made before it stay usable, and its rows depend
+            # on the vocabulary only (not on the encoders' whitening). Only searchable images have a row.
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                                description="NDID visual words (sparse tf-idf of SIFT)")
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
+            schema.add_field("created_at", DataType.INT64)
+            schema.add_field("words", DataType.SPARSE_FLOAT_VECTOR)
+            params = self.client.prepare_index_params()
+            params.add_index(field_name="words", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
+            self._create(self.words, schema, params)
+
     def _create(self, name: str, schema: Any, params: Any) -> None:
         """Create a collection; another process creating it at the same moment is fine."""
         from pymilvus import MilvusException
@@ -236,6 +251,10 @@ class ImageIndex:
         self.client.upsert(self.images, rows)
         if not self.inline_raw:
             self.upsert_raw({im.id: im.raw for im in images if im.raw is not None})
+        words = [{"id": im.id, "created_at": int(im.created_at), "words": im.words}
+                 for im in images if im.words]  # (an image without keypoints has no words)
+        if self.words and words:
+            self.client.upsert(self.words, words)
 
     def upsert_raw(self, raws: dict[str, np.ndarray]) -> None:
         """Raw descriptors into their (released) collection: kept for re-whitening, never loaded."""
@@ -262,6 +281,8 @@ class ImageIndex:
         if ids:
             self.client.delete(self.images, ids=list(ids))
             self.client.delete(self.clip, ids=list(ids))
+            if self.words:
+                self.client.delete(self.words, ids=list(ids))
             if self.raw_dim and self.raw in self.client.list_collections():
                 self.client.delete(self.raw, ids=list(ids))
 
@@ -285,6 +306,13 @@ class ImageIndex:
 
     def get_clip(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         return {r["id"]: np.asarray(r["clip"], dtype=np.float32) for r in self._by_ids(self.clip, ids, ["clip"])}
+
+    def get_words(self, ids: Sequence[str]) -> dict[str, dict[int, float]]:
+        """Stored visual words ({} where the index keeps none)."""
+        if not self.words:
+            return {}
+        return {r["id"]: {int(k): float(v) for k, v in r["words"].items()}
+                for r in self._by_ids(self.words, ids, ["words"])}
 
     def iter_rows(self, fields: list[str], batch_size: int = 512) -> Iterable[list[dict[str, Any]]]:
         """Every row, in pages: the input of a re-index. ``resnet_raw`` among the fields is read from
@@ -352,17 +380,23 @@ class ImageIndex:
 
     def search_many(self, field: str, vectors: Sequence[np.ndarray], limit: int,
                     latest_created_at: int | None = None, radius: float | None = None) -> list[list[Hit]]:
-        """One search call for many query vectors (``field`` is "phash" or "resnet").
+        """One search call for many query vectors (``field`` is "phash", "resnet" or "words").
 
         pHash: the nearest ``limit`` within Hamming distance ``radius`` (squared L2 of 0/1
         vectors). Asked as a top-k search and cut at the radius here: Milvus Lite's range search
         took 3-4x longer (1.3 s for 64 queries), and its cost grows with ``limit`` (~80 us a hit),
         so callers ask for few. ResNet: top-``limit`` by cosine with ef from the settings.
+        Words: top-``limit`` by inner product of the sparse vectors (their own collection).
         ``latest_created_at`` limits hits to rows not newer than the newest query; callers
         post-filter the exact ingestion order.
         """
         if not vectors:
             return []
+        if field == "words":
+            flt = "" if latest_created_at is None else f"created_at <= {int(latest_created_at)}"
+            res = self.client.search(self.words, data=list(vectors), anns_field="words", limit=limit, filter=flt,
+                                     output_fields=["created_at"], search_params={"metric_type": "IP"})
+            return [[Hit(h["id"], h["entity"]["created_at"], float(h["distance"])) for h in hits] for hits in res]
         flt = SEARCHABLE if latest_created_at is None else f"{SEARCHABLE} and created_at <= {int(latest_created_at)}"
         params = {"metric_type": "L2" if field == "phash" else "COSINE",
                   "params": {"ef": max(self.settings.milvus_hnsw_ef, limit)}}  # (a FLAT index ignores ef)

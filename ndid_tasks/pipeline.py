@@ -26,6 +26,7 @@ from .feature_store import FeatureStore
 from .images import ImageDecodeError, LoadedImage, load_image
 from .index import MAX_ID_LENGTH, ImageIndex, IndexedImage
 from .signals import ClipSignal, GeometricSignal, GlobalDescriptorSignal, PDQSignal, PHashSignal, descriptor_signal
+from .signals.visual_words import VisualWordsSignal, Vocabulary, pack_words, unpack_words
 from .whitening import Whitening, WhiteningError, load_whitening_file, packaged_whitening
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class Engine:
         self.clip = ClipSignal(settings)
         self.geometry = GeometricSignal.from_settings(settings)
         self.pdq = PDQSignal()
+        self._words: VisualWordsSignal | None = None
         self.features = FeatureCache()  # stage-2 inputs of recent images
         self._index = index
         self._calibration = calibration
@@ -151,6 +153,23 @@ class Engine:
         return self._resnet
 
     @property
+    def words(self) -> VisualWordsSignal | None:
+        """Visual words (NDID_VISUAL_WORDS), on the geometric signal's SIFT features; None when off."""
+        if self._words is None and self.settings.visual_words:
+            self._words = VisualWordsSignal(Vocabulary.load(self.settings.visual_words_file), self.geometry)
+        return self._words
+
+    def words_of(self, pics: Sequence[LoadedImage]) -> list[dict[int, float] | None]:
+        """Each image's visual words from its SIFT features (computed once, kept for stage 2)."""
+        if self.words is None or not pics:
+            return [None] * len(pics)
+        local = self.local_features([p.image_id for p in pics], pictures={p.image_id: p for p in pics})
+        t0 = time.perf_counter()
+        out = [self.words.from_local(local[p.image_id]) if p.image_id in local else None for p in pics]
+        self.timings["words_s"] += time.perf_counter() - t0
+        return out
+
+    @property
     def index_version(self) -> str:
         """What the images collection is named after: the whitening (or the raw descriptor)."""
         w = self.resnet.whitening
@@ -163,8 +182,9 @@ class Engine:
     @property
     def index(self) -> ImageIndex:
         if self._index is None:
+            words = self.settings.words_collection(self.words.vocabulary.version) if self.words else ""
             self._index = ImageIndex(self.settings, self.settings.images_collection(self.index_version),
-                                     self.resnet.dim, raw_dim=self.resnet.raw_dim)
+                                     self.resnet.dim, raw_dim=self.resnet.raw_dim, words=words)
         return self._index
 
     @property
@@ -258,9 +278,10 @@ class Engine:
         t3 = time.perf_counter()
         for stage, seconds in {"decode_s": t1 - t0, "phash_s": t2 - t1, "resnet_s": t3 - t2}.items():
             self.timings[stage] += seconds
+        words = self.words_of(pics)  # (indexed with the image: a later batch's search must see them)
         images = [IndexedImage(id=item.id, sha256=im.sha256, source=item.source, width=im.width,
                                height=im.height, num_bytes=im.num_bytes, created_at=item.created_at_ms,
-                               phash=phashes[i], resnet=embeddings[i], raw=raw[i])
+                               phash=phashes[i], resnet=embeddings[i], raw=raw[i], words=words[i])
                   for i, (item, im) in enumerate(loaded)]
         return Prepared(images, errors, {im.image_id: im for im in pics})
 
@@ -287,15 +308,18 @@ class Engine:
         ordered = sorted(images, key=lambda im: (im.created_at, im.id))
         candidates: dict[str, list[str]] = {}
         turned: dict[str, list[tuple[str, str]]] = {}
+        words: dict[str, list[str]] = {}
         for start in range(0, len(ordered), SEARCH_BATCH):
             candidates.update(matcher.candidates_many(ordered[start:start + SEARCH_BATCH]))
             turned.update(matcher.turned_candidates_many(ordered[start:start + SEARCH_BATCH]))
-        matcher.prefetch(ordered, candidates, turned)
-        plan = matcher.stage2_plan(ordered, candidates, turned)
+            words.update(matcher.words_candidates_many(ordered[start:start + SEARCH_BATCH]))
+        matcher.prefetch(ordered, candidates, turned, words)
+        plan = matcher.stage2_plan(ordered, candidates, turned, words)
         self.warm_stage2(list(plan) + [c for cands in plan.values() for c in cands])
         for image in ordered:
             before = matcher.stage2_pairs
-            rec = matcher.decide(image, originals, candidates[image.id], turned.get(image.id, []))
+            rec = matcher.decide(image, originals, candidates[image.id], turned.get(image.id, []),
+                                 words.get(image.id, []))
             rec.stage2_pairs = matcher.stage2_pairs - before
             rec.calibration_version = cal.version
             rec.weights_mode = self.settings.weights_mode
@@ -350,22 +374,21 @@ class Engine:
         against them without reading the images again. Returns the bytes stored."""
         if self.feature_store is None or not prepared.loaded:
             return 0
-        t0 = time.perf_counter()
-        feats = dict(zip(prepared.loaded, self.geometry.compute(list(prepared.loaded.values())), strict=True))
-        self.features.local.update(feats)
-        self.timings["geometry_s"] += time.perf_counter() - t0
+        feats = self.local_features(list(prepared.loaded), pictures=prepared.loaded)  # (visual words computed them)
         return self.feature_store.put_many(feats)
 
-    def local_features(self, ids: list[str], pdq: bool = False) -> dict[str, Any]:
+    def local_features(self, ids: list[str], pdq: bool = False,
+                       pictures: dict[str, LoadedImage] | None = None) -> dict[str, Any]:
         """SIFT features per id (and, with ``pdq``, PDQ dihedral hashes into ``self.features.pdq``), cached in
-        this process; read from the feature store where there is one, else computed from pixels."""
+        this process; read from the feature store where there is one, else computed from pixels --
+        from ``pictures`` when given (images being ingested: computed, not looked up)."""
         t0 = time.perf_counter()
         missing = [i for i in dict.fromkeys(ids) if i not in self.features.local or (pdq and i not in self.features.pdq)]
-        if missing and self.feature_store is not None:
+        if missing and self.feature_store is not None and pictures is None:
             self.features.local.update(self.feature_store.get_many([i for i in missing if i not in self.features.local]))
             missing = [i for i in missing if i not in self.features.local or (pdq and i not in self.features.pdq)]
         if missing:
-            pics = self.pictures(missing)
+            pics = pictures if pictures is not None else self.pictures(missing)
             jobs: list[tuple[dict[str, Any], Callable[[list[LoadedImage]], Any]]] = [(self.features.local, self.geometry.compute)]
             if pdq:
                 jobs.append((self.features.pdq, self.pdq.dihedral))
@@ -457,6 +480,7 @@ class Engine:
         self.forget([image_id])  # a reused query id must not see the previous query's features
         self._loaded[image_id] = pic
         try:
+            image.words = self.words_of([pic])[0]
             return self._query(image, pic, limit)
         finally:
             self.forget([image_id])
@@ -476,7 +500,8 @@ class Engine:
                           threshold=self.settings.decision_threshold, band=band,
                           stage2_max=self.settings.stage2_max_candidates,
                           turned_radius=self.settings.phash_turned_radius,
-                          turned_descriptors=self.turned_descriptors)
+                          turned_descriptors=self.turned_descriptors,
+                          words_candidates=self.settings.visual_words_candidates if self.words else 0)
         matcher.decide_earlier = lambda image_id, originals: self._decide_earlier(matcher, image_id, originals)
         return matcher
 
@@ -487,7 +512,8 @@ class Engine:
         if row is None:
             return image_id
         image = IndexedImage(**{k: row[k] for k in IMAGE_ROW_FIELDS if k not in ("phash", "resnet")},
-                             phash=np.asarray(row["phash"], np.float32), resnet=np.asarray(row["resnet"], np.float32))
+                             phash=np.asarray(row["phash"], np.float32), resnet=np.asarray(row["resnet"], np.float32),
+                             words=self.index.get_words([image_id]).get(image_id))
         pairs = matcher.stage2_pairs
         try:
             return matcher.decide(image, originals).original_id
@@ -498,10 +524,11 @@ class Engine:
         matcher = self.matcher(max(self.settings.resnet_top_k, limit))
         cands = matcher.candidates(image, before=False)
         turned = matcher.turned_candidates_many([image], before=False).get(image.id, [])
+        words = matcher.words_candidates_many([image], before=False).get(image.id, [])
         hashes = self.index.get_rows(cands, ["sha256"]) if cands else {}
         exact = {c for c in cands if hashes.get(c, {}).get("sha256") == pic.sha256}
         out = []
-        for s in matcher.rank(image, cands, turned, before=False)[:limit]:
+        for s in matcher.rank(image, cands, turned, before=False, words=words)[:limit]:
             is_exact = s.candidate_id in exact
             out.append({"id": s.candidate_id, "probability": 1.0 if is_exact else s.probability,
                         "stage": "exact" if is_exact else s.stage,
@@ -594,7 +621,8 @@ def pack_prepared(prepared: Prepared) -> bytes:
     np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
              errors=np.frombuffer(json.dumps([e.to_dict() for e in prepared.errors]).encode(), dtype=np.uint8),
              phash=np.array([im.phash for im in prepared.images], dtype=np.float32).reshape(-1, 64),
-             raw=np.array([im.raw for im in prepared.images], dtype=np.float32).reshape(len(prepared.images), -1))
+             raw=np.array([im.raw for im in prepared.images], dtype=np.float32).reshape(len(prepared.images), -1),
+             **pack_words([im.words for im in prepared.images]))
     return buf.getvalue()
 
 
@@ -606,5 +634,7 @@ def unpack_prepared(data: bytes, resnet: GlobalDescriptorSignal) -> Prepared:
         errors = [DecisionRecord(**e) for e in json.loads(npz["errors"].tobytes())]
         raw = npz["raw"]
         whitened = resnet.whiten(raw) if len(meta) else raw
-        images = [IndexedImage(**m, phash=npz["phash"][i], resnet=whitened[i], raw=raw[i]) for i, m in enumerate(meta)]
+        words = unpack_words(npz, len(meta))
+        images = [IndexedImage(**m, phash=npz["phash"][i], resnet=whitened[i], raw=raw[i], words=words[i])
+                  for i, m in enumerate(meta)]
     return Prepared(images, errors)

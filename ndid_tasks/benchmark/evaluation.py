@@ -214,14 +214,16 @@ def _evaluate_query(qname, pic, phash, resnet, dhash, pdq, matcher: Matcher, cal
                     ref_phash, ref_resnet, ref_dhash, ref_pdq, truth, wanted) -> QueryResult:
     preds: dict[str, Prediction] = {}
     image = IndexedImage(id=pic.image_id, sha256=pic.sha256, source="", width=pic.width, height=pic.height,
-                         num_bytes=pic.num_bytes, created_at=0, phash=phash, resnet=resnet)
+                         num_bytes=pic.num_bytes, created_at=0, phash=phash, resnet=resnet,
+                         words=engine.words_of([pic])[0])
     cands = matcher.candidates(image, before=False)
     turned = matcher.turned_candidates_many([image], before=False).get(image.id, [])
-    hit = bool(truth[qname]) and any(ref_name.get(c) == truth[qname] for c in cands + [c for c, _ in turned])
+    words = matcher.words_candidates_many([image], before=False).get(image.id, [])
+    hit = bool(truth[qname]) and any(ref_name.get(c) == truth[qname] for c in cands + [c for c, _ in turned] + words)
     stage2_invoked = False
     if "full" in wanted:
         before = matcher.stage2_pairs
-        scores = matcher.rank(image, cands, turned, before=False)
+        scores = matcher.rank(image, cands, turned, before=False, words=words)
         stage2_invoked = matcher.stage2_pairs > before
         preds["full"] = Prediction(qname, ref_name[scores[0].candidate_id], scores[0].probability) if scores \
             else Prediction(qname, "", 0.0)

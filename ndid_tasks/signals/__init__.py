@@ -7,6 +7,7 @@ pair features it gives the decision model (``pair_features``; ndid_tasks.feature
     clip     open_clip ViT-B-32 512-d, L2=1  compare -> cosine similarity
     pdq      Meta PDQ 256-bit hash           compare -> Hamming distance (0..256); dihedral min
     geometry SIFT + RANSAC                   verify -> distinct inliers (stage 2 only)
+    visual_words  SIFT as sparse tf-idf words  compare -> cosine; a candidate source (tight crops)
 
 A new signal is a module here with a :class:`Signal` subclass, its ``pair_features`` and an entry
 in :data:`DECISION_SIGNALS` (the order of the calibration's features); the exact sha256 check lives
@@ -24,6 +25,7 @@ from .pdq import PDQSignal
 from .phash import PHashSignal
 from .resnet import PooledResNet, ResNetSignal, fuse_batchnorm, gem_pool
 from .sscd import SSCDSignal
+from .visual_words import SparseWords, VisualWordsSignal, Vocabulary, VocabularyError
 
 # the signals whose pair features the decision model reads, in the calibration's feature order
 DECISION_SIGNALS: tuple[type[Signal], ...] = (PHashSignal, ResNetSignal, ClipSignal, PDQSignal, GeometricSignal)
@@ -49,7 +51,11 @@ __all__ = [
     "ResNetSignal",
     "SSCDSignal",
     "Signal",
+    "SparseWords",
     "TorchEmbeddingSignal",
+    "VisualWordsSignal",
+    "Vocabulary",
+    "VocabularyError",
     "descriptor_signal",
     "fuse_batchnorm",
     "gem_pool",

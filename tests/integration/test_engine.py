@@ -150,7 +150,11 @@ def test_stage2_runs_only_for_ambiguous_pairs(random_settings, corpus):
                                             ambiguous_low=0.0, ambiguous_high=1.0, stage2_max_candidates=1))
     try:
         recs = engine.ingest(local_items([corpus]), run_id="r1", run_at="t")
-        assert max(r.stage2_pairs for r in recs) == 1  # the cap on stage-2 pairs per image holds
+        # the cap on stage-2 pairs per image holds: 1 from the ambiguous band, and the visual-words
+        # candidates (verified beyond it) that the band's pair was not
+        words = random_settings.visual_words_candidates
+        assert max(r.stage2_pairs for r in recs) <= 1 + words
+        assert any(r.stage2_pairs > 1 for r in recs)
         assert engine.clip_images_computed == 0
         # pairs beyond the cap are never accepted unverified
         assert all(r.stage != "unverified" for r in recs if r.decision == "duplicate")
@@ -301,7 +305,9 @@ def test_rotated_and_mirrored_copies_are_found_through_turned_phash(random_setti
         assert rec.orientation and rec.stage == "stage2"
     assert recs["unrelated_chelsea.jpg"].decision == "unique"
     assert all(recs[f"orig_{n}.jpg"].decision == "unique" for n in names)
-    off = run(random_settings.replace(resnet_top_k=1, phash_turned_radius=0, state_dir=str(tmp_path / "off")))
+    # off, and the visual words off too (SIFT is rotation invariant: words find turned copies as well)
+    off = run(random_settings.replace(resnet_top_k=1, phash_turned_radius=0, visual_words=False,
+                                      state_dir=str(tmp_path / "off")))
     assert sum(off[f"turned_{n}.jpg"].decision == "duplicate" for n in turns) < len(turns)
     assert all(not r.orientation for r in off.values())
 
@@ -339,3 +345,76 @@ def test_turned_candidates_equal_a_brute_force_search_of_earlier_images(random_s
             expected |= {(oid, names[n]) for d, oid in near[:TURNED_CANDIDATES] if d <= radius}
         assert set(got.get(im.id, [])) == expected, im.id
     assert sum(len(v) for v in got.values()) >= 8  # the turned copies found their original and each other
+
+
+def tight_crop(img, side=0.4):
+    """16 % of the frame, shown at half the original's size."""
+    w, h = img.size
+    x, y = int(w * 0.35), int(h * 0.3)
+    return img.crop((x, y, x + int(w * side), y + int(h * side))).resize((w // 2, h // 2))
+
+
+def test_tight_crops_are_found_through_visual_words(random_settings, tmp_path, photos):
+    """A 16 %-area crop is not near its original by pHash or the global descriptor; its visual
+    words are, the pair is verified, and it is decided a duplicate. With the words off, missed."""
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    t = time.time() - 10_000
+    names = ["astronaut", "coffee", "rocket", "camera", "coins", "chelsea", "immunohistochemistry", "moon"]
+    for n, name in enumerate(names):
+        write(folder / f"orig_{name}.jpg", photos[name], mtime=t + n)
+    cropped = names
+    for n, name in enumerate(cropped):
+        write(folder / f"crop_{name}.jpg", tight_crop(photos[name]), quality=85, mtime=t + 100 + n)
+    write(folder / "unrelated_hubble.jpg", photos["hubble_deep_field"], mtime=t + 200)
+
+    def run(settings):
+        with Engine(settings) as engine:
+            recs = by_name(engine.ingest(local_items([folder]), run_id="r", run_at="2026-01-01T00:00:00+00:00"))
+            return recs
+
+    # a crowded index, where the ResNet top-K of a crop does not hold its original
+    recs = run(random_settings.replace(resnet_top_k=1))
+    def found(recs):  # the original is the best-scored candidate, and the copy decided a duplicate
+        return [n for n in cropped if recs[f"crop_{n}.jpg"].matched_id.endswith(f"orig_{n}.jpg")
+                and recs[f"crop_{n}.jpg"].decision == "duplicate"]
+
+    for name in cropped:  # every original proposed by its words and verified (inliers counted) ...
+        rec = recs[f"crop_{name}.jpg"]
+        assert rec.matched_id.endswith(f"orig_{name}.jpg") and rec.stage == "stage2", rec
+        assert rec.features["log_inliers"] > np.log1p(4), rec
+    # ... and most decided duplicates (the untrained stage-2 model also weighs the low global cosine)
+    assert len(found(recs)) >= 6, found(recs)
+    assert recs["unrelated_hubble.jpg"].decision == "unique"
+    assert all(recs[f"orig_{n}.jpg"].decision == "unique" for n in names)
+    off = run(random_settings.replace(resnet_top_k=1, visual_words=False, state_dir=str(tmp_path / "off")))
+    assert len(found(off)) < len(found(recs)), found(off)
+
+
+def test_words_candidates_equal_a_brute_force_search_of_earlier_images(random_settings, tmp_path, photos):
+    """Batched words search (with later images of the batch filtered out) = the nearest earlier
+    images by cosine of the words; rows come back as stored and go with a delete."""
+    folder = tmp_path / "w"
+    folder.mkdir()
+    t = time.time() - 10_000
+    order = ["camera", "coins", "astronaut", "coffee", "chelsea", "rocket"]
+    for k, name in enumerate(order):
+        write(folder / f"{k:02d}_{name}.jpg", photos[name], mtime=t + k)
+        write(folder / f"{k:02d}b_{name}_crop.jpg", tight_crop(photos[name]), mtime=t + k + 0.5)
+    with Engine(random_settings) as engine:
+        prepared = engine.prepare(local_items([folder]), run_id="r1")
+        engine.index_prepared(prepared, "r1")
+        images = prepared.images
+        got = engine.matcher().words_candidates_many(images)
+        stored = engine.index.get_words([im.id for im in images])
+        engine.index.delete([images[0].id])
+        gone = engine.index.get_words([images[0].id])
+        words = engine.words
+    assert all(im.words for im in images)
+    for im in images:
+        assert stored[im.id] == pytest.approx(im.words, rel=1e-5)
+        earlier = [o for o in images if (o.created_at, o.id) < (im.created_at, im.id)]
+        sims = sorted((-words.compare(im.words, o.words), o.id) for o in earlier)
+        expected = [oid for s, oid in sims[:random_settings.visual_words_candidates] if s < 0]
+        assert got.get(im.id, []) == expected, im.id
+    assert gone == {}

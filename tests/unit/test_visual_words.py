@@ -1,0 +1,100 @@
+"""Visual words: the vocabulary file, the sparse vectors and their staging (no servers)."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from ndid_tasks.config import Settings
+from ndid_tasks.images import load_image
+from ndid_tasks.signals import GeometricSignal
+from ndid_tasks.signals.visual_words import (
+    VisualWordsSignal,
+    Vocabulary,
+    VocabularyError,
+    fit_vocabulary,
+    pack_words,
+    unpack_words,
+)
+from tests.conftest import jpeg_bytes
+
+
+@pytest.fixture(scope="module")
+def signal():
+    return VisualWordsSignal(Vocabulary.load())
+
+
+def words_of(signal, img, name="q"):
+    return signal.compute([load_image(jpeg_bytes(img), name)])[0]
+
+
+def tight_crop(img, side=0.4):
+    """A crop of 16 % of the frame, shown at half the original's size (so enlarged)."""
+    w, h = img.size
+    x, y = int(w * 0.35), int(h * 0.3)
+    return img.crop((x, y, x + int(w * side), y + int(h * side))).resize((w // 2, h // 2))
+
+
+def test_packaged_vocabulary_round_trips_without_pickle(tmp_path):
+    vocab = Vocabulary.load()
+    assert len(vocab) == 4096 and vocab.version.startswith("vw4096-")
+    again = Vocabulary.from_bytes(vocab.to_bytes())
+    assert again.version == vocab.version and again.meta["images"] == vocab.meta["images"]
+    path = tmp_path / "v.npz"
+    path.write_bytes(vocab.to_bytes())
+    assert Vocabulary.load(path).version == vocab.version
+
+
+def test_bad_vocabulary_files_are_a_clear_error(tmp_path):
+    with pytest.raises(VocabularyError, match="no vocabulary file"):
+        Vocabulary.load(tmp_path / "absent.npz")
+    buf = io.BytesIO()  # an object array would need pickle: refused, not loaded
+    np.savez(buf, meta=np.array([{"schema": "x"}], dtype=object), centroids=np.zeros((2, 128)), idf=np.ones(2))
+    with pytest.raises(VocabularyError, match="not a readable"):
+        Vocabulary.from_bytes(buf.getvalue())
+    buf = io.BytesIO()
+    meta = np.frombuffer(json.dumps({"schema": "ndid.visual_words/9"}).encode(), np.uint8)
+    np.savez(buf, meta=meta, centroids=np.zeros((2, 128), np.float16), idf=np.ones(2, np.float32))
+    with pytest.raises(VocabularyError, match="schema"):
+        Vocabulary.from_bytes(buf.getvalue())
+    with pytest.raises(VocabularyError, match="centroids"):
+        Vocabulary(np.zeros((2, 64)), np.ones(2), {})
+
+
+def test_words_are_normalised_and_a_tight_crop_is_nearest_its_original(signal, photos):
+    """A 16 %-area crop shares few pixels and little global look with its original, but its SIFT
+    words are a subset of the original's: the original is its nearest photo by words."""
+    ours = {name: words_of(signal, photos[name], name) for name in photos}
+    for name in ("camera", "coins", "chelsea", "hubble_deep_field"):
+        assert abs(sum(v * v for v in ours[name].values()) - 1) < 1e-4
+        assert all(0 <= w < len(signal.vocabulary) for w in ours[name])
+        q = words_of(signal, tight_crop(photos[name]))
+        sims = {other: signal.compare(q, w) for other, w in ours.items()}
+        assert max(sims, key=sims.get) == name, sims
+    assert signal.compare(ours["camera"], ours["camera"]) == pytest.approx(1.0, abs=1e-4)
+    assert words_of(signal, photos["colorwheel"]) == {}  # no keypoints, no words (and no row)
+
+
+def test_staged_words_round_trip_including_absent_ones():
+    vectors = [{3: 0.6, 10: 0.8}, None, {}, {4095: 1.0}]
+    packed = pack_words(vectors)
+    got = unpack_words(packed, len(vectors))
+    assert got[0] == pytest.approx({3: 0.6, 10: 0.8}) and got[1] is None and got[2] == {} and got[3] == {4095: 1.0}
+    assert unpack_words({}, 2) == [None, None]  # staged by a version without words
+
+
+def test_fitted_vocabulary_has_idf_from_the_photos(photos):
+    geometry = GeometricSignal()
+    feats = geometry.compute([load_image(jpeg_bytes(photos[n]), n) for n in ("astronaut", "coffee", "camera", "coins")])
+    vocab = fit_vocabulary(feats, size=32, seed=1)
+    assert len(vocab) == 32 and vocab.meta["images"] == 4
+    assert np.all(vocab.idf >= 0) and vocab.idf.max() > vocab.idf.min()  # common words weigh less
+    assert fit_vocabulary(feats, size=32, seed=1).version == vocab.version  # seeded: reproducible
+    with pytest.raises(VocabularyError, match="descriptors"):
+        fit_vocabulary(feats[:1], size=100_000)
+
+
+def test_words_collection_is_named_by_the_vocabulary():
+    s = Settings()
+    assert s.words_collection("vw4096-0123456789") == "ndid_words_vw4096_0123456789"
