@@ -279,6 +279,25 @@ def cmd_words(args) -> int:
     return EXIT_OK
 
 
+def cmd_words_backfill(args) -> int:
+    """Visual words for indexed images that have none, from stored SIFT features or their source."""
+    from .feature_store import FeatureStore
+    from .pipeline import Engine
+    from .refresh import backfill_words
+
+    settings = load_settings()
+    if not settings.visual_words:
+        print("ndid words backfill: visual words are off (NDID_VISUAL_WORDS=0)", file=sys.stderr)
+        return EXIT_CONFIG
+    _untrained_banner(settings)
+    stored = settings.store_local_features and bool(settings.s3_access_key)  # else every image from its source
+    with Engine(settings, feature_store=FeatureStore(settings) if stored else None) as engine:
+        with _progress(engine.index.count(), "visual words") as bar:
+            counts = backfill_words(engine, batch_size=args.batch_size, progress=bar.update)
+        print(json.dumps({"collection": engine.index.words, **counts}, indent=2))
+    return EXIT_OK
+
+
 def cmd_models(args) -> int:
     from . import weights
 
@@ -407,15 +426,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output-dir", help="also write the calibration JSON and whitening NPZ here")
     s.set_defaults(func=cmd_whitening)
 
-    s = sub.add_parser("words", help="fit the visual-words vocabulary (tight-crop candidates) on generic photos")
-    s.add_argument("action", choices=["fit"])
-    s.add_argument("folder")
-    s.add_argument("output", help="the vocabulary NPZ to write (use it with NDID_VISUAL_WORDS_FILE)")
-    s.add_argument("--size", type=int, default=4096, help="words (k-means centroids)")
-    s.add_argument("--skip", type=int, default=0, help="skip the first N sorted files (e.g. those a benchmark uses)")
-    s.add_argument("--limit", type=int, default=0)
-    s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=cmd_words)
+    s = sub.add_parser("words", help="visual words (tight-crop candidates): fit a vocabulary, or backfill the index")
+    wsub = s.add_subparsers(dest="action", required=True)
+    w = wsub.add_parser("fit", help="fit the vocabulary on a folder of generic photos")
+    w.add_argument("folder")
+    w.add_argument("output", help="the vocabulary NPZ to write (use it with NDID_VISUAL_WORDS_FILE)")
+    w.add_argument("--size", type=int, default=4096, help="words (k-means centroids)")
+    w.add_argument("--skip", type=int, default=0, help="skip the first N sorted files (e.g. those a benchmark uses)")
+    w.add_argument("--limit", type=int, default=0)
+    w.add_argument("--seed", type=int, default=0)
+    w.set_defaults(func=cmd_words)
+    w = wsub.add_parser("backfill", help="give every indexed image without visual words its words (images "
+                        "indexed before NDID_VISUAL_WORDS, or a new vocabulary); resumable")
+    w.add_argument("--batch-size", type=positive_int, default=64)
+    w.set_defaults(func=cmd_words_backfill)
 
     s = sub.add_parser("models", help="pretrained weights: status, fetch (needs a network), import FILE, "
                                       "compile (the encoders, ahead of time, for NDID_TORCH_COMPILE)")

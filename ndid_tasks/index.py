@@ -251,10 +251,14 @@ class ImageIndex:
         self.client.upsert(self.images, rows)
         if not self.inline_raw:
             self.upsert_raw({im.id: im.raw for im in images if im.raw is not None})
-        words = [{"id": im.id, "created_at": int(im.created_at), "words": im.words}
-                 for im in images if im.words]  # (an image without keypoints has no words)
-        if self.words and words:
-            self.client.upsert(self.words, words)
+        self.upsert_words({im.id: (int(im.created_at), im.words) for im in images if im.words})
+
+    def upsert_words(self, words: dict[str, tuple[int, dict[int, float]]]) -> None:
+        """Visual words by id, with the image's created_at (searches filter on it); an image without
+        keypoints has none and gets no row."""
+        rows = [{"id": k, "created_at": created_at, "words": vector} for k, (created_at, vector) in words.items() if vector]
+        if self.words and rows:
+            self.client.upsert(self.words, rows)
 
     def upsert_raw(self, raws: dict[str, np.ndarray]) -> None:
         """Raw descriptors into their (released) collection: kept for re-whitening, never loaded."""
@@ -313,6 +317,10 @@ class ImageIndex:
             return {}
         return {r["id"]: {int(k): float(v) for k, v in r["words"].items()}
                 for r in self._by_ids(self.words, ids, ["words"])}
+
+    def ids_with_words(self, ids: Sequence[str]) -> set[str]:
+        """Which of these ids have a visual-words row (without reading the vectors)."""
+        return {r["id"] for r in self._by_ids(self.words, ids, [])} if self.words else set()
 
     def iter_rows(self, fields: list[str], batch_size: int = 512) -> Iterable[list[dict[str, Any]]]:
         """Every row, in pages: the input of a re-index. ``resnet_raw`` among the fields is read from

@@ -617,12 +617,15 @@ def pack_prepared(prepared: Prepared) -> bytes:
     """A batch's signals as NPZ (arrays + JSON metadata), loadable with allow_pickle=False."""
     meta = [{k: getattr(im, k) for k in ("id", "sha256", "source", "width", "height", "num_bytes", "created_at")}
             for im in prepared.images]
+    arrays: dict[str, np.ndarray] = {
+        "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+        "errors": np.frombuffer(json.dumps([e.to_dict() for e in prepared.errors]).encode(), dtype=np.uint8),
+        "phash": np.array([im.phash for im in prepared.images], dtype=np.float32).reshape(-1, 64),
+        "raw": np.array([im.raw for im in prepared.images], dtype=np.float32).reshape(len(prepared.images), -1),
+        **pack_words([im.words for im in prepared.images]),
+    }
     buf = io.BytesIO()
-    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-             errors=np.frombuffer(json.dumps([e.to_dict() for e in prepared.errors]).encode(), dtype=np.uint8),
-             phash=np.array([im.phash for im in prepared.images], dtype=np.float32).reshape(-1, 64),
-             raw=np.array([im.raw for im in prepared.images], dtype=np.float32).reshape(len(prepared.images), -1),
-             **pack_words([im.words for im in prepared.images]))
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 

@@ -10,6 +10,10 @@
     4. store the whitening, then move the calibration's ``active.json`` (one S3 write): the next
        task of any run reads the new calibration -> new whitening -> new collection
 
+Visual words are derived the same way: :func:`backfill_words` gives every indexed image that has
+none (indexed before NDID_VISUAL_WORDS, or under another vocabulary, whose collection starts empty)
+its words, from the stored SIFT features, else from the image's source.
+
 Run it where nothing else writes the index (the recalibration DAG holds the ``ndid_milvus`` pool
 slot that ingest's index/decide tasks also need); the old collection is kept for rollback.
 """
@@ -167,3 +171,36 @@ def refresh_whitening(engine, sample_images: int = 150, copies: int = 3,
     result["_calibration"], result["_whitening"] = cal, whitening
     log.info("whitening refresh: %s", {k: v for k, v in result.items() if not k.startswith("_")})
     return result
+
+
+def backfill_words(engine, batch_size: int = 64, progress: Callable[[int], None] | None = None) -> dict[str, int]:
+    """Visual words for every indexed image without them. Idempotent and resumable: rows that have
+    words are skipped, so a re-run only does what an interrupted one left. Error rows are skipped;
+    an image whose features cannot be had (no stored features, source unreadable) is counted."""
+    words, index = engine.words, engine.index
+    if words is None:
+        raise ValueError("visual words are off (NDID_VISUAL_WORDS=0): nothing to backfill")
+    counts = {"rows": 0, "had_words": 0, "added": 0, "no_keypoints": 0, "unreadable": 0, "error_rows": 0}
+    for page in index.iter_rows(["decision", "created_at"]):
+        usable = [r for r in page if r["decision"] != "error"]
+        counts["error_rows"] += len(page) - len(usable)
+        have = index.ids_with_words([r["id"] for r in usable])
+        todo = [r for r in usable if r["id"] not in have]
+        counts["had_words"] += len(have)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            ids = [r["id"] for r in chunk]
+            local = engine.local_features(ids)
+            vectors = {r["id"]: (int(r["created_at"]), words.from_local(local[r["id"]])) for r in chunk if r["id"] in local}
+            index.upsert_words(vectors)
+            engine.features.forget(ids)  # bounded memory over any index size
+            added = sum(1 for _, v in vectors.values() if v)
+            counts["added"] += added
+            counts["no_keypoints"] += len(vectors) - added
+            counts["unreadable"] += len(chunk) - len(vectors)
+        counts["rows"] += len(page)
+        if progress:
+            progress(len(page))
+        log.info("visual words backfill: %d rows seen, %d added, %d had words", counts["rows"], counts["added"],
+                 counts["had_words"])
+    return counts

@@ -108,7 +108,7 @@ def fit_vocabulary(features: Sequence[LocalFeatures], size: int = 4096, seed: in
     from the same photos (in how many of them each word occurs)."""
     from sklearn.cluster import MiniBatchKMeans
 
-    per_image = [root_sift(f.descriptors) for f in features if len(f)]
+    per_image = [root_sift(f.descriptors) for f in features if f.descriptors is not None and len(f)]
     if not per_image or sum(len(d) for d in per_image) < size:
         raise VocabularyError(f"{size} words need at least {size} descriptors")
     km = MiniBatchKMeans(size, batch_size=4096, n_init=1, max_iter=50, random_state=seed)
@@ -139,7 +139,7 @@ class VisualWordsSignal(Signal):
 
     def from_local(self, features: LocalFeatures) -> SparseWords:
         """sqrt(term frequency) x idf, L2-normalised; {} for an image without keypoints."""
-        if not len(features):
+        if features.descriptors is None or not len(features):
             return {}
         words, counts = np.unique(self.vocabulary.assign(root_sift(features.descriptors)), return_counts=True)
         weights = np.sqrt(counts) * self.vocabulary.idf[words]

@@ -77,6 +77,10 @@ def test_index_an_s3_prefix_through_the_milvus_lite_server(s3_settings, monkeypa
         by_key = {r["id"].rsplit("/", 1)[1]: r for r in result["records"]}
         assert by_key["c.txt"]["decision"] == "error" and by_key["c.txt"]["error_reason"] == "not_an_image"
         assert {by_key["a.jpg"]["decision"], by_key["b.jpg"]["decision"]} == {"unique", "duplicate"}
+        # indexed with their words already: the backfill (feature store in S3) has nothing to add
+        assert cli.main(["words", "backfill"]) == cli.EXIT_OK
+        counts = json.loads(capsys.readouterr().out)
+        assert counts == {**counts, "rows": 2, "had_words": 2, "added": 0}  # (c.txt: a record, no row)
     finally:
         services.stop_milvus(state)
 
@@ -128,3 +132,21 @@ def test_query_uses_the_running_local_milvus_server(env, tmp_path, photos, capsy
         assert json.loads(capsys.readouterr().out)["matches"][0]["id"].endswith("rocket.jpg")
     finally:
         services.stop_milvus(settings)
+
+
+def test_words_backfill_after_indexing_with_the_words_off(env, tmp_path, photos, monkeypatch, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("astronaut", "coffee", "rocket"):
+        (folder / f"{name}.jpg").write_bytes(jpeg_bytes(photos[name]))
+    monkeypatch.setenv("NDID_VISUAL_WORDS", "0")
+    assert cli.main(["index", str(folder)]) == cli.EXIT_OK
+    assert cli.main(["words", "backfill"]) == cli.EXIT_CONFIG
+    assert "NDID_VISUAL_WORDS=0" in capsys.readouterr().err
+    monkeypatch.setenv("NDID_VISUAL_WORDS", "1")
+    assert cli.main(["words", "backfill", "--batch-size", "2"]) == cli.EXIT_OK
+    first = json.loads(capsys.readouterr().out)
+    assert first["rows"] == 3 and first["added"] == 3 and first["collection"].startswith("ndid_words_")
+    assert cli.main(["words", "backfill"]) == cli.EXIT_OK
+    again = json.loads(capsys.readouterr().out)
+    assert again["added"] == 0 and again["had_words"] == 3

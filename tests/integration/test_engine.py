@@ -418,3 +418,40 @@ def test_words_candidates_equal_a_brute_force_search_of_earlier_images(random_se
         expected = [oid for s, oid in sims[:random_settings.visual_words_candidates] if s < 0]
         assert got.get(im.id, []) == expected, im.id
     assert gone == {}
+
+
+def test_words_backfill_gives_images_indexed_without_words_theirs(random_settings, tmp_path, photos):
+    """Images indexed with the words off get exactly the words ingest would have given them (read
+    back from their source); a re-run adds nothing; a tight crop ingested later then finds its
+    original through them."""
+    from ndid_tasks.refresh import backfill_words
+
+    folder = tmp_path / "before"
+    folder.mkdir()
+    t = time.time() - 10_000
+    names = ["astronaut", "coffee", "rocket", "camera", "coins", "chelsea"]
+    for n, name in enumerate(names):
+        write(folder / f"orig_{name}.jpg", photos[name], mtime=t + n)
+    with Engine(random_settings.replace(visual_words=False)) as engine:
+        engine.ingest(local_items([folder]), run_id="r1", run_at="2026-01-01T00:00:00+00:00")
+        assert engine.index.words == ""
+    with Engine(random_settings) as engine:
+        ids = [r["id"] for page in engine.index.iter_rows(["decision"]) for r in page]
+        assert len(ids) == len(names) and engine.index.get_words(ids) == {}
+        first = backfill_words(engine, batch_size=4)
+        stored = engine.index.get_words(ids)
+        again = backfill_words(engine)
+        pics = engine.pictures(ids)
+        expected = dict(zip(pics, engine.words_of(list(pics.values())), strict=True))
+    assert first == {"rows": 6, "had_words": 0, "added": 6, "no_keypoints": 0, "unreadable": 0, "error_rows": 0}
+    assert again["added"] == 0 and again["had_words"] == 6
+    assert len(expected) == 6
+    for image_id, vector in expected.items():
+        assert vector and stored[image_id] == pytest.approx(vector, rel=1e-5)
+
+    crops = tmp_path / "after"
+    crops.mkdir()
+    write(crops / "crop_coins.jpg", tight_crop(photos["coins"]), quality=85, mtime=t + 100)
+    with Engine(random_settings.replace(resnet_top_k=1)) as engine:
+        rec = engine.ingest(local_items([crops]), run_id="r2", run_at="2026-01-02T00:00:00+00:00")[0]
+    assert rec.matched_id.endswith("orig_coins.jpg") and rec.stage == "stage2", rec
