@@ -625,7 +625,7 @@ def pack_prepared(prepared: Prepared) -> bytes:
         **pack_words([im.words for im in prepared.images]),
     }
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, allow_pickle=False, **arrays)  # (numeric arrays only)
     return buf.getvalue()
 
 
