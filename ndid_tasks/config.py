@@ -96,6 +96,11 @@ class Settings:
     # nearest by words (2: 0.62, 8: 0.77; dev set, 162 refs); 0 = words kept but not searched
     visual_words_candidates: int = 4
     visual_words_file: str = ""  # vocabulary NPZ from `ndid words fit` ("" = the packaged one)
+    # Milvus Lite's sparse search scans every row (~0.8 ms a row a call: ≈ 0.12 s an image at 5,000
+    # rows in batches of 64, 0.5 s at 20,000), so on Lite the words are searched only while their
+    # collection holds at most this many rows (still stored beyond); a Milvus server uses a real
+    # inverted index and has no limit; 0 = no limit on Lite either
+    visual_words_lite_max_rows: int = 5000
 
     # --- batching ---
     embed_batch_size: int = 32
@@ -174,6 +179,8 @@ class Settings:
                                 "(bits of a 64-bit hash)")
         if not 0 <= self.visual_words_candidates <= 64:
             raise SettingsError("NDID_VISUAL_WORDS_CANDIDATES must be within 0..64 (each one is verified)")
+        if self.visual_words_lite_max_rows < 0:
+            raise SettingsError("NDID_VISUAL_WORDS_LITE_MAX_ROWS must be >= 0 (0 = no limit)")
         if (self.ambiguous_low is None) != (self.ambiguous_high is None):
             raise SettingsError("set both NDID_AMBIGUOUS_LOW and NDID_AMBIGUOUS_HIGH, or neither")
         if (self.ambiguous_low is not None and self.ambiguous_high is not None

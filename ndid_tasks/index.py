@@ -9,6 +9,7 @@ makes decisions independent of how a run was split into batches or re-run.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -356,9 +357,14 @@ class ImageIndex:
             self.client.alter_alias(self.images, alias)
         return before
 
-    def count(self) -> int:
-        res = self.client.query(self.images, filter="", output_fields=["count(*)"])
+    def count(self, collection: str = "") -> int:
+        res = self.client.query(collection or self.images, filter="", output_fields=["count(*)"])
         return int(res[0]["count(*)"])
+
+    @functools.cached_property
+    def is_lite(self) -> bool:
+        """Milvus Lite (a file or `milvus-lite server`), whose searches are partly Python scans."""
+        return "lite" in str(self.client.get_server_version()).lower()
 
     def earliest_with_sha256(self, sha256: str, created_at: int, image_id: str) -> str | None:
         rows = self.client.query(self.images, filter=f"sha256 == {_quote(sha256)} and {before_filter(created_at, image_id)}",

@@ -129,6 +129,7 @@ class Engine:
         self.geometry = GeometricSignal.from_settings(settings)
         self.pdq = PDQSignal()
         self._words: VisualWordsSignal | None = None
+        self._words_limit_logged = False
         self.features = FeatureCache()  # stage-2 inputs of recent images
         self._index = index
         self._calibration = calibration
@@ -501,9 +502,27 @@ class Engine:
                           stage2_max=self.settings.stage2_max_candidates,
                           turned_radius=self.settings.phash_turned_radius,
                           turned_descriptors=self.turned_descriptors,
-                          words_candidates=self.settings.visual_words_candidates if self.words else 0)
+                          words_candidates=self.words_candidates())
         matcher.decide_earlier = lambda image_id, originals: self._decide_earlier(matcher, image_id, originals)
         return matcher
+
+    def words_candidates(self) -> int:
+        """How many words candidates to search for: NDID_VISUAL_WORDS_CANDIDATES, or 0 where the words
+        are off or their collection on Milvus Lite (a scan per search) has outgrown
+        NDID_VISUAL_WORDS_LITE_MAX_ROWS."""
+        limit, wanted = self.settings.visual_words_lite_max_rows, self.settings.visual_words_candidates
+        if self.words is None or not wanted:
+            return 0
+        if limit and self.index.is_lite:
+            rows = self.index.count(self.index.words)
+            if rows > limit:
+                if not self._words_limit_logged:
+                    log.warning("visual words not searched: %d rows on Milvus Lite > NDID_VISUAL_WORDS_LITE_MAX_ROWS=%d "
+                                "(Lite scans sparse vectors; use a Milvus server, or raise the limit); still stored",
+                                rows, limit)
+                    self._words_limit_logged = True
+                return 0
+        return wanted
 
     def _decide_earlier(self, matcher: Matcher, image_id: str, originals: dict[str, str]) -> str:
         """The original of an indexed, not yet decided image, decided here from its index row alone

@@ -455,3 +455,21 @@ def test_words_backfill_gives_images_indexed_without_words_theirs(random_setting
     with Engine(random_settings.replace(resnet_top_k=1)) as engine:
         rec = engine.ingest(local_items([crops]), run_id="r2", run_at="2026-01-02T00:00:00+00:00")[0]
     assert rec.matched_id.endswith("orig_coins.jpg") and rec.stage == "stage2", rec
+
+
+def test_words_are_not_searched_on_lite_beyond_the_row_limit(random_settings, tmp_path, photos, caplog):
+    """Milvus Lite scans sparse vectors, so past NDID_VISUAL_WORDS_LITE_MAX_ROWS its words are kept
+    but not searched (said once in the log); under the limit, or with none, they are."""
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for n, name in enumerate(["astronaut", "coffee", "rocket"]):
+        write(folder / f"{n}_{name}.jpg", photos[name])
+    with Engine(random_settings.replace(visual_words_lite_max_rows=2)) as engine:
+        engine.ingest(local_items([folder]), run_id="r", run_at="2026-01-01T00:00:00+00:00")
+        assert engine.index.is_lite and engine.index.count(engine.index.words) == 3
+        with caplog.at_level("WARNING", logger="ndid_tasks.pipeline"):
+            assert engine.matcher().words_candidates == 0 and engine.words_candidates() == 0
+        assert sum("NDID_VISUAL_WORDS_LITE_MAX_ROWS=2" in r.getMessage() for r in caplog.records) == 1
+    for limit in (3, 0):
+        with Engine(random_settings.replace(visual_words_lite_max_rows=limit)) as engine:
+            assert engine.matcher().words_candidates == random_settings.visual_words_candidates
