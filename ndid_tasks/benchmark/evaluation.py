@@ -84,7 +84,8 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
                                   k: v for k, v in settings.public_dict().items()
                                   if k in ("phash_radius", "resnet_top_k", "milvus_hnsw_ef", "precision",
                                            "embed_batch_size", "resnet_layer", "resnet_gem_p", "resnet_input",
-                                           "resnet_flip_symmetric", "whitening_dim", "stage2_max_candidates")},
+                                           "resnet_flip_symmetric", "whitening_dim", "stage2_max_candidates",
+                                           "visual_words", "visual_words_candidates")},
                               "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     try:
         # --- index the refs: the end-to-end ingest path, timed
@@ -125,6 +126,7 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
         qfiles = [folder / "queries" / r["query"] for r in gt]
         cal = engine.calibration
         matcher = engine.matcher()
+        report["visual_words_searched"] = matcher.words_candidates  # 0: off, or Lite past its row limit
         results: dict[str, QueryResult] = {}
         latencies = []
         chunk = settings.embed_batch_size

@@ -58,6 +58,10 @@ def markdown(r: dict[str, Any]) -> str:
     kinds = r.get("stage2_share_by_kind")
     if kinds:
         lines[-1] += " Stage 2 by kind of query: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in kinds.items()) + "."
+    if "visual_words_searched" in r:
+        lines[-1] += (f" Visual words: the {r['visual_words_searched']} nearest refs by words are candidates."
+                      if r["visual_words_searched"] else
+                      " Visual words not searched (NDID_VISUAL_WORDS off, or Milvus Lite past NDID_VISUAL_WORDS_LITE_MAX_ROWS).")
     crops = r.get("by_crop_area")
     if crops:
         lines += ["", "### Cropped copies by the area they keep (crop and tight-crop families)", "",
