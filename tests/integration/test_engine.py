@@ -21,6 +21,16 @@ def write(path, img, quality=92, mtime=None):
     return path
 
 
+def originals(tmp_path, sub, names, photos):
+    """A folder of the named photos as ``orig_<name>.jpg``, oldest first (mtimes t, t+1, ...), and t."""
+    folder = tmp_path / sub
+    folder.mkdir()
+    t = time.time() - 10_000
+    for n, name in enumerate(names):
+        write(folder / f"orig_{name}.jpg", photos[name], mtime=t + n)
+    return folder, t
+
+
 @pytest.fixture
 def corpus(tmp_path, photos):
     """Originals first (older mtimes), then attacked copies, one unrelated photo and a corrupt file."""
@@ -280,12 +290,8 @@ def test_rotated_and_mirrored_copies_are_found_through_turned_phash(random_setti
     """A copy turned by a right-angle rotation (± mirror) and recompressed has neither a close pHash
     nor a close descriptor; the turned-pHash search proposes its original, the pair is scored with
     the query turned back, and verification confirms it. With the search off it is missed."""
-    folder = tmp_path / "rot"
-    folder.mkdir()
-    t = time.time() - 10_000
     names = ["astronaut", "coffee", "rocket", "camera", "immunohistochemistry", "coins"]
-    for n, name in enumerate(names):
-        write(folder / f"orig_{name}.jpg", photos[name], mtime=t + n)
+    folder, t = originals(tmp_path, "rot", names, photos)
     turns = {"astronaut": Image.Transpose.ROTATE_90, "coffee": Image.Transpose.ROTATE_270,
              "rocket": Image.Transpose.ROTATE_180, "camera": Image.Transpose.TRANSVERSE}
     for n, (name, op) in enumerate(turns.items()):
@@ -357,12 +363,8 @@ def tight_crop(img, side=0.4):
 def test_tight_crops_are_found_through_visual_words(random_settings, tmp_path, photos):
     """A 16 %-area crop is not near its original by pHash or the global descriptor; its visual
     words are, the pair is verified, and it is decided a duplicate. With the words off, missed."""
-    folder = tmp_path / "crops"
-    folder.mkdir()
-    t = time.time() - 10_000
     names = ["astronaut", "coffee", "rocket", "camera", "coins", "chelsea", "immunohistochemistry", "moon"]
-    for n, name in enumerate(names):
-        write(folder / f"orig_{name}.jpg", photos[name], mtime=t + n)
+    folder, t = originals(tmp_path, "crops", names, photos)
     cropped = names
     for n, name in enumerate(cropped):
         write(folder / f"crop_{name}.jpg", tight_crop(photos[name]), quality=85, mtime=t + 100 + n)
@@ -426,12 +428,8 @@ def test_words_backfill_gives_images_indexed_without_words_theirs(random_setting
     original through them."""
     from ndid_tasks.refresh import backfill_words
 
-    folder = tmp_path / "before"
-    folder.mkdir()
-    t = time.time() - 10_000
     names = ["astronaut", "coffee", "rocket", "camera", "coins", "chelsea"]
-    for n, name in enumerate(names):
-        write(folder / f"orig_{name}.jpg", photos[name], mtime=t + n)
+    folder, t = originals(tmp_path, "before", names, photos)
     with Engine(random_settings.replace(visual_words=False)) as engine:
         engine.ingest(local_items([folder]), run_id="r1", run_at="2026-01-01T00:00:00+00:00")
         assert engine.index.words == ""
