@@ -216,7 +216,9 @@ def bootstrap_features_from_images(settings: Settings, originals: Sequence[Loade
     summary = {"source": "bootstrap", "images": n, "copies_per_image": copies, "attacks": names,
                "hard_negatives_per_image": hard_negatives, "same_scene_negatives": len(scene_views) // 2,
                "seed": seed,
-               "descriptor": settings.descriptor_name, "whitening": whitening.version}
+               "descriptor": settings.descriptor_name, "whitening": whitening.version,
+               # log_inliers depends on the SIFT resolution: a calibration is valid for these only
+               "sift": settings.sift_params}
 
     # image-level check set: a corpus of 2/3 of the originals (+ the first view of each scene);
     # queries = copies of corpus originals (positives), copies of the other originals without a

@@ -86,7 +86,9 @@ class Settings:
     whitening_min_images: int = 1000  # the recalibration DAG fits a whitening on the index from this size
 
     # --- geometric verification (stage 2) ---
-    sift_max_side: int = 256  # verified at this size (SIFT upsamples 2x inside): 12 ms/image (384: 27 ms)
+    # verified at this size (SIFT upsamples 2x inside): 18 ms an image (256 px: 13 ms) -- a tight
+    # crop's region of its original then holds enough keypoints (docs/benchmarks.md, round 2, session 9)
+    sift_max_side: int = 384
     sift_features: int = 500  # keypoints per image (1000: 13 ms per pair to match, 500: 3 ms)
     store_local_features: bool = True  # DAG path: SIFT features of every image at ingest, kept in S3
     # tight crops: candidates from the SIFT features as visual words (a sparse Milvus collection);
@@ -196,6 +198,11 @@ class Settings:
     @property
     def untrained(self) -> bool:
         return self.weights_mode == "random"
+
+    @property
+    def sift_params(self) -> dict[str, int]:
+        """What stored SIFT features and a calibration's inlier weights were made with."""
+        return {"max_side": self.sift_max_side, "features": self.sift_features}
 
     @property
     def resolved_milvus_uri(self) -> str:

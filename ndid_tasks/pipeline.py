@@ -593,7 +593,19 @@ def resolve_whitening(settings: Settings, calibration: Calibration) -> Whitening
 
 
 def resolve_calibration(settings: Settings) -> Calibration:
-    """NDID_CALIBRATION_FILE, else the active calibration in S3 (if reachable), else the shipped one."""
+    """NDID_CALIBRATION_FILE, else the active calibration in S3 (if reachable), else the shipped one;
+    with a warning when it was fitted at other SIFT settings (its inlier weights assume its own)."""
+    cal = _resolve_calibration(settings)
+    fitted = cal.training.get("sift")
+    now = settings.sift_params
+    if fitted and fitted != now:
+        log.warning("calibration %s was fitted with SIFT %s, this process verifies with %s: refit it "
+                    "(ndid calibrate, or the ndid_recalibrate DAG) before trusting its threshold",
+                    cal.version, fitted, now)
+    return cal
+
+
+def _resolve_calibration(settings: Settings) -> Calibration:
     if settings.calibration_file:
         return load_calibration_file(settings.calibration_file)
     if settings.s3_access_key:

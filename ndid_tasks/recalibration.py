@@ -106,7 +106,7 @@ def recalibrate(engine, labels: Sequence[Label], active: Calibration,
     test = holdout_mask(y, holdout, seed)
     train = ~test
     candidate = fit_calibration({f: v[train] for f, v in arrays.items()}, y[train], settings.weights_mode,
-                                training={"source": "audited_labels", "labels": len(usable),
+                                training={"source": "audited_labels", "labels": len(usable), "sift": settings.sift_params,
                                           "auditors": sorted({lab.auditor for lab in usable})}, seed=seed,
                                 whitening_version=active.whitening_version)  # features measured in its space
     held = {f: v[test] for f, v in arrays.items()}

@@ -63,7 +63,7 @@ class GeometricSignal(Signal):
     too, and RANSAC runs on them only where the direct match is weak. All candidates of a query
     are matched in one matrix product: ~1.5 ms a pair with its mirror (OpenCV's brute-force
     matcher plus a homography RANSAC took 6.5 ms, and the mirror a second SIFT pass of 30 ms).
-    Extraction (~12 ms an image at 256 px) is the rest, hence only for ambiguous pairs, and each
+    Extraction (~18 ms an image at 384 px) is the rest, hence only for ambiguous pairs, and each
     image's features are kept.
     """
 

@@ -85,6 +85,21 @@ def test_shipped_default_for_random_weights_loads_and_is_marked_untrained():
     assert cal.training["source"] == "bootstrap"
 
 
+def test_the_shipped_default_was_fitted_at_the_default_sift_settings(caplog):
+    """Its inlier weights hold for the SIFT resolution it was fitted at; another one is warned about."""
+    from ndid_tasks.config import Settings
+    from ndid_tasks.pipeline import resolve_calibration
+
+    settings = Settings(weights_mode="random")
+    assert default_calibration("random").training["sift"] == settings.sift_params
+    with caplog.at_level("WARNING", logger="ndid_tasks.pipeline"):
+        resolve_calibration(settings)
+    assert "fitted with SIFT" not in caplog.text
+    with caplog.at_level("WARNING", logger="ndid_tasks.pipeline"):
+        resolve_calibration(settings.replace(sift_max_side=256))
+    assert "fitted with SIFT" in caplog.text and "refit" in caplog.text
+
+
 def test_no_shipped_default_for_pretrained_says_how_to_make_one():
     with pytest.raises(CalibrationError, match="ndid calibrate --bootstrap"):
         default_calibration("pretrained")

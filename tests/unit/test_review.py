@@ -1,6 +1,7 @@
 """The audit loop's policy and estimates (ndid_tasks.review) and the review page's label keys."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -44,9 +45,14 @@ def test_queue_orders_by_closeness_to_the_threshold_and_weighs_stage2_disagreeme
     a, b, c, d, e = sample_free_ids(5, 0.05)
     similar = {"resnet_cosine": 0.99, "phash_distance": 0.02}  # stage 1 alone: duplicate
     assert CAL.stage1.probability({**similar, "log_inliers": 1.0}) >= t
-    overturned = record(a, "unique", 0.2, **similar)  # verification said unique: 0.61 log-odds, halved
-    near = record(b, "duplicate", t + 0.05, **similar)  # 0.22 log-odds, both stages agree
-    mid = record(c, "duplicate", 0.45, **similar)  # 0.58
+    at = math.log(t / (1 - t))  # log-odds from the threshold, whatever the shipped one is
+
+    def p(log_odds: float) -> float:
+        return 1 / (1 + math.exp(-(at + log_odds)))
+
+    overturned = record(a, "unique", p(-0.61), **similar)  # verification said unique: 0.61 log-odds, halved
+    near = record(b, "duplicate", p(0.22), **similar)  # both stages agree
+    mid = record(c, "duplicate", p(0.58), **similar)
     far = record(d, "unique", 0.001, resnet_cosine=0.0, phash_distance=0.6)
     exact = record(e, "duplicate", 1.0, stage="exact")
     cards = review_queue([far, mid, near, exact, overturned], CAL, set(), rate=0.05, limit=10)

@@ -119,7 +119,7 @@ def test_stored_local_features_round_trip_and_refuse_other_settings():
     assert np.abs(back.points - feats.points).max() <= 0.125  # float16 keypoints: sub-pixel at 256 px
     assert len(data) < 300 * (128 + 4) + 1000  # ~132 bytes a keypoint
     assert store.unpack("s3://b/other.jpg", data) is None  # a hash collision is not a hit
-    other = FeatureStore(Settings(sift_max_side=384))
+    other = FeatureStore(Settings(sift_max_side=256))
     assert other.unpack("s3://b/k.jpg", data) is None  # made with other SIFT settings: recompute
 
 
