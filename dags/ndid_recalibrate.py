@@ -35,6 +35,12 @@ descriptor whitening on the index itself once it holds {SETTINGS.whitening_min_i
 doubled since the last fit), re-indexes every row into the collection of the new whitening
 (decisions copied), fits a calibration on synthetic pairs from the corpus, and moves `active.json`:
 one atomic switch. It holds the `ndid_milvus` pool slot, so no ingest task writes meanwhile.
+
+`backfill_words` (param `backfill_words`: auto / always / never) gives every indexed image its
+visual words (the tight-crop candidates) when the words collection has fewer rows than the index:
+after words were turned on, or a new vocabulary shipped (its collection starts empty). It reads the
+SIFT features stored at ingest (else the image), skips images that have words, and so resumes
+where an interrupted or retried run stopped; its log counts the rows as it goes.
 """
 
 
@@ -46,7 +52,10 @@ one atomic switch. It holds the `ndid_milvus` pool slot, so no ingest task write
     doc_md=DOC,
     default_args=task_defaults(SETTINGS),
     params={"refresh_whitening": Param("auto", enum=["auto", "always", "never"],
-                                       description="fit a new descriptor whitening on the index and re-index")},
+                                       description="fit a new descriptor whitening on the index and re-index"),
+            "backfill_words": Param("auto", enum=["auto", "always", "never"],
+                                    description="visual words for indexed images without them "
+                                                "(auto: when the words collection is short of the index)")},
     **DAG_DEFAULTS,
 )
 def ndid_recalibrate():
@@ -78,7 +87,17 @@ def ndid_recalibrate():
             raise AirflowSkipException(result["reason"])
         return result
 
+    @task(pool=MILVUS_POOL)
+    @fail_fast
+    def backfill_words() -> dict:
+        from ndid_tasks.ingest_run import run_engine
+        from ndid_tasks.refresh import backfill_words_when_due
+
+        with run_engine(task_settings()) as engine:  # reads the SIFT features stored at ingest
+            return backfill_words_when_due(engine, get_current_context()["params"]["backfill_words"])
+
     refresh_whitening() >> recalibrate()
+    backfill_words()
 
 
 ndid_recalibrate()

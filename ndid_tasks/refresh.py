@@ -173,6 +173,48 @@ def refresh_whitening(engine, sample_images: int = 150, copies: int = 3,
     return result
 
 
+def _words_mark(engine) -> tuple[Any, str] | None:
+    """Where the last complete backfill of this words collection left its counts (S3), if any."""
+    if not engine.settings.s3_access_key:
+        return None
+    prefix = engine.settings.s3_features_prefix
+    return engine.s3(engine.settings.s3_bucket), f"{prefix}words-backfill/{engine.index.words}.json"
+
+
+def words_backfill_due(engine) -> tuple[bool, str]:
+    """Due when the words collection (one per vocabulary) has fewer rows than the index: words were
+    turned on, or the vocabulary changed, after images were indexed. Images that cannot have words
+    (no keypoints, unreadable, error rows) are known from the last complete backfill, so an index
+    holding some is not due again until it changes."""
+    if engine.words is None:
+        return False, "visual words are off (NDID_VISUAL_WORDS=0)"
+    index = engine.index
+    rows, with_words = index.count(), index.count(index.words)
+    mark = _words_mark(engine)
+    without = 0
+    if mark is not None and mark[0].exists(mark[1]):
+        without = int(mark[0].get_json(mark[1]).get("without_words", 0))
+    if with_words + without < rows:
+        return True, f"{index.words} holds {with_words} of {rows} indexed images ({without} cannot have words)"
+    return False, f"{index.words} holds words for all {rows} indexed images that can have them ({without} cannot)"
+
+
+def backfill_words_when_due(engine, mode: str = "auto", batch_size: int = 64) -> dict[str, Any]:
+    """The maintenance task: ``auto`` backfills when :func:`words_backfill_due`, ``always`` anyway
+    (words on), ``never`` not at all; the result says which and why. A complete run records how
+    many images cannot have words, for the next due check."""
+    due, reason = words_backfill_due(engine)
+    if mode == "never" or engine.words is None or (mode == "auto" and not due):
+        return {"status": "not due" if mode == "auto" else "disabled", "reason": reason}
+    counts = backfill_words(engine, batch_size=batch_size)
+    mark = _words_mark(engine)
+    if mark is not None:
+        without = counts["no_keypoints"] + counts["unreadable"] + counts["error_rows"]
+        mark[0].put_json(mark[1], {"collection": engine.index.words, **counts, "without_words": without,
+                                   "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    return {"status": "done", "reason": reason, "collection": engine.index.words, **counts}
+
+
 def backfill_words(engine, batch_size: int = 64, progress: Callable[[int], None] | None = None) -> dict[str, int]:
     """Visual words for every indexed image without them. Idempotent and resumable: rows that have
     words are skipped, so a re-run only does what an interrupted one left. Error rows are skipped;

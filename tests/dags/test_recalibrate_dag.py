@@ -48,6 +48,10 @@ def test_too_few_labels_skip_and_enough_labels_are_evaluated(dagbag, airflow_env
     ti = dr.get_task_instance("recalibrate")
     assert ti.state == "skipped"
     assert not store.exists("calibration/active.json")
+    # indexed with the words on: the first maintenance run scans and adds nothing (the one image
+    # without keypoints cannot have words), and records that, so the next run is not due
+    words = dr.get_task_instance("backfill_words").xcom_pull(task_ids="backfill_words")
+    assert words["status"] == "done" and words["added"] == 0 and words["had_words"] + words["no_keypoints"] == 24
     # a skipped run is recorded too, with its reason (the dashboard shows why nothing changed)
     [skipped] = [store.get_json(o.key) for o in store.iter_objects("calibration/evaluations/skipped-")]
     assert skipped["status"] == "skipped" and "need >= " in skipped["reason"] and skipped["usable"] == 4
@@ -63,6 +67,7 @@ def test_too_few_labels_skip_and_enough_labels_are_evaluated(dagbag, airflow_env
                                           + "\n").encode())
     dr = dag.test()
     assert dr.get_task_instance("recalibrate").state == "success"
+    assert dr.get_task_instance("backfill_words").xcom_pull(task_ids="backfill_words")["status"] == "not due"
     evaluations = [o.key for o in store.iter_objects("calibration/evaluations/")
                    if not o.key.startswith("calibration/evaluations/skipped-")]
     assert len(evaluations) == 1
@@ -107,3 +112,24 @@ def test_whitening_refresh_from_the_dag_switches_the_index(dagbag, airflow_env, 
     finally:
         after.close()
     assert dr.get_task_instance("recalibrate").state == "skipped"
+
+
+def test_backfill_words_gives_images_indexed_without_words_theirs(dagbag, airflow_env, photos, tmp_path):
+    """Images indexed before the words existed (or under another vocabulary) get them from the
+    scheduled maintenance run; the next run finds nothing to do."""
+    settings = airflow_env.replace(weights_mode="random")
+    for name in list(photos)[:4]:
+        (tmp_path / f"{name}.jpg").write_bytes(jpeg_bytes(photos[name]))
+    with Engine(settings.replace(visual_words=False)) as engine:
+        engine.ingest(local_items([tmp_path]), run_id="setup", run_at="t")
+    dag = dagbag.get_dag("ndid_recalibrate")
+
+    dr = dag.test(run_conf={"refresh_whitening": "never"})
+    ti = dr.get_task_instance("backfill_words")
+    assert ti.state == "success"
+    result = ti.xcom_pull(task_ids="backfill_words")
+    assert result["status"] == "done" and result["added"] == 4 and result["rows"] == 4, result
+    with Engine(settings) as engine:
+        assert engine.index.words == result["collection"] and engine.index.count(engine.index.words) == 4
+    again = dag.test(run_conf={"refresh_whitening": "never"}).get_task_instance("backfill_words")
+    assert again.xcom_pull(task_ids="backfill_words")["status"] == "not due"

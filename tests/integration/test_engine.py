@@ -426,7 +426,7 @@ def test_words_backfill_gives_images_indexed_without_words_theirs(random_setting
     """Images indexed with the words off get exactly the words ingest would have given them (read
     back from their source); a re-run adds nothing; a tight crop ingested later then finds its
     original through them."""
-    from ndid_tasks.refresh import backfill_words
+    from ndid_tasks.refresh import backfill_words, backfill_words_when_due, words_backfill_due
 
     names = ["astronaut", "coffee", "rocket", "camera", "coins", "chelsea"]
     folder, t = originals(tmp_path, "before", names, photos)
@@ -436,8 +436,15 @@ def test_words_backfill_gives_images_indexed_without_words_theirs(random_setting
     with Engine(random_settings) as engine:
         ids = [r["id"] for page in engine.index.iter_rows(["decision"]) for r in page]
         assert len(ids) == len(names) and engine.index.get_words(ids) == {}
-        first = backfill_words(engine, batch_size=4)
+        due, reason = words_backfill_due(engine)
+        assert due and "0 of 6" in reason
+        assert backfill_words_when_due(engine, "never")["status"] == "disabled"
+        run = backfill_words_when_due(engine, "auto", batch_size=4)  # the maintenance task's call
+        first = {k: run[k] for k in ("rows", "had_words", "added", "no_keypoints", "unreadable", "error_rows")}
+        assert run["status"] == "done" and run["collection"] == engine.index.words
         stored = engine.index.get_words(ids)
+        assert words_backfill_due(engine)[0] is False
+        assert backfill_words_when_due(engine, "auto")["status"] == "not due"  # nothing scanned
         again = backfill_words(engine)
         pics = engine.pictures(ids)
         expected = dict(zip(pics, engine.words_of(list(pics.values())), strict=True))
