@@ -15,8 +15,13 @@ log = logging.getLogger(__name__)
 
 
 def write_report(report: dict[str, Any], results, truth, family, out: Path, wanted) -> None:
+    missed: list[dict[str, Any]] = []
+    if "full" in wanted:
+        missed = _query_table(results, truth, family, out / "queries.csv", report["operating_point"]["threshold"])
+        report["missed_copies"] = len(missed)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     _plots(results, truth, family, out, wanted, report)
+    _misses_sheet(missed, Path(report["folder"]), out / "misses.png", untrained=report["untrained"])
     (out / "report.md").write_text(markdown(report))
     report["markdown"] = str(out / "report.md")
 
@@ -69,6 +74,11 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [f"| {c['kept_area']} | {c['queries']} | {c['candidate_recall']:.3f} | {c['recall_at_1']:.3f} | "
                   f"{c['recall_at_threshold']:.3f} |" for c in crops]
         lines += ["", "![cropped copies by area kept](crop_area.png)"]
+    if "missed_copies" in r:
+        lines += ["", (f"**Missed copies** (top 1 not the original, or under the threshold): {r['missed_copies']}; "
+                       "every query's outcome is in `queries.csv`.")]
+        if r["missed_copies"]:
+            lines += ["", "![missed copies beside their originals](misses.png)"]
     s = r["speed"]
     lines += ["", "## Speed", "", "| figure | value |", "|---|---|",
               f"| end-to-end ingest (decode → signals → upsert → decide) | {s['ingest_images_per_s']} img/s |",
@@ -123,8 +133,61 @@ def _plots(results, truth, family, out: Path, wanted, report) -> None:
             ax.bar(x + (i - 1) * 0.27, [c[key] for c in crops], 0.27, label=label)
         ax.set_xticks(x, [f"{c['kept_area']}\n({c['queries']})" for c in crops])
         ax.set_xlabel("share of the original's area kept (queries)")
-        ax.set_ylim(0, 1.05)
-        _save(fig, ax, "Cropped copies, full pipeline" + tag, out / "crop_area.png", fontsize=8, loc="upper left")
+        ax.set_ylim(0, 1.25)
+        _save(fig, ax, "Cropped copies, full pipeline" + tag, out / "crop_area.png", fontsize=8, loc="upper center",
+              ncol=3)
+
+
+def _query_table(results, truth, family, path: Path, threshold: float) -> list[dict[str, Any]]:
+    """queries.csv: what the full pipeline did with every query; returns the copies it missed (top 1
+    not the original, or under the threshold), lowest score first -- the ones worth looking at."""
+    import csv
+
+    rows = []
+    for query, res in results.items():
+        pred = res.predictions["full"]
+        original = truth.get(query, "")
+        rows.append({"query": query, "family": family[query], "original": original, "top1": pred.reference,
+                     "score": round(float(pred.score), 4), "top1_correct": bool(original) and pred.reference == original,
+                     "called_duplicate": bool(pred.reference) and pred.score >= threshold,
+                     "candidate_hit": res.candidate_hit, "stage2": res.stage2_invoked})
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["query"])
+        writer.writeheader()
+        writer.writerows(rows)
+    missed = [r for r in rows if r["original"] and not (r["top1_correct"] and r["called_duplicate"])]
+    return sorted(missed, key=lambda r: (r["top1_correct"], r["score"]))
+
+
+def _misses_sheet(missed: list[dict[str, Any]], folder: Path, path: Path, untrained: bool, limit: int = 12) -> None:
+    """misses.png: each missed copy beside its original (and the wrong top 1, if any)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    shown = missed[:limit]
+    if not shown:
+        return
+    fig, axes = plt.subplots(len(shown), 3, figsize=(7.5, 2.3 * len(shown)), squeeze=False)
+    for row, miss in zip(axes, shown, strict=True):
+        panels = ((folder / "queries" / miss["query"], f"{miss['family']}: {miss['query'][:34]}"),
+                  (folder / "refs" / miss["original"], "original" + ("" if miss["candidate_hit"] else " (not a candidate)")),
+                  (folder / "refs" / miss["top1"] if miss["top1"] and not miss["top1_correct"] else None,
+                   f"top 1 instead, p {miss['score']:.2f}" if not miss["top1_correct"] else f"top 1, p {miss['score']:.2f} < threshold"))
+        for ax, (image_path, title) in zip(row, panels, strict=True):
+            ax.axis("off")
+            ax.set_title(title, fontsize=7)
+            if image_path is not None and image_path.exists():
+                with Image.open(image_path) as im:
+                    im.thumbnail((240, 240))
+                    ax.imshow(im.convert("RGB"))
+    fig.suptitle(f"Missed copies ({len(shown)} of {len(missed)}, lowest score first)"
+                 + (" — UNTRAINED weights" if untrained else ""), fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the title
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def _save(fig, ax, title: str, path: Path, **legend: Any) -> None:

@@ -1,5 +1,6 @@
 """The benchmark end to end on a tiny folder made from scikit-image photos (figures, not thresholds)."""
 
+import csv
 import json
 
 import pytest
@@ -55,6 +56,15 @@ def test_make_and_run_a_tiny_benchmark(tmp_path, photos, random_settings):
     assert f"the {random_settings.visual_words_candidates} nearest refs by words are candidates" in md
     for png in ("pr_curves.png", "families.png", "crop_area.png"):
         assert (tmp_path / "out" / png).stat().st_size > 5000
+    # every query's outcome, and a picture of the copies it missed
+    with (tmp_path / "out" / "queries.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["query"] for r in rows) == sorted(r["query"] for r in gt)
+    assert all(r["original"] == "" for r in rows if r["family"] in ("negative", "hard_negative"))
+    missed = [r for r in rows if r["original"] and not (r["top1_correct"] == "True" and r["called_duplicate"] == "True")]
+    assert report["missed_copies"] == len(missed) == saved["missed_copies"]
+    assert (tmp_path / "out" / "misses.png").exists() == bool(missed)
+    assert f"**Missed copies** (top 1 not the original, or under the threshold): {len(missed)}" in md
 
 
 def test_descriptor_ablation_reports_every_lever(tmp_path, photos, random_settings):
