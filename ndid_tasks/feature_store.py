@@ -2,8 +2,9 @@
 
 A later task (a fresh process on any worker) verifies a new image against an earlier one with the
 stored SIFT features instead of downloading and decoding the earlier image again. One small NPZ per
-image (keypoints as float16, descriptors as uint8: ~53 KB at 384 px), named by the image id, never
-pickled. Features made with other SIFT settings are treated as missing (recomputed from pixels).
+image (keypoints as float32, so a decision is the same whether the features came from here or from
+pixels; descriptors as uint8: ~55 KB at 384 px), named by the image id, never pickled. Features
+made with other SIFT settings are treated as missing (recomputed from pixels).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class FeatureStore:
     def pack(self, image_id: str, feats: LocalFeatures) -> bytes:
         buf = io.BytesIO()
         meta = json.dumps({"id": image_id, **self.params}).encode()
-        np.savez(buf, meta=np.frombuffer(meta, np.uint8), points=feats.points.astype(np.float16),
+        np.savez(buf, meta=np.frombuffer(meta, np.uint8), points=feats.points.astype(np.float32),
                  descriptors=(feats.descriptors if feats.descriptors is not None else np.zeros((0, 128), np.uint8)))
         return buf.getvalue()
 

@@ -116,8 +116,8 @@ def test_stored_local_features_round_trip_and_refuse_other_settings():
     data = store.pack("s3://b/k.jpg", feats)
     back = store.unpack("s3://b/k.jpg", data)
     assert np.array_equal(back.descriptors, feats.descriptors)
-    assert np.abs(back.points - feats.points).max() <= 0.125  # float16 keypoints: sub-pixel at 256 px
-    assert len(data) < 300 * (128 + 4) + 1000  # ~132 bytes a keypoint
+    assert np.array_equal(back.points, feats.points)  # exact: the same inliers as from pixels
+    assert len(data) < 300 * (128 + 8) + 1000  # ~136 bytes a keypoint
     assert store.unpack("s3://b/other.jpg", data) is None  # a hash collision is not a hit
     other = FeatureStore(Settings(sift_max_side=256))
     assert other.unpack("s3://b/k.jpg", data) is None  # made with other SIFT settings: recompute
