@@ -40,7 +40,8 @@ one atomic switch. It holds the `ndid_milvus` pool slot, so no ingest task write
 visual words (the tight-crop candidates) when the words collection has fewer rows than the index:
 after words were turned on, or a new vocabulary shipped (its collection starts empty). It reads the
 SIFT features stored at ingest (else the image), skips images that have words, and so resumes
-where an interrupted or retried run stopped; its log counts the rows as it goes.
+where an interrupted or retried run stopped; its log counts the rows as it goes. Images that cannot
+have words (no keypoints) are recorded under `features/words-backfill/`, so the next run is not due.
 """
 
 
