@@ -169,6 +169,7 @@ def _misses_sheet(missed: list[dict[str, Any]], folder: Path, path: Path, untrai
 
     shown = missed[:limit]
     if not shown:
+        path.unlink(missing_ok=True)  # not an earlier run's sheet beside this report
         return
     fig, axes = plt.subplots(len(shown), 3, figsize=(7.5, 2.3 * len(shown)), squeeze=False)
     for row, miss in zip(axes, shown, strict=True):
@@ -183,7 +184,7 @@ def _misses_sheet(missed: list[dict[str, Any]], folder: Path, path: Path, untrai
                 with Image.open(image_path) as im:
                     im.thumbnail((240, 240))
                     ax.imshow(im.convert("RGB"))
-    fig.suptitle(f"Missed copies ({len(shown)} of {len(missed)}, lowest score first)"
+    fig.suptitle(f"Missed copies ({len(shown)} of {len(missed)}: wrong top 1 first, then the lowest scores)"
                  + (" — UNTRAINED weights" if untrained else ""), fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the title
     fig.savefig(path, dpi=90)
