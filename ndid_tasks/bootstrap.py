@@ -67,6 +67,7 @@ class CheckSet:
     geometry: GeometricSignal
     corpus: list[int]
     queries: list[tuple[int, int | None]]  # (query, the corpus image it copies, or None)
+    pictures: list = field(default_factory=list)  # each image's pixels, for closer looks
     _expensive: dict[tuple[int, int], dict[str, float]] = field(default_factory=dict, repr=False)
 
     def expensive(self, q: int, c: int) -> dict[str, float]:
@@ -75,7 +76,8 @@ class CheckSet:
             self._expensive[q, c] = {
                 "clip_cosine": float(np.dot(self.clip[q], self.clip[c])),
                 "pdq_distance": PDQSignal.dihedral_distance(self.pdq[q], self.pdq[c]) / PDQSignal.dim,
-                "log_inliers": float(np.log1p(self.geometry.verify(self.local[q], self.local[c])))}
+                "log_inliers": float(np.log1p(self.geometry.verify(self.local[q], self.local[c],
+                                                                   (self.pictures[q], self.pictures[c]))))}
         return self._expensive[q, c]
 
     def evaluate(self, cal: Calibration, stage2_max: int, min_precision: float = 0.99,
@@ -183,6 +185,7 @@ def bootstrap_features_from_images(settings: Settings, originals: Sequence[Loade
     pdq = PDQSignal().dihedral(everything)
     geometry = GeometricSignal.from_settings(settings)
     local = geometry.compute(everything)
+    pictures = [im.image for im in everything]  # for closer looks (what the bootstrap has: <= 512 px)
 
     n = len(originals)
     pairs: list[tuple[int, int, int]] = []  # (a, b, label) as indices into `everything`
@@ -209,7 +212,7 @@ def bootstrap_features_from_images(settings: Settings, originals: Sequence[Loade
         pf = stage1_features(phash[a], phash[b], resnet[a], resnet[b])
         pf["clip_cosine"] = float(np.dot(clip[a], clip[b]))
         pf["pdq_distance"] = PDQSignal.dihedral_distance(pdq[b], pdq[a]) / PDQSignal.dim
-        pf["log_inliers"] = float(np.log1p(geometry.verify(local[b], local[a])))
+        pf["log_inliers"] = float(np.log1p(geometry.verify(local[b], local[a], (pictures[b], pictures[a]))))
         for f in STAGE2_FEATURES:
             feats[f].append(pf[f])
         labels.append(label)
@@ -229,7 +232,8 @@ def bootstrap_features_from_images(settings: Settings, originals: Sequence[Loade
     queries = [(n + k, i if i % 3 != 2 else None) for k, (i, _) in enumerate(copies_list) if i not in scene_sources]
     queries += [(first_scene + k + 1, None) for k in range(0, len(scene_views), 2)]
 
-    check_set = CheckSet(np.asarray(phash, dtype=np.float32), resnet, clip, pdq, local, geometry, corpus, queries)
+    check_set = CheckSet(np.asarray(phash, dtype=np.float32), resnet, clip, pdq, local, geometry, corpus, queries,
+                         pictures)
     return Bootstrap({f: np.asarray(v) for f, v in feats.items()}, np.asarray(labels), summary, whitening, check_set)
 
 

@@ -90,6 +90,9 @@ class Settings:
     # crop's region of its original then holds enough keypoints (docs/benchmarks.md, round 2, session 9)
     sift_max_side: int = 384
     sift_features: int = 500  # keypoints per image (1000: 13 ms per pair to match, 500: 3 ms)
+    # a weak match whose affine map puts one image into a small window of the other (a tight crop)
+    # is verified again on that window, decoded from the source at up to this long side (0: off)
+    closer_look_side: int = 2048
     store_local_features: bool = True  # DAG path: SIFT features of every image at ingest, kept in S3
     # tight crops: candidates from the SIFT features as visual words (a sparse Milvus collection);
     # costs SIFT for every image at ingest; Milvus Lite searches sparse vectors by brute force

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
+from PIL import Image
 
 from .calibration import OPTIONAL_STAGE2, Calibration, CalibrationError, default_calibration, load_calibration_file
 from .config import Settings
 from .decide import DecisionRecord, Matcher
 from .feature_store import FeatureStore
-from .images import ImageDecodeError, LoadedImage, load_image
+from .images import WORKING_SIZE, ImageDecodeError, LoadedImage, load_image
 from .index import MAX_ID_LENGTH, ImageIndex, IndexedImage
 from .signals import ClipSignal, GeometricSignal, GlobalDescriptorSignal, PDQSignal, PHashSignal, descriptor_signal
 from .signals.visual_words import VisualWordsSignal, Vocabulary, pack_words, unpack_words
@@ -135,7 +136,10 @@ class Engine:
         self._calibration = calibration
         self._s3: dict[str, Any] = {}
         self._loaded: dict[str, LoadedImage] = {}
+        self._full: BoundedDict = BoundedDict(8)  # full-resolution pictures of recent closer looks
+        self.sources: dict[str, str] = {}  # where images that are not indexed (queries) can be re-read
         self.clip_images_computed = 0
+        self.full_pictures_read = 0
         self.timings: defaultdict[str, float] = defaultdict(float)  # seconds per stage
 
     # ---------------------------------------------------------------- parts
@@ -237,9 +241,10 @@ class Engine:
             raise ImageDecodeError("too_large", f"{path.stat().st_size} bytes exceeds the limit")
         return path.read_bytes()
 
-    def load(self, item_id: str, data: bytes) -> LoadedImage:
+    def load(self, item_id: str, data: bytes, working_size: int = WORKING_SIZE) -> LoadedImage:
         return load_image(data, item_id, max_pixels=self.settings.max_image_pixels,
-                          max_bytes=self.settings.max_image_bytes, max_decode_bytes=self.settings.max_decode_bytes)
+                          max_bytes=self.settings.max_image_bytes, max_decode_bytes=self.settings.max_decode_bytes,
+                          working_size=working_size)
 
     # ---------------------------------------------------------------- stages
     def prepare(self, items: Sequence[SourceItem], run_id: str = "", run_at: str = "") -> Prepared:
@@ -347,6 +352,21 @@ class Engine:
                     log.warning("cannot re-read %s: %s", image_id, exc)
         return out
 
+    def full_picture(self, image_id: str) -> Image.Image | None:
+        """The image at up to NDID_CLOSER_LOOK_SIDE, decoded again from its source for a closer look
+        at a weak match (see GeometricSignal.closer_look); None when it cannot be read."""
+        if image_id not in self._full:
+            self.full_pictures_read += 1
+            source = self.sources.get(image_id) or self.index.get_rows([image_id], ["source"]).get(image_id, {}).get("source")
+            try:
+                data = self.read_bytes(source) if source else None
+                self._full[image_id] = None if data is None else self.load(
+                    image_id, data, self.settings.closer_look_side).image
+            except Exception as exc:  # noqa: BLE001 - the pair keeps its plain inlier count
+                log.warning("cannot re-read %s for a closer look: %s", image_id, exc)
+                self._full[image_id] = None
+        return self._full[image_id]
+
     def clip_vectors(self, ids: list[str]) -> dict[str, np.ndarray]:
         """CLIP vectors: stored ones are reused; missing ones are computed once and stored
         (only for indexed images -- a query's vector is never written)."""
@@ -441,7 +461,11 @@ class Engine:
             return {}
         t0 = time.perf_counter()
         usable = [cid for cid in candidate_ids if all(cid in d for d in needed)]
-        inliers = self.geometry.verify_many(local[query_id], [local[cid] for cid in usable])
+        pixels = None
+        if self.settings.closer_look_side:
+            def pixels(k: int | None) -> Image.Image | None:
+                return self.full_picture(query_id if k is None else usable[k])
+        inliers = self.geometry.verify_many(local[query_id], [local[cid] for cid in usable], pixels=pixels)
         out = {}
         for cid, count in zip(usable, inliers, strict=True):
             out[cid] = {"log_inliers": float(np.log1p(count))}
@@ -490,6 +514,7 @@ class Engine:
         """Drop cached pixels, local features, PDQ hashes and CLIP vectors of these ids."""
         for image_id in ids:
             self._loaded.pop(image_id, None)
+            self._full.pop(image_id, None)
         self.features.forget(ids)
 
     def matcher(self, top_k: int | None = None) -> Matcher:

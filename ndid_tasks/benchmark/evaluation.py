@@ -141,12 +141,14 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
             pdq = _pdq(pics, dihedral=True) if "peer_pdq" in wanted else None
             for k, (path, pic) in enumerate(zip(batch_files, pics, strict=True)):
                 engine._loaded[pic.image_id] = pic
+                engine.sources[pic.image_id] = str(path)
                 t_q = time.perf_counter()
                 results[path.name] = _evaluate_query(
                     path.name, pic, ph[k], rn[k], dh[k], pdq[k] if pdq else None, matcher, cal, engine,
                     ref_ids, ref_name, ref_phash, ref_resnet, ref_dhash, ref_pdq, truth, wanted)
                 latencies.append(time.perf_counter() - t_q + sig_per_image)
                 engine.forget([pic.image_id])
+                engine.sources.pop(pic.image_id, None)
             if progress:
                 progress(len(batch_files))
         report["query_latency_ms"] = {"p50": round(1000 * float(np.percentile(latencies, 50)), 1),
@@ -161,6 +163,7 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
                 "max_score": {m: round(max(results[q].predictions[m].score for q in hard), 4)
                               for m in wanted if all(m in results[q].predictions for q in hard)}}
         positives = [q for q in results if truth[q]]
+        report["closer_looks"] = {"pairs": engine.geometry.closer_looks, "pictures_read": engine.full_pictures_read}
         report["stage2_share_of_queries"] = sum(results[q].stage2_invoked for q in results) / max(len(results), 1)
         report["candidate_recall"] = {
             fam: sum(results[q].candidate_hit for q in positives if family[q] == fam) /

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
+from PIL import Image
 
 from ..config import Settings
 from ..images import LoadedImage
@@ -25,6 +27,29 @@ def _sift_mirror_permutation() -> np.ndarray:
 
 
 _SIFT_MIRROR = _sift_mirror_permutation()
+
+# pixels(k): candidate k's picture at full resolution, pixels(None): the query's (None: unavailable)
+Pixels = Callable[[int | None], "Image.Image | None"]
+
+
+def _corners(points: np.ndarray) -> np.ndarray:
+    """The four corners of the points' bounding box (the frame the keypoints cover)."""
+    (x0, y0), (x1, y1) = points.min(0), points.max(0)
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
+
+
+def _window(mapped: np.ndarray, onto: np.ndarray) -> np.ndarray | None:
+    """The box (x0, y0, x1, y1) that ``mapped`` corners cover inside the frame of the ``onto``
+    points, padded by 15 % -- when it is at most GeometricSignal.zoom_share of that frame and
+    at least 16 px a side; else None (no crop to look closer at)."""
+    (fx0, fy0), (fx1, fy1) = onto.min(0), onto.max(0)
+    (x0, y0), (x1, y1) = mapped.min(0), mapped.max(0)
+    pad_x, pad_y = 0.15 * (x1 - x0), 0.15 * (y1 - y0)
+    x0, y0, x1, y1 = max(x0 - pad_x, fx0), max(y0 - pad_y, fy0), min(x1 + pad_x, fx1), min(y1 + pad_y, fy1)
+    frame = max((fx1 - fx0) * (fy1 - fy0), 1.0)
+    if x1 - x0 < 16 or y1 - y0 < 16 or (x1 - x0) * (y1 - y0) > GeometricSignal.zoom_share * frame:
+        return None
+    return np.array([x0, y0, x1, y1])
 
 
 class LocalFeatures:
@@ -64,7 +89,8 @@ class GeometricSignal(Signal):
     are matched in one matrix product: ~1.5 ms a pair with its mirror (OpenCV's brute-force
     matcher plus a homography RANSAC took 6.5 ms, and the mirror a second SIFT pass of 30 ms).
     Extraction (~18 ms an image at 384 px) is the rest, hence only for ambiguous pairs, and each
-    image's features are kept.
+    image's features are kept. A weak match that looks like a tight crop gets a closer look at
+    full resolution (:meth:`closer_look`).
     """
 
     name, dim = "geometry", 0
@@ -78,6 +104,7 @@ class GeometricSignal(Signal):
     def __init__(self, max_features: int = 500, max_side: int = 384) -> None:
         self.max_features = max_features
         self.max_side = max_side
+        self.closer_looks = 0  # pairs verified again on a window (see closer_look)
 
     higher_is_closer = True  # distinct inliers
 
@@ -90,12 +117,16 @@ class GeometricSignal(Signal):
         return cls.from_settings(settings)
 
     def compute(self, images: Sequence[LoadedImage]) -> list[LocalFeatures]:
+        return self.compute_pictures([im.image for im in images])
+
+    def compute_pictures(self, pictures: Sequence[Image.Image]) -> list[LocalFeatures]:
+        """SIFT of each picture shrunk to :attr:`max_side` (points in that frame's pixels)."""
         import cv2
 
         sift = cv2.SIFT_create(nfeatures=self.max_features)  # type: ignore[attr-defined]  # (no stub)
         out = []
-        for im in images:
-            small = im.image.convert("L")
+        for picture in pictures:
+            small = picture.convert("L")
             small.thumbnail((self.max_side, self.max_side))
             kp, desc = sift.detectAndCompute(np.asarray(small), None)
             out.append(LocalFeatures(np.array([k.pt for k in kp], dtype=np.float32).reshape(-1, 2), desc))
@@ -105,15 +136,24 @@ class GeometricSignal(Signal):
         """Distinct inliers of ``a`` on ``b`` (no mirroring)."""
         return float(self.verify_many(a, [b], mirror=False)[0])
 
-    def verify(self, query: LocalFeatures, candidate: LocalFeatures) -> float:
-        """Distinct inliers of the query (or, when that is weak, of its mirror) on the candidate."""
-        return float(self.verify_many(query, [candidate])[0])
+    def verify(self, query: LocalFeatures, candidate: LocalFeatures,
+               pictures: tuple[Image.Image, Image.Image] | None = None) -> float:
+        """Distinct inliers of the query (or, when that is weak, of its mirror) on the candidate;
+        with the (query, candidate) ``pictures``, a weak crop-like match gets a closer look."""
+        pixels = None if pictures is None else (lambda k: pictures[0] if k is None else pictures[1])
+        return float(self.verify_many(query, [candidate], pixels=pixels)[0])
 
     def verify_many(self, query: LocalFeatures, candidates: Sequence[LocalFeatures],
-                    mirror: bool = True) -> list[int]:
+                    mirror: bool = True, pixels: Pixels | None = None) -> list[int]:
         """Distinct inliers of the query on each candidate: max(direct, mirrored), where the
-        mirror is tried only when the direct match has fewer than :attr:`verified` inliers."""
+        mirror is tried only when the direct match has fewer than :attr:`verified` inliers.
+
+        With ``pixels`` (``pixels(k)``: candidate ``k``'s picture at full resolution, ``pixels(None)``
+        the query's; None where unavailable), a weak match whose affine map puts one image into a
+        small window of the other is verified again on that window at full resolution
+        (:meth:`closer_look`): a tight crop shows only a few % of the other image's keypoints."""
         out = [0] * len(candidates)
+        maps: list[tuple[int, np.ndarray, bool] | None] = [None] * len(candidates)
         usable = [k for k, c in enumerate(candidates) if len(c) >= 4]
         if len(query) < 4 or not usable:
             return out
@@ -133,9 +173,68 @@ class GeometricSignal(Signal):
                     break
                 src, dst = self._tentative(dist[s * n:(s + 1) * n, start:stop], row_norm[s * n:(s + 1) * n])
                 if len(src) >= 4:
-                    out[k] = max(out[k], self._inliers(side.points[src], candidates[k].points[dst]))
+                    count, affine, agreeing = self._inliers(side.points[src], candidates[k].points[dst])
+                    out[k] = max(out[k], count)
+                    best = maps[k]
+                    if affine is not None and (best is None or agreeing > best[0]):
+                        maps[k] = (agreeing, affine, bool(s))
             start = stop
+        for k in usable:
+            found = maps[k]
+            if pixels is not None and found is not None and out[k] < self.zoom_below and found[0] >= self.zoom_min:
+                out[k] = max(out[k], self.closer_look(query, candidates[k], found[1], found[2],
+                                                      partial(pixels, k), partial(pixels, None)))
         return out
+
+    # a closer look (see closer_look): for matches weaker than this many distinct inliers, where
+    # at least zoom_min matches agree on an affine map that puts one image into a window of at
+    # most zoom_share of the other's frame
+    zoom_below = 40
+    zoom_min = 5
+    zoom_share = 0.3
+
+    def closer_look(self, query: LocalFeatures, candidate: LocalFeatures, affine: np.ndarray, mirrored: bool,
+                    candidate_pixels: Callable[[], Image.Image | None],
+                    query_pixels: Callable[[], Image.Image | None]) -> int:
+        """Distinct inliers after re-extracting SIFT on the window of the larger-looking image that
+        the weak match's ``affine`` (query -> candidate, on the mirrored query when ``mirrored``)
+        says the other one shows, from its full-resolution pixels. 0 when the map does not look
+        like a crop (not a plausible similarity, or no small window), or the pixels are missing.
+
+        Why: at :attr:`max_side` the whole frame shares :attr:`max_features` keypoints, so the 5 %
+        of it that a tight crop shows holds ~25 of them, at a quarter of the crop's own scale."""
+        linear = affine[:, :2]
+        scales = np.linalg.svd(linear, compute_uv=False)
+        if np.linalg.det(linear) <= 0 or scales[1] <= 0 or scales[0] / scales[1] > 3:
+            return 0
+        q_points = query.points * (np.array([-1, 1], np.float32) if mirrored else 1)
+        into_candidate = _window(_corners(q_points) @ linear.T + affine[:, 2], candidate.points)
+        if into_candidate is not None:
+            self.closer_looks += 1
+            found = self._window_features(candidate_pixels(), into_candidate)
+            return self.verify_many(query, [found])[0] if found is not None else 0
+        inverse = np.linalg.inv(linear)
+        back = (_corners(candidate.points) - affine[:, 2]) @ inverse.T
+        if mirrored:
+            back = back * np.array([-1, 1])
+        into_query = _window(back, query.points)
+        if into_query is not None:
+            self.closer_looks += 1
+            found = self._window_features(query_pixels(), into_query)
+            return self.verify_many(found, [candidate])[0] if found is not None else 0
+        return 0
+
+    def _window_features(self, picture: Image.Image | None, box: np.ndarray) -> LocalFeatures | None:
+        """SIFT of ``box`` (x0, y0, x1, y1 in the :attr:`max_side` frame) cut from ``picture`` and
+        shrunk to at most :attr:`max_side` (points in the window's own pixels: RANSAC fits its
+        own map, and the 2-px grid of distinct inliers stays at the resolution they were found at)."""
+        if picture is None:
+            return None
+        w, h = picture.size
+        scale = max(w, h) / min(self.max_side, max(w, h))  # full-resolution pixels per frame pixel
+        x0, y0, x1, y1 = (box * scale).round().astype(int)
+        found = self.compute_pictures([picture.crop((max(0, x0), max(0, y0), min(w, x1), min(h, y1)))])[0]
+        return found if len(found) >= 4 else None
 
     def _tentative(self, dist: np.ndarray, row_norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Ratio-test matches (query row -> candidate column), one-to-one: each candidate point
@@ -158,19 +257,20 @@ class GeometricSignal(Signal):
         rows = rows[keep]
         return rows, best_col[rows]
 
-    def _inliers(self, src: np.ndarray, dst: np.ndarray) -> int:
+    def _inliers(self, src: np.ndarray, dst: np.ndarray) -> tuple[int, np.ndarray | None, int]:
         """Distinct RANSAC inliers of a homography; an affine RANSAC first, because OpenCV's
         homography RANSAC takes ~3 ms on the random matches of unrelated pairs and 0.1 ms for an
         affine fit -- when not even :attr:`affine_gate` matches agree on an affine map, that small
-        count is the answer (a homography fits at least as many; unrelated pairs stay <= 6)."""
+        count is the answer (a homography fits at least as many; unrelated pairs stay <= 6).
+        Also returns the affine map (src -> dst) and its distinct inliers, for :meth:`closer_look`."""
         import cv2
 
-        _, mask = cv2.estimateAffine2D(src, dst, ransacReprojThreshold=self.ransac_px, refineIters=0)
+        affine_map, mask = cv2.estimateAffine2D(src, dst, ransacReprojThreshold=self.ransac_px, refineIters=0)
         affine = self._distinct(src, dst, mask)
         if affine < self.affine_gate:
-            return affine
+            return affine, affine_map, affine
         _, mask = cv2.findHomography(src, dst, cv2.RANSAC, self.ransac_px)
-        return max(affine, self._distinct(src, dst, mask))
+        return max(affine, self._distinct(src, dst, mask)), affine_map, affine
 
     @staticmethod
     def _distinct(src: np.ndarray, dst: np.ndarray, mask: np.ndarray | None) -> int:

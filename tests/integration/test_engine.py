@@ -393,6 +393,34 @@ def test_tight_crops_are_found_through_visual_words(random_settings, tmp_path, p
     assert len(found(off)) < len(found(recs)), found(off)
 
 
+def test_a_tight_crop_gets_a_closer_look_at_its_original_re_read_from_its_source(random_settings, tmp_path, photos):
+    """An 8 %-area crop of a large photo matches few of the original's keypoints at 384 px; the
+    closer look re-reads the original from its source at full resolution and verifies the window
+    the weak match points at: many more inliers, decided a duplicate. Off (side 0): no re-read."""
+    from PIL import Image
+
+    from ndid_tasks import augment
+
+    big = photos["astronaut"].resize((1536, 1536), Image.Resampling.BICUBIC)
+    folder, t = originals(tmp_path, "closer", ["coffee", "rocket"], photos)
+    write(folder / "orig_big.jpg", big, mtime=t + 10)
+    write(folder / "crop_big.jpg", augment.attack_tight_crop(big, np.random.default_rng(0)), quality=85, mtime=t + 20)
+
+    def run(settings):
+        with Engine(settings) as engine:
+            recs = by_name(engine.ingest(local_items([folder]), run_id="r", run_at="2026-01-01T00:00:00+00:00"))
+            return recs["crop_big.jpg"], engine.full_pictures_read, engine.geometry.closer_looks
+
+    closer, read, looks = run(random_settings)
+    plain, read_off, looks_off = run(random_settings.replace(closer_look_side=0, state_dir=str(tmp_path / "off")))
+    print(f"tight crop inliers: plain {np.expm1(plain.features['log_inliers']):.0f}, "
+          f"closer look {np.expm1(closer.features['log_inliers']):.0f}")
+    assert plain.matched_id.endswith("orig_big.jpg") and plain.stage == "stage2"
+    assert closer.matched_id.endswith("orig_big.jpg") and closer.decision == "duplicate"
+    assert closer.features["log_inliers"] > plain.features["log_inliers"] + np.log(2)
+    assert looks >= 1 and read >= 1 and looks_off == read_off == 0
+
+
 def test_words_candidates_equal_a_brute_force_search_of_earlier_images(random_settings, tmp_path, photos):
     """Batched words search (with later images of the batch filtered out) = the nearest earlier
     images by cosine of the words; rows come back as stored and go with a delete."""

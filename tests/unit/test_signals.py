@@ -189,3 +189,32 @@ def test_every_decision_signal_keeps_the_signal_contract(signal_cls, photos, tmp
     assert len(values) == 2
     same, other = signal.compare(values[0], values[0]), signal.compare(values[0], values[1])
     assert (same > other) if signal_cls.higher_is_closer else (same < other), (same, other)
+
+
+def test_closer_look_verifies_a_tight_crop_on_its_window_at_full_resolution(photos):
+    """At 384 px the few % of the frame a tight crop shows hold few keypoints; re-extracting the
+    window the weak match points at, from full-resolution pixels, finds many more inliers -- in
+    both directions (the crop as query or as candidate) -- and nothing for unrelated pairs."""
+    from PIL import Image
+
+    from ndid_tasks import augment
+    from ndid_tasks.signals import GeometricSignal
+
+    big = photos["astronaut"].resize((1536, 1536), Image.Resampling.BICUBIC)  # a "full-resolution" photo
+    crop = augment.attack_tight_crop(big, np.random.default_rng(0))
+    assert crop.size[0] * crop.size[1] < 0.15 * 1536 * 1536
+    geo = GeometricSignal()
+    f_crop, f_big, f_other = geo.compute([load_image(jpeg_bytes(im), str(n))
+                                          for n, im in enumerate([crop, big, photos["coffee"]])])
+    full = {"crop": load_image(jpeg_bytes(crop), "c", working_size=2048).image,
+            "big": load_image(jpeg_bytes(big), "b", working_size=2048).image}
+    plain = geo.verify_many(f_crop, [f_big])[0]
+    closer = geo.verify_many(f_crop, [f_big], pixels=lambda k: full["crop"] if k is None else full["big"])[0]
+    reverse = geo.verify_many(f_big, [f_crop], pixels=lambda k: full["big"] if k is None else full["crop"])[0]
+    missing = geo.verify_many(f_crop, [f_big], pixels=lambda k: None)[0]
+    print(f"tight crop inliers: plain {plain}, closer look {closer}, crop as candidate {reverse}")
+    assert geo.zoom_min <= plain < geo.zoom_below  # a weak match: the closer look applies
+    assert closer >= max(2 * plain, geo.zoom_below) and reverse >= max(2 * plain, geo.zoom_below)
+    assert missing == plain  # no pixels: the plain count stands
+    unrelated = geo.verify_many(f_other, [f_big], pixels=lambda k: photos["coffee"] if k is None else full["big"])[0]
+    assert unrelated == geo.verify_many(f_other, [f_big])[0] <= 8
