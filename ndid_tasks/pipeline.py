@@ -137,7 +137,8 @@ class Engine:
         self._s3: dict[str, Any] = {}
         self._loaded: dict[str, LoadedImage] = {}
         self._full: BoundedDict = BoundedDict(8)  # full-resolution pictures of recent closer looks
-        self.sources: dict[str, str] = {}  # where images that are not indexed (queries) can be re-read
+        # images that are not indexed (queries): where to re-read them, or their bytes
+        self.sources: dict[str, str | bytes] = {}
         self.clip_images_computed = 0
         self.full_pictures_read = 0
         self.timings: defaultdict[str, float] = defaultdict(float)  # seconds per stage
@@ -359,7 +360,7 @@ class Engine:
             self.full_pictures_read += 1
             source = self.sources.get(image_id) or self.index.get_rows([image_id], ["source"]).get(image_id, {}).get("source")
             try:
-                data = self.read_bytes(source) if source else None
+                data = source if isinstance(source, bytes) else self.read_bytes(source) if source else None
                 self._full[image_id] = None if data is None else self.load(
                     image_id, data, self.settings.closer_look_side).image
             except Exception as exc:  # noqa: BLE001 - the pair keeps its plain inlier count
@@ -504,6 +505,7 @@ class Engine:
                              resnet=self.resnet.compute([pic])[0])
         self.forget([image_id])  # a reused query id must not see the previous query's features
         self._loaded[image_id] = pic
+        self.sources[image_id] = data  # for a closer look at the query itself
         try:
             image.words = self.words_of([pic])[0]
             return self._query(image, pic, limit)
@@ -515,6 +517,7 @@ class Engine:
         for image_id in ids:
             self._loaded.pop(image_id, None)
             self._full.pop(image_id, None)
+            self.sources.pop(image_id, None)
         self.features.forget(ids)
 
     def matcher(self, top_k: int | None = None) -> Matcher:

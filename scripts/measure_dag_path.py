@@ -1,11 +1,13 @@
 """The DAG path's decide step in a fresh process, with and without stored verification features.
 
-    python scripts/measure_dag_path.py [ORIGINALS_DIR] [N]
+    python scripts/measure_dag_path.py [ORIGINALS_DIR] [N] [ATTACK]
 
 Starts its own SeaweedFS S3 (temporary state), ingests N photos in one window and an attacked copy
 of each in the next, then times `decide` of the second window in a fresh Engine: reading every
 candidate's (and query's) SIFT features from the feature store, versus re-reading and decoding the
-images from S3 and running SIFT again (NDID_STORE_LOCAL_FEATURES=false). Prints a JSON line.
+images from S3 and running SIFT again (NDID_STORE_LOCAL_FEATURES=false). ATTACK names the copies'
+attack in ndid_tasks.augment (``crop`` by default; ``tight_crop`` makes the closer look re-read
+originals from S3). Prints a JSON line.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def jpeg(img: Image.Image, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def main(folder: str, n: int) -> dict:
+def main(folder: str, n: int, attack: str = "crop") -> dict:
     state = Path(tempfile.mkdtemp(prefix="ndid-dagpath-"))
     base = Settings(state_dir=str(state), s3_endpoint_url="http://127.0.0.1:28433", weights_mode="random",
                     s3_bucket="dagpath", milvus_uri=str(state / "milvus.db"))
@@ -50,14 +52,15 @@ def main(folder: str, n: int) -> dict:
         store.ensure_bucket()
         files = sorted(Path(folder).glob("*.jpg"))[:n]
         rng = np.random.default_rng(0)
+        make_copy = getattr(augment, f"attack_{attack}")
         t0 = second()
         for f in files:
             store.put_bytes(f"images/orig/{f.name}", f.read_bytes())
         t1 = second()
         for f in files:
-            store.put_bytes(f"images/copy/{f.name}", jpeg(augment.attack_crop(Image.open(f).convert("RGB"), rng), 75))
+            store.put_bytes(f"images/copy/{f.name}", jpeg(make_copy(Image.open(f).convert("RGB"), rng), 75))
         t2 = second()
-        out = {"images_per_window": len(files)}
+        out: dict = {"images_per_window": len(files), "attack": attack}
         for stored in (True, False):
             s = base.replace(store_local_features=stored, milvus_collection_prefix=f"p{int(stored)}",
                              s3_decisions_prefix=f"d{int(stored)}/", s3_staging_prefix=f"s{int(stored)}/")
@@ -67,15 +70,17 @@ def main(folder: str, n: int) -> dict:
                 for part in outline["slices"]:
                     embedded = ingest_run.embed(engine, part, "second", t2.isoformat())
                     ingest_run.index(engine, part, "second")
+            duplicates = 0
             with ingest_run.run_engine(s) as fresh:  # a fresh process: nothing cached
                 fresh.warm_up()
                 started = time.perf_counter()
                 for part in outline["slices"]:
-                    ingest_run.decide(fresh, part, "second", t2.isoformat())
+                    duplicates += ingest_run.decide(fresh, part, "second", t2.isoformat())["counts"].get("decision:duplicate", 0)
                 seconds = time.perf_counter() - started
             name = "stored_features" if stored else "re_read_images"
             out[name] = {"decide_s": round(seconds, 2), "images_per_s": round(len(files) / seconds, 1),
-                         "geometry_s": round(fresh.timings["geometry_s"], 2)}
+                         "geometry_s": round(fresh.timings["geometry_s"], 2), "duplicates": duplicates,
+                         "closer_looks": fresh.geometry.closer_looks, "pictures_re_read": fresh.full_pictures_read}
             if stored:
                 out["feature_bytes_per_image"] = round(embedded.get("feature_bytes", 0) / max(embedded["images"], 1))
         out["speedup"] = round(out["re_read_images"]["decide_s"] / out["stored_features"]["decide_s"], 2)
@@ -86,4 +91,5 @@ def main(folder: str, n: int) -> dict:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    print(json.dumps(main(args[0] if args else "../shared/data/originals", int(args[1]) if len(args) > 1 else 64)))
+    print(json.dumps(main(args[0] if args else "../shared/data/originals", int(args[1]) if len(args) > 1 else 64,
+                          args[2] if len(args) > 2 else "crop")))

@@ -148,7 +148,6 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
                     ref_ids, ref_name, ref_phash, ref_resnet, ref_dhash, ref_pdq, truth, wanted)
                 latencies.append(time.perf_counter() - t_q + sig_per_image)
                 engine.forget([pic.image_id])
-                engine.sources.pop(pic.image_id, None)
             if progress:
                 progress(len(batch_files))
         report["query_latency_ms"] = {"p50": round(1000 * float(np.percentile(latencies, 50)), 1),

@@ -179,11 +179,14 @@ class GeometricSignal(Signal):
                     if affine is not None and (best is None or agreeing > best[0]):
                         maps[k] = (agreeing, affine, bool(s))
             start = stop
-        for k in usable:
-            found = maps[k]
-            if pixels is not None and found is not None and out[k] < self.zoom_below and found[0] >= self.zoom_min:
-                out[k] = max(out[k], self.closer_look(query, candidates[k], found[1], found[2],
-                                                      partial(pixels, k), partial(pixels, None)))
+        if pixels is None:
+            return out
+        weak = [(k, found) for k in usable if (found := maps[k]) is not None
+                and out[k] < self.zoom_below and found[0] >= self.zoom_min]
+        weak.sort(key=lambda kf: -kf[1][0])
+        for k, (_, affine, mirrored) in weak[:self.zoom_pairs]:  # the most agreeing first
+            out[k] = max(out[k], self.closer_look(query, candidates[k], affine, mirrored,
+                                                  partial(pixels, k), partial(pixels, None)))
         return out
 
     # a closer look (see closer_look): for matches weaker than this many distinct inliers, where
@@ -192,6 +195,7 @@ class GeometricSignal(Signal):
     zoom_below = 40
     zoom_min = 5
     zoom_share = 0.3
+    zoom_pairs = 3  # closer looks per call (one query's candidates), the most agreeing first: each may decode
 
     def closer_look(self, query: LocalFeatures, candidate: LocalFeatures, affine: np.ndarray, mirrored: bool,
                     candidate_pixels: Callable[[], Image.Image | None],

@@ -409,16 +409,21 @@ def test_a_tight_crop_gets_a_closer_look_at_its_original_re_read_from_its_source
     def run(settings):
         with Engine(settings) as engine:
             recs = by_name(engine.ingest(local_items([folder]), run_id="r", run_at="2026-01-01T00:00:00+00:00"))
-            return recs["crop_big.jpg"], engine.full_pictures_read, engine.geometry.closer_looks
+            # the large photo as a query that is not indexed: the crop is the candidate, the window
+            # is in the query, whose bytes are at hand
+            asked = {os.path.basename(m["id"]): m for m in engine.query(jpeg_bytes(big, 80), "asked", limit=10)}
+            return recs["crop_big.jpg"], asked["crop_big.jpg"], engine.full_pictures_read, engine.geometry.closer_looks
 
-    closer, read, looks = run(random_settings)
-    plain, read_off, looks_off = run(random_settings.replace(closer_look_side=0, state_dir=str(tmp_path / "off")))
+    closer, asked, read, looks = run(random_settings)
+    plain, asked_off, read_off, looks_off = run(random_settings.replace(closer_look_side=0,
+                                                                        state_dir=str(tmp_path / "off")))
     print(f"tight crop inliers: plain {np.expm1(plain.features['log_inliers']):.0f}, "
           f"closer look {np.expm1(closer.features['log_inliers']):.0f}")
     assert plain.matched_id.endswith("orig_big.jpg") and plain.stage == "stage2"
     assert closer.matched_id.endswith("orig_big.jpg") and closer.decision == "duplicate"
     assert closer.features["log_inliers"] > plain.features["log_inliers"] + np.log(2)
-    assert looks >= 1 and read >= 1 and looks_off == read_off == 0
+    assert looks >= 2 and read >= 2 and looks_off == read_off == 0
+    assert asked["features"]["log_inliers"] > asked_off["features"]["log_inliers"] + np.log(2)
 
 
 def test_words_candidates_equal_a_brute_force_search_of_earlier_images(random_settings, tmp_path, photos):

@@ -212,6 +212,10 @@ def test_closer_look_verifies_a_tight_crop_on_its_window_at_full_resolution(phot
     closer = geo.verify_many(f_crop, [f_big], pixels=lambda k: full["crop"] if k is None else full["big"])[0]
     reverse = geo.verify_many(f_big, [f_crop], pixels=lambda k: full["big"] if k is None else full["crop"])[0]
     missing = geo.verify_many(f_crop, [f_big], pixels=lambda k: None)[0]
+    looks = geo.closer_looks
+    many = geo.verify_many(f_crop, [f_big] * 5, pixels=lambda k: full["crop"] if k is None else full["big"])
+    assert geo.closer_looks - looks == geo.zoom_pairs  # bounded: each look may decode an image
+    assert sorted(many).count(closer) == geo.zoom_pairs and min(many) == plain
     print(f"tight crop inliers: plain {plain}, closer look {closer}, crop as candidate {reverse}")
     assert geo.zoom_min <= plain < geo.zoom_below  # a weak match: the closer look applies
     assert closer >= max(2 * plain, geo.zoom_below) and reverse >= max(2 * plain, geo.zoom_below)
