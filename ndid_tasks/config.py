@@ -172,6 +172,9 @@ class Settings:
                      "ingest_max_parallel", "max_decode_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"NDID_{name.upper()} must be >= 1")
+        if self.closer_look_side and self.closer_look_side < self.sift_max_side:
+            raise SettingsError("NDID_CLOSER_LOOK_SIDE must be 0 (off) or >= NDID_SIFT_MAX_SIDE: the window "
+                                "is cut from a picture at least as sharp as the one verified")
         if self.task_retries < 0 or self.s3_retries < 0:
             raise SettingsError("NDID_TASK_RETRIES and NDID_S3_RETRIES must be >= 0")
         if "://" in self.milvus_uri and not self.milvus_uri.startswith(("http://", "https://", "tcp://")):

@@ -59,3 +59,33 @@ def test_a_later_run_verifies_against_stored_features_only(s3_settings, photos, 
         return {k: (r["decision"], r["original_id"], round(r["probability"], 4)) for k, r in records.items()}
 
     assert decisions(stored) == decisions(plain)
+
+
+def test_the_dag_path_looks_closer_at_a_tight_crop_re_read_from_s3(s3_settings, photos, tmp_path):
+    """In the DAG's fresh-process decide, a tight crop's original is known only by its stored
+    features; the closer look re-reads it from S3 at full resolution: far more inliers than with
+    the closer look off, and the crop decided a duplicate of it."""
+    from PIL import Image
+
+    store = S3Store(s3_settings)
+    big = photos["astronaut"].resize((1536, 1536), Image.Resampling.BICUBIC)
+    t0 = second()
+    store.put_bytes("images/orig/big.jpg", jpeg_bytes(big))
+    store.put_bytes("images/orig/coffee.jpg", jpeg_bytes(photos["coffee"]))
+    t1 = second()
+    store.put_bytes("images/copy/tight.jpg", jpeg_bytes(augment.attack_tight_crop(big, np.random.default_rng(0)), 85))
+    t2 = second()
+
+    def copy_record(settings):
+        for start, end, run in ((t0, t1, "first"), (t1, t2, "second")):
+            ingest_run.run_all(settings, s3_settings.s3_bucket, "images/", start, end, run, end.isoformat())
+        records = ingest_run.window_records(settings, s3_settings.s3_bucket, "images/", t1, t2)
+        return records[f"s3://{s3_settings.s3_bucket}/images/copy/tight.jpg"]
+
+    closer = copy_record(s3_settings.replace(store_local_features=True))
+    off = copy_record(s3_settings.replace(store_local_features=True, closer_look_side=0,
+                                          milvus_uri=str(tmp_path / "off.db"), s3_decisions_prefix="off/decisions/",
+                                          s3_staging_prefix="off/staging/"))
+    assert closer["decision"] == "duplicate" and closer["original_id"].endswith("images/orig/big.jpg")
+    assert off["stage"] == closer["stage"] == "stage2"
+    assert closer["features"]["log_inliers"] > off["features"]["log_inliers"] + np.log(2)
