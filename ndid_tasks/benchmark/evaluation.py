@@ -40,6 +40,7 @@ class QueryResult:
     predictions: dict[str, Prediction]
     candidate_hit: bool
     stage2_invoked: bool
+    keypoints: int = -1  # SIFT keypoints of the query (-1: not computed)
 
 
 def _hamming_nn(q: np.ndarray, refs: np.ndarray) -> tuple[int, float]:
@@ -173,6 +174,7 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
                                                            ("unique", [q for q in results if not truth[q]])) if qs}
         if "full" in wanted:
             report["by_crop_area"] = crop_area_breakdown(results, gt, folder, matcher.threshold)
+            report["by_crop_keypoints"] = crop_texture_breakdown(results, gt, matcher.threshold)
         report["calibration_version"] = cal.version
     finally:
         engine.close()
@@ -183,6 +185,8 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
 
 CROP_FAMILIES = ("crop", "tight_crop")  # pure crops (+ JPEG): the kept area is the size ratio
 CROP_AREA_BINS = (0.0, 0.10, 0.15, 0.30, 0.50, 1.0)
+# a crop with fewer SIFT keypoints than this (flat sky, water) is beyond any local feature: reported apart
+FEW_KEYPOINTS = 10
 
 
 def crop_area_breakdown(results: dict[str, QueryResult], gt: list[dict[str, str]], folder: Path,
@@ -200,18 +204,29 @@ def crop_area_breakdown(results: dict[str, QueryResult], gt: list[dict[str, str]
         if r["family"] in CROP_FAMILIES and r["query"] in results and (folder / "refs" / r["original"]).exists():
             kept[r["query"]] = size(folder / "queries" / r["query"]) / size(folder / "refs" / r["original"])
     truth = {r["query"]: r["original"] for r in gt}
-    out = []
-    for lo, hi in itertools.pairwise(CROP_AREA_BINS):
-        qs = [q for q, a in kept.items() if lo < a <= hi]
-        if not qs:
-            continue
-        right = [results[q].predictions["full"].reference == truth[q] for q in qs]
-        out.append({"kept_area": f"{lo:.0%}-{hi:.0%}", "queries": len(qs),
-                    "candidate_recall": round(float(np.mean([results[q].candidate_hit for q in qs])), 3),
-                    "recall_at_1": round(float(np.mean(right)), 3),
-                    "recall_at_threshold": round(float(np.mean(
-                        [ok and results[q].predictions["full"].score >= threshold for q, ok in zip(qs, right, strict=True)])), 3)})
-    return out
+    return [{"kept_area": f"{lo:.0%}-{hi:.0%}", **_recalls(qs, results, truth, threshold)}
+            for lo, hi in itertools.pairwise(CROP_AREA_BINS) if (qs := [q for q, a in kept.items() if lo < a <= hi])]
+
+
+def crop_texture_breakdown(results: dict[str, QueryResult], gt: list[dict[str, str]],
+                           threshold: float) -> list[dict[str, Any]]:
+    """The cropped copies with fewer than FEW_KEYPOINTS SIFT keypoints (nothing a local feature can
+    place) and the others, each with the recalls of :func:`crop_area_breakdown`."""
+    truth = {r["query"]: r["original"] for r in gt}
+    crops = [r["query"] for r in gt if r["family"] in CROP_FAMILIES and r["query"] in results
+             and results[r["query"]].keypoints >= 0]
+    groups = ((f"< {FEW_KEYPOINTS}", [q for q in crops if results[q].keypoints < FEW_KEYPOINTS]),
+              (f">= {FEW_KEYPOINTS}", [q for q in crops if results[q].keypoints >= FEW_KEYPOINTS]))
+    return [{"keypoints": name, **_recalls(qs, results, truth, threshold)} for name, qs in groups if qs]
+
+
+def _recalls(qs: list[str], results: dict[str, QueryResult], truth: dict[str, str], threshold: float) -> dict[str, Any]:
+    right = [results[q].predictions["full"].reference == truth[q] for q in qs]
+    return {"queries": len(qs),
+            "candidate_recall": round(float(np.mean([results[q].candidate_hit for q in qs])), 3),
+            "recall_at_1": round(float(np.mean(right)), 3),
+            "recall_at_threshold": round(float(np.mean(
+                [ok and results[q].predictions["full"].score >= threshold for q, ok in zip(qs, right, strict=True)])), 3)}
 
 
 def _evaluate_query(qname, pic, phash, resnet, dhash, pdq, matcher: Matcher, cal, engine, ref_ids, ref_name,
@@ -261,7 +276,8 @@ def _evaluate_query(qname, pic, phash, resnet, dhash, pdq, matcher: Matcher, cal
         d = np.min(np.stack([np.count_nonzero(ref_pdq != v[None, :], axis=1) for v in pdq]), axis=0)
         i = int(np.argmin(d))
         preds["peer_pdq"] = Prediction(qname, ref_name[ref_ids[i]], -float(d[i]))
-    return QueryResult(preds, hit, stage2_invoked)
+    keypoints = len(engine.local_features([pic.image_id]).get(pic.image_id, ()))
+    return QueryResult(preds, hit, stage2_invoked, keypoints)
 
 
 def _accuracy(results: dict[str, QueryResult], truth, family, wanted) -> dict[str, Any]:

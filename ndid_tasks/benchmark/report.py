@@ -74,6 +74,13 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [f"| {c['kept_area']} | {c['queries']} | {c['candidate_recall']:.3f} | {c['recall_at_1']:.3f} | "
                   f"{c['recall_at_threshold']:.3f} |" for c in crops]
         lines += ["", "![cropped copies by area kept](crop_area.png)"]
+    textures = r.get("by_crop_keypoints")
+    if textures:
+        lines += ["", ("The same copies by the SIFT keypoints the query has (a crop of flat sky or water gives "
+                       "no local feature anything to place):"), "",
+                  "| keypoints | queries | candidate recall | R@1 | recall at the threshold |", "|---|---|---|---|---|"]
+        lines += [f"| {c['keypoints']} | {c['queries']} | {c['candidate_recall']:.3f} | {c['recall_at_1']:.3f} | "
+                  f"{c['recall_at_threshold']:.3f} |" for c in textures]
     if "missed_copies" in r:
         lines += ["", (f"**Missed copies** (top 1 not the original, or under the threshold): {r['missed_copies']}; "
                        "every query's outcome is in `queries.csv`.")]
@@ -150,7 +157,7 @@ def _query_table(results, truth, family, path: Path, threshold: float) -> list[d
         rows.append({"query": query, "family": family[query], "original": original, "top1": pred.reference,
                      "score": round(float(pred.score), 4), "top1_correct": bool(original) and pred.reference == original,
                      "called_duplicate": bool(pred.reference) and pred.score >= threshold,
-                     "candidate_hit": res.candidate_hit, "stage2": res.stage2_invoked})
+                     "candidate_hit": res.candidate_hit, "stage2": res.stage2_invoked, "keypoints": res.keypoints})
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["query"])
         writer.writeheader()

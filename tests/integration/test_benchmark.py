@@ -59,12 +59,20 @@ def test_make_and_run_a_tiny_benchmark(tmp_path, photos, random_settings):
     # every query's outcome, and a picture of the copies it missed
     with (tmp_path / "out" / "queries.csv").open() as fh:
         rows = list(csv.DictReader(fh))
+    family_of = {r["query"]: r["family"] for r in rows}
     assert sorted(r["query"] for r in rows) == sorted(r["query"] for r in gt)
     assert all(r["original"] == "" for r in rows if r["family"] in ("negative", "hard_negative"))
     missed = [r for r in rows if r["original"] and not (r["top1_correct"] == "True" and r["called_duplicate"] == "True")]
     assert report["missed_copies"] == len(missed) == saved["missed_copies"]
     assert (tmp_path / "out" / "misses.png").exists() == bool(missed)
     assert f"**Missed copies** (top 1 not the original, or under the threshold): {len(missed)}" in md
+    # the cropped copies again, split by the keypoints the query has (as queries.csv counts them)
+    keypoints = {r["query"]: int(r["keypoints"]) for r in rows}
+    assert all(k >= 0 for k in keypoints.values())
+    textures = {c["keypoints"]: c for c in report["by_crop_keypoints"]}
+    few = [q for q in keypoints if family_of[q] in ("crop", "tight_crop") and keypoints[q] < 10]
+    assert sum(c["queries"] for c in textures.values()) == 8 and textures.get("< 10", {}).get("queries", 0) == len(few)
+    assert "by the SIFT keypoints the query has" in md
 
 
 def test_descriptor_ablation_reports_every_lever(tmp_path, photos, random_settings):
