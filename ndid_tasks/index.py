@@ -118,6 +118,21 @@ def ids_filter(ids: Iterable[str]) -> str:
     return "id in [" + ", ".join(_quote(i) for i in ids) + "]"
 
 
+def sparse_rows(vectors: Sequence[dict[int, float]]) -> list:
+    """Sparse vectors ({index: weight}) as one-row SciPy CSR matrices, a form pymilvus takes
+    without checking a list of dicts pair by pair in Python (~5 % of an ingest's time went there);
+    the bytes sent are the same (float32 weights, indices in ascending order)."""
+    from scipy.sparse import csr_matrix
+
+    lengths = [len(v) for v in vectors]
+    pairs = [sorted(v.items()) for v in vectors]
+    indices = np.fromiter((w for row in pairs for w, _ in row), np.int64, sum(lengths))
+    weights = np.fromiter((x for row in pairs for _, x in row), np.float32, sum(lengths))
+    dim = int(indices.max()) + 1 if len(indices) else 1
+    matrix = csr_matrix((weights, indices, np.cumsum([0, *lengths])), shape=(len(vectors), dim))
+    return [matrix[n] for n in range(len(vectors))]
+
+
 class ImageIndex:
     """``images`` is the versioned collection (see :meth:`Settings.images_collection`);
     ``resnet_dim`` the length of the (whitened) ResNet vectors it holds; ``words`` the collection of
@@ -257,9 +272,11 @@ class ImageIndex:
     def upsert_words(self, words: dict[str, tuple[int, dict[int, float]]]) -> None:
         """Visual words by id, with the image's created_at (searches filter on it); an image without
         keypoints has none and gets no row."""
-        rows = [{"id": k, "created_at": created_at, "words": vector} for k, (created_at, vector) in words.items() if vector]
-        if self.words and rows:
-            self.client.upsert(self.words, rows)
+        kept = [(k, created_at, vector) for k, (created_at, vector) in words.items() if vector]
+        if self.words and kept:
+            vectors = sparse_rows([vector for _, _, vector in kept])
+            self.client.upsert(self.words, [{"id": k, "created_at": created_at, "words": vector}
+                                            for (k, created_at, _), vector in zip(kept, vectors, strict=True)])
 
     def upsert_raw(self, raws: dict[str, np.ndarray]) -> None:
         """Raw descriptors into their (released) collection: kept for re-whitening, never loaded."""
@@ -408,7 +425,7 @@ class ImageIndex:
             return []
         if field == "words":
             flt = "" if latest_created_at is None else f"created_at <= {int(latest_created_at)}"
-            res = self.client.search(self.words, data=list(vectors), anns_field="words", limit=limit, filter=flt,
+            res = self.client.search(self.words, data=sparse_rows(vectors), anns_field="words", limit=limit, filter=flt,
                                      output_fields=["created_at"], search_params={"metric_type": "IP"})
             return [[Hit(h["id"], h["entity"]["created_at"], float(h["distance"])) for h in hits] for hits in res]
         flt = SEARCHABLE if latest_created_at is None else f"{SEARCHABLE} and created_at <= {int(latest_created_at)}"
