@@ -425,7 +425,8 @@ class ImageIndex:
             return []
         if field == "words":
             flt = "" if latest_created_at is None else f"created_at <= {int(latest_created_at)}"
-            res = self.client.search(self.words, data=sparse_rows(vectors), anns_field="words", limit=limit, filter=flt,
+            res = self.client.search(self.words, data=sparse_rows(vectors),  # type: ignore[arg-type]  # words: dicts
+                                     anns_field="words", limit=limit, filter=flt,
                                      output_fields=["created_at"], search_params={"metric_type": "IP"})
             return [[Hit(h["id"], h["entity"]["created_at"], float(h["distance"])) for h in hits] for hits in res]
         flt = SEARCHABLE if latest_created_at is None else f"{SEARCHABLE} and created_at <= {int(latest_created_at)}"
