@@ -78,7 +78,7 @@ class Matcher:
                  decide_earlier: Callable[[str, dict[str, str]], str] | None = None,
                  turned_radius: int = 0,
                  turned_descriptors: Callable[[list[tuple[str, str]]], dict[tuple[str, str], np.ndarray]] | None = None,
-                 words_candidates: int = 0) -> None:
+                 words_candidates: int = 0, words_max: int = 0, words_full: int = 250) -> None:
         self.index = index
         self.cal = calibration
         self.radius = phash_radius
@@ -98,6 +98,11 @@ class Matcher:
         # tight crops: the ``words_candidates`` nearest by visual words (where the index keeps them),
         # each verified whatever its stage-1 probability -- a tight crop's is low -- while stage 2 is on
         self.words_candidates = words_candidates if index.words else 0
+        # ... for an image with >= ``words_full`` distinct words; fewer words (a small image, a tight
+        # crop) get more candidates, in inverse proportion, up to ``words_max``: a pair's matching
+        # costs query keypoints x candidate keypoints, so the verification budget stays that of a full image
+        self.words_max = max(self.words_candidates, words_max)
+        self.words_full = words_full
         self._turned: dict[tuple[str, str], np.ndarray] = {}
         self.stage2_pairs = 0
         self.pairs = 0
@@ -173,14 +178,22 @@ class Matcher:
         """An empty ambiguous band (NDID_AMBIGUOUS_LOW >= HIGH) switches stage 2 off, for every source."""
         return self.band[0] < self.band[1]
 
+    def words_wanted(self, words: dict[int, float] | None) -> int:
+        """How many words candidates an image with these visual words gets (see ``words_full``)."""
+        if not words or not self.words_candidates:
+            return 0
+        scaled = round(self.words_candidates * self.words_full / len(words))
+        return min(self.words_max, max(self.words_candidates, scaled))
+
     def words_candidates_many(self, images: Sequence[IndexedImage], before: bool = True) -> dict[str, list[str]]:
-        """The nearest ``words_candidates`` earlier images by visual words, per image with words
-        (one batch search; none where the index keeps no words)."""
+        """The nearest earlier images by visual words (:meth:`words_wanted` of them), per image with
+        words (one batch search; none where the index keeps no words)."""
         owners = [im for im in images if im.words] if self.words_candidates else []
         if not owners:
             return {}
-        hits = self._earlier_hits("words", [im.words for im in owners], owners, self.words_candidates, None, before)
-        return {im.id: found[:self.words_candidates] for im, found in zip(owners, hits, strict=True) if found}
+        wanted = {im.id: self.words_wanted(im.words) for im in owners}
+        hits = self._earlier_hits("words", [im.words for im in owners], owners, max(wanted.values()), None, before)
+        return {im.id: found[:wanted[im.id]] for im, found in zip(owners, hits, strict=True) if found}
 
     def _earlier_hits(self, field_name: str, vectors: Sequence[Any], owners: Sequence[IndexedImage],
                       want: int, radius: float | None, before: bool, slack: int = SEARCH_SLACK) -> list[list[str]]:

@@ -530,7 +530,9 @@ class Engine:
                           stage2_max=self.settings.stage2_max_candidates,
                           turned_radius=self.settings.phash_turned_radius,
                           turned_descriptors=self.turned_descriptors,
-                          words_candidates=self.words_candidates())
+                          words_candidates=self.words_candidates(),
+                          words_max=self.settings.visual_words_max_candidates,
+                          words_full=self.settings.sift_features // 2)
         matcher.decide_earlier = lambda image_id, originals: self._decide_earlier(matcher, image_id, originals)
         return matcher
 

@@ -128,6 +128,7 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
         cal = engine.calibration
         matcher = engine.matcher()
         report["visual_words_searched"] = matcher.words_candidates  # 0: off, or Lite past its row limit
+        report["visual_words_max"] = matcher.words_max  # for images with few words (tight crops)
         results: dict[str, QueryResult] = {}
         latencies = []
         chunk = settings.embed_batch_size

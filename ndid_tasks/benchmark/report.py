@@ -64,7 +64,8 @@ def markdown(r: dict[str, Any]) -> str:
     if kinds:
         lines[-1] += " Stage 2 by kind of query: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in kinds.items()) + "."
     if "visual_words_searched" in r:
-        lines[-1] += (f" Visual words: the {r['visual_words_searched']} nearest refs by words are candidates."
+        lines[-1] += (f" Visual words: the {r['visual_words_searched']} nearest refs by words are candidates"
+                      f" (up to {r.get('visual_words_max', r['visual_words_searched'])} for images with few words)."
                       if r["visual_words_searched"] else
                       " Visual words not searched (NDID_VISUAL_WORDS off, or Milvus Lite past NDID_VISUAL_WORDS_LITE_MAX_ROWS).")
     crops = r.get("by_crop_area")

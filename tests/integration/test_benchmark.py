@@ -53,7 +53,8 @@ def test_make_and_run_a_tiny_benchmark(tmp_path, photos, random_settings):
     assert set(report["stage2_share_by_kind"]) == {"copies", "unique"}
     assert "area kept" in md
     assert report["visual_words_searched"] == random_settings.visual_words_candidates > 0
-    assert f"the {random_settings.visual_words_candidates} nearest refs by words are candidates" in md
+    assert (f"the {random_settings.visual_words_candidates} nearest refs by words are candidates (up to "
+            f"{random_settings.visual_words_max_candidates} for images with few words)") in md
     for png in ("pr_curves.png", "families.png", "crop_area.png"):
         assert (tmp_path / "out" / png).stat().st_size > 5000
     # every query's outcome, and a picture of the copies it missed

@@ -440,7 +440,8 @@ def test_words_candidates_equal_a_brute_force_search_of_earlier_images(random_se
         prepared = engine.prepare(local_items([folder]), run_id="r1")
         engine.index_prepared(prepared, "r1")
         images = prepared.images
-        got = engine.matcher().words_candidates_many(images)
+        matcher = engine.matcher()
+        got = matcher.words_candidates_many(images)
         stored = engine.index.get_words([im.id for im in images])
         engine.index.delete([images[0].id])
         gone = engine.index.get_words([images[0].id])
@@ -450,9 +451,16 @@ def test_words_candidates_equal_a_brute_force_search_of_earlier_images(random_se
         assert stored[im.id] == pytest.approx(im.words, rel=1e-5)
         earlier = [o for o in images if (o.created_at, o.id) < (im.created_at, im.id)]
         sims = sorted((-words.compare(im.words, o.words), o.id) for o in earlier)
-        expected = [oid for s, oid in sims[:random_settings.visual_words_candidates] if s < 0]
+        expected = [oid for s, oid in sims[:matcher.words_wanted(im.words)] if s < 0]
         assert got.get(im.id, []) == expected, im.id
     assert gone == {}
+    # an image with few words (a tight crop, a photo of mostly sky) gets more candidates than a
+    # textured photo; never beyond the maximum
+    wanted = {im.id: matcher.words_wanted(im.words) for im in images}
+    full = [im.id for im in images if len(im.words) >= matcher.words_full]
+    assert full and all(wanted[i] == random_settings.visual_words_candidates for i in full)
+    assert max(wanted[im.id] for im in images if "crop" in im.source) > random_settings.visual_words_candidates
+    assert max(wanted.values()) <= random_settings.visual_words_max_candidates
 
 
 def test_words_backfill_gives_images_indexed_without_words_theirs(random_settings, tmp_path, photos):
