@@ -98,3 +98,25 @@ def test_fitted_vocabulary_has_idf_from_the_photos(photos):
 def test_words_collection_is_named_by_the_vocabulary():
     s = Settings()
     assert s.words_collection("vw4096-0123456789") == "ndid_words_vw4096_0123456789"
+
+
+def test_images_with_few_words_get_more_words_candidates_up_to_the_maximum():
+    """4 candidates for an image with >= 250 distinct words; in inverse proportion below; at most 16."""
+    from types import SimpleNamespace
+
+    from ndid_tasks.calibration import default_calibration
+    from ndid_tasks.decide import Matcher
+
+    def matcher(words_candidates, words_max, words_index="words"):
+        return Matcher(SimpleNamespace(words=words_index), default_calibration("random"), 24, 10, lambda q, c: {},
+                       words_candidates=words_candidates, words_max=words_max, words_full=250)
+
+    def words(n):
+        return {k: 1.0 for k in range(n)}
+
+    m = matcher(4, 16)
+    assert [m.words_wanted(words(n)) for n in (400, 250, 200, 125, 100, 50, 10)] == [4, 4, 5, 8, 10, 16, 16]
+    assert m.words_wanted({}) == m.words_wanted(None) == 0
+    assert matcher(4, 0).words_wanted(words(10)) == 4  # a maximum below the base: the base
+    assert matcher(0, 16).words_wanted(words(10)) == 0  # words not searched
+    assert matcher(4, 16, words_index="").words_wanted(words(10)) == 0  # the index keeps no words
