@@ -5,7 +5,7 @@ Photos the dev benchmark does not use: the last 120 of ``originals`` (sorted, as
 probes; a tight crop of each, seeded as there) and distractors 120-269 (the dev set takes the
 first 120, the vocabulary was fitted on 300 onwards) as further references; 270 references in all.
 
-    NDID_WEIGHTS_MODE=random .venv/bin/python docs/analysis/words_budget_probe.py ../shared/data
+    NDID_WEIGHTS_MODE=random .venv/bin/python docs/analysis/words_budget_probe.py ../shared/data docs/words_budget.png
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def loaded(img: Image.Image, name: str) -> LoadedImage:
     return load_image(buf.getvalue(), name)
 
 
-def main(data: str) -> None:
+def main(data: str, png: str | None = None) -> None:
     engine = Engine(Settings(weights_mode="random", state_dir="/tmp/ndid_words_budget_probe"))
     files = sorted(Path(data, "originals").glob("*.jpg"))[-120:] + sorted(Path(data, "distractors").glob("*"))[120:270]
     refs = [Image.open(f).convert("RGB") for f in files]
@@ -54,16 +54,40 @@ def main(data: str) -> None:
     ref_nnz = np.array([len(w) for w in ref_words])
     print(f"{len(refs)} references, {len(crops)} tight crops ({(kp >= 10).sum()} with >= 10 keypoints); "
           f"words per crop p10/50/90 {np.percentile(nnz, [10, 50, 90])}, per reference {np.percentile(ref_nnz, [10, 50, 90])}")
+    fixed, scaled = [], []
     for k in (1, 2, 4, 8, 16):
+        fixed.append((k, (rank <= k).mean()))
         print(f"fixed {k:2d}: words recall {(rank <= k).mean():.3f}; and >= 12 inliers {((rank <= k) & (inl >= 12)).mean():.3f}")
     full = engine.settings.sift_features // 2
     for cap in (8, 12, 16):
         want = np.clip(np.round(4 * full / np.maximum(nnz, 1)), 4, cap)
         ref_want = np.clip(np.round(4 * full / np.maximum(ref_nnz, 1)), 4, cap)
+        scaled.append((ref_want.mean(), (rank <= want).mean(), cap))
         print(f"4 x {full} / words, at most {cap:2d}: words recall {(rank <= want).mean():.3f}; and >= 12 inliers "
               f"{((rank <= want) & (inl >= 12)).mean():.3f}; crops {want.mean():.1f} candidates, references "
               f"{ref_want.mean():.2f} ({(ref_want > 4).mean():.1%} above 4)")
+    if png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        ax.plot([k for k, _ in fixed], [r for _, r in fixed], "o-", label="the same k for every image")
+        ax.plot([c for c, _, _ in scaled], [r for _, r, _ in scaled], "s", color="C3",
+                label=f"4 x {full} / the image's words, at most 8 / 12 / 16")
+        for c, r, cap in scaled:
+            ax.annotate(str(cap), (c, r), textcoords="offset points", xytext=(6, -10), fontsize=8, color="C3")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("words candidates per whole photo (each one verified)")
+        ax.set_ylabel("tight crops: original among the words candidates")
+        ax.set_title(f"Words candidates vs verification cost ({len(crops)} tight crops, {len(refs)} references)",
+                     fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
