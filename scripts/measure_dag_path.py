@@ -80,7 +80,8 @@ def main(folder: str, n: int, attack: str = "crop") -> dict:
             name = "stored_features" if stored else "re_read_images"
             out[name] = {"decide_s": round(seconds, 2), "images_per_s": round(len(files) / seconds, 1),
                          "geometry_s": round(fresh.timings["geometry_s"], 2), "duplicates": duplicates,
-                         "closer_looks": fresh.geometry.closer_looks, "pictures_re_read": fresh.full_pictures_read}
+                         "closer_looks": fresh.geometry.closer_looks,
+                         "faint_looks": fresh.geometry.faint_looks, "pictures_re_read": fresh.full_pictures_read}
             if stored:
                 out["feature_bytes_per_image"] = round(embedded.get("feature_bytes", 0) / max(embedded["images"], 1))
         out["speedup"] = round(out["re_read_images"]["decide_s"] / out["stored_features"]["decide_s"], 2)

@@ -164,7 +164,8 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
                 "max_score": {m: round(max(results[q].predictions[m].score for q in hard), 4)
                               for m in wanted if all(m in results[q].predictions for q in hard)}}
         positives = [q for q in results if truth[q]]
-        report["closer_looks"] = {"pairs": engine.geometry.closer_looks, "pictures_read": engine.full_pictures_read}
+        report["closer_looks"] = {"pairs": engine.geometry.closer_looks, "faint_pairs": engine.geometry.faint_looks,
+                                  "pictures_read": engine.full_pictures_read}
         report["stage2_share_of_queries"] = sum(results[q].stage2_invoked for q in results) / max(len(results), 1)
         report["candidate_recall"] = {
             fam: sum(results[q].candidate_hit for q in positives if family[q] == fam) /

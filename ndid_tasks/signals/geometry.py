@@ -105,6 +105,7 @@ class GeometricSignal(Signal):
         self.max_features = max_features
         self.max_side = max_side
         self.closer_looks = 0  # pairs verified again on a window (see closer_look)
+        self.faint_looks = 0  # pairs matched again at a lower contrast threshold (see _faint_looks)
 
     higher_is_closer = True  # distinct inliers
 
@@ -156,7 +157,7 @@ class GeometricSignal(Signal):
         maps: list[tuple[int, np.ndarray, bool] | None] = [None] * len(candidates)
         usable = [k for k, c in enumerate(candidates) if len(c) >= 4]
         if len(query) < 4 or not usable:
-            return out
+            return self._faint_looks(query, candidates, out, pixels)
         sides = [query, query.mirrored()] if mirror else [query]
         rows = np.concatenate([s.descriptors for s in sides]).astype(np.float32)
         cols = np.concatenate([candidates[k].descriptors for k in usable]).astype(np.float32)
@@ -187,7 +188,50 @@ class GeometricSignal(Signal):
         for k, (_, affine, mirrored) in weak[:self.zoom_pairs]:  # the most agreeing first
             out[k] = max(out[k], self.closer_look(query, candidates[k], affine, mirrored,
                                                   partial(pixels, k), partial(pixels, None)))
+        return self._faint_looks(query, candidates, out, pixels)
+
+    # a faint look (see _faint_looks): a query with fewer keypoints than faint_below at SIFT's
+    # default contrast threshold and no verified candidate is matched again at faint_contrast, both
+    # pictures at up to faint_side with up to faint_features keypoints; at most faint_pairs candidates
+    faint_below = 100
+    faint_contrast = 0.01
+    faint_side = 768
+    faint_features = 4000
+    faint_pairs = 4
+
+    def _faint_looks(self, query: LocalFeatures, candidates: Sequence[LocalFeatures], out: list[int],
+                     pixels: Pixels | None) -> list[int]:
+        """A faint query (sky, water, grass, a wall: a small tight crop of them has 0-9 keypoints at
+        SIFT's default contrast, nothing to match or to find a window with) that verifies no
+        candidate is matched again with both pictures described at a lower contrast threshold, in
+        candidate order. Only the query's faintness counts: faint images in the index are candidates
+        of many queries, and describing each of those queries again would cost a SIFT pass each."""
+        if pixels is None or len(query) >= self.faint_below or max(out, default=0) >= self.verified:
+            return out
+        looks = [k for k in range(len(candidates)) if out[k] < self.verified][:self.faint_pairs]
+        described = self.faint_features_of(pixels(None)) if looks else None
+        if described is None:
+            return out
+        for k in looks:
+            found = self.faint_features_of(pixels(k))
+            if found is not None:
+                self.faint_looks += 1
+                out[k] = max(out[k], self.verify_many(described, [found])[0])
         return out
+
+    def faint_features_of(self, picture: Image.Image | None) -> LocalFeatures | None:
+        """SIFT at :attr:`faint_contrast` of ``picture`` shrunk to :attr:`faint_side`."""
+        if picture is None:
+            return None
+        import cv2
+
+        sift = cv2.SIFT_create(nfeatures=self.faint_features,  # type: ignore[attr-defined]
+                               contrastThreshold=self.faint_contrast)
+        grey = picture.convert("L")
+        grey.thumbnail((self.faint_side, self.faint_side))
+        kp, desc = sift.detectAndCompute(np.asarray(grey), None)
+        found = LocalFeatures(np.array([k.pt for k in kp], dtype=np.float32).reshape(-1, 2), desc)
+        return found if len(found) >= 4 else None
 
     # a closer look (see closer_look): for matches weaker than this many distinct inliers, where
     # at least zoom_min matches agree on an affine map that puts one image into a window of at

@@ -222,3 +222,46 @@ def test_closer_look_verifies_a_tight_crop_on_its_window_at_full_resolution(phot
     assert missing == plain  # no pixels: the plain count stands
     unrelated = geo.verify_many(f_other, [f_big], pixels=lambda k: photos["coffee"] if k is None else full["big"])[0]
     assert unrelated == geo.verify_many(f_other, [f_big])[0] <= 8
+
+
+def test_faint_look_matches_a_tight_crop_of_a_low_contrast_region(photos):
+    """A tight crop of a misty region has no keypoints at SIFT's default contrast threshold, so
+    nothing matches and no window can be found; described again at the faint contrast (both
+    pictures) it verifies, while an unrelated misty picture does not. Bounded: only a faint query
+    without a verified candidate looks, at most faint_pairs candidates."""
+    from PIL import Image, ImageEnhance
+
+    from ndid_tasks.signals import GeometricSignal
+
+    def misty(name: str) -> Image.Image:
+        return ImageEnhance.Contrast(photos[name].convert("RGB").resize((1024, 1024))).enhance(0.2)
+
+    astronaut = photos["astronaut"].convert("RGB")
+    big = misty("coffee")
+    big.paste(astronaut.resize((512, 512)), (0, 0))  # the textured part of the frame
+    crop = big.crop((800, 800, 980, 940))
+    other = misty("chelsea")
+    small = astronaut.resize((64, 64))  # faint too (few keypoints), but it verifies as it is
+    geo = GeometricSignal()
+    f_crop, f_big, f_other, f_small, f_astronaut = geo.compute(
+        [load_image(jpeg_bytes(im), str(n)) for n, im in enumerate([crop, big, other, small, astronaut])])
+    full = {"crop": load_image(jpeg_bytes(crop), "c", working_size=2048).image,
+            "big": load_image(jpeg_bytes(big), "b", working_size=2048).image}
+    assert len(f_crop) < 10 <= geo.faint_below <= len(f_big)  # the crop is faint, the photo is not
+    plain = geo.verify_many(f_crop, [f_big])[0]
+    faint = geo.verify_many(f_crop, [f_big], pixels=lambda k: full["crop"] if k is None else full["big"])[0]
+    unrelated = geo.verify_many(f_crop, [f_other], pixels=lambda k: full["crop"] if k is None else other)[0]
+    print(f"misty tight crop: plain {plain}, faint look {faint}, unrelated {unrelated}")
+    assert plain < geo.verified and 2 * geo.verified <= faint
+    assert unrelated <= 8
+    assert geo.verify_many(f_crop, [f_big], pixels=lambda k: None)[0] == plain  # no pixels: the plain count stands
+    looks = geo.faint_looks
+    many = geo.verify_many(f_crop, [f_big] * 6, pixels=lambda k: full["crop"] if k is None else full["big"])
+    assert geo.faint_looks - looks == geo.faint_pairs  # bounded: each look describes two pictures again
+    assert many[:geo.faint_pairs] == [faint] * geo.faint_pairs and many[geo.faint_pairs:] == [plain] * 2
+    looks = geo.faint_looks
+    reverse = geo.verify_many(f_big, [f_crop], pixels=lambda k: full["big"] if k is None else full["crop"])[0]
+    assert reverse < geo.verified and geo.faint_looks == looks  # the query is not faint: no look
+    assert len(f_small) < geo.faint_below
+    settled = geo.verify_many(f_small, [f_astronaut, f_other], pixels=lambda k: small if k is None else other)
+    assert settled[0] >= geo.verified > settled[1] and geo.faint_looks == looks  # verified already: no look
