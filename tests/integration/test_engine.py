@@ -426,6 +426,37 @@ def test_a_tight_crop_gets_a_closer_look_at_its_original_re_read_from_its_source
     assert asked["features"]["log_inliers"] > asked_off["features"]["log_inliers"] + np.log(2)
 
 
+def test_a_tight_crop_of_a_misty_region_is_found_by_the_faint_look(random_settings, tmp_path, photos):
+    """A tight crop of a low-contrast region has no SIFT keypoints at the default contrast: nothing
+    to verify, no window for a closer look. The faint look describes it and its candidates again at
+    a lower contrast threshold (pictures re-read from their source) and verifies the original.
+    Without pixels to re-read (NDID_CLOSER_LOOK_SIDE=0) the crop stays unverified. The band is
+    widened so that every candidate reaches stage 2: with untrained weights stage 1 rules the
+    misty original out (a faint crop has no visual words to propose it either)."""
+    from PIL import ImageEnhance
+
+    big = ImageEnhance.Contrast(photos["coffee"].convert("RGB").resize((1024, 1024))).enhance(0.2)
+    big.paste(photos["astronaut"].convert("RGB").resize((512, 512)), (0, 0))
+    folder, t = originals(tmp_path, "faint", ["rocket", "chelsea"], photos)
+    write(folder / "orig_misty.jpg", big, mtime=t + 10)
+    write(folder / "crop_misty.jpg", big.crop((800, 800, 980, 940)), quality=85, mtime=t + 20)
+
+    def run(settings):
+        with Engine(settings) as engine:
+            recs = by_name(engine.ingest(local_items([folder]), run_id="r", run_at="2026-01-01T00:00:00+00:00"))
+            return recs["crop_misty.jpg"], engine.geometry.faint_looks
+
+    every = random_settings.replace(ambiguous_low=0.0, ambiguous_high=1.0)
+    faint, looks = run(every)
+    plain, looks_off = run(every.replace(closer_look_side=0, state_dir=str(tmp_path / "off")))
+    print(f"misty crop: {faint.decision} {faint.matched_id} inliers {np.expm1(faint.features.get('log_inliers', 0)):.0f}; "
+          f"without pixels {plain.decision} {np.expm1(plain.features.get('log_inliers', 0)):.0f}")
+    assert faint.matched_id.endswith("orig_misty.jpg") and faint.decision == "duplicate", faint
+    assert faint.features["log_inliers"] >= np.log1p(2 * 12)
+    assert 1 <= looks <= 4 and looks_off == 0
+    assert plain.decision == "unique" and plain.features.get("log_inliers", 0.0) < np.log1p(12)
+
+
 def test_words_candidates_equal_a_brute_force_search_of_earlier_images(random_settings, tmp_path, photos):
     """Batched words search (with later images of the batch filtered out) = the nearest earlier
     images by cosine of the words; rows come back as stored and go with a delete."""
