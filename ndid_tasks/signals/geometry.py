@@ -210,8 +210,8 @@ class GeometricSignal(Signal):
             return out
         looks = [k for k in range(len(candidates)) if out[k] < self.verified][:self.faint_pairs]
         described = self.faint_features_of(pixels(None)) if looks else None
-        if described is None or len(described) < self.verified:
-            return out  # (fewer keypoints than a verified pair's inliers even now: flat sky, water)
+        if described is None:
+            return out
         for k in looks:
             found = self.faint_features_of(pixels(k))
             if found is not None:
