@@ -90,7 +90,8 @@ class GeometricSignal(Signal):
     matcher plus a homography RANSAC took 6.5 ms, and the mirror a second SIFT pass of 30 ms).
     Extraction (~18 ms an image at 384 px) is the rest, hence only for ambiguous pairs, and each
     image's features are kept. A weak match that looks like a tight crop gets a closer look at
-    full resolution (:meth:`closer_look`).
+    full resolution (:meth:`closer_look`); a faint query that verifies nothing, a faint look at a
+    lower contrast threshold (:meth:`_faint_looks`).
     """
 
     name, dim = "geometry", 0

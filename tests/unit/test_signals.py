@@ -265,3 +265,7 @@ def test_faint_look_matches_a_tight_crop_of_a_low_contrast_region(photos):
     assert len(f_small) < geo.faint_below
     settled = geo.verify_many(f_small, [f_astronaut, f_other], pixels=lambda k: small if k is None else other)
     assert settled[0] >= geo.verified > settled[1] and geo.faint_looks == looks  # verified already: no look
+    flat = Image.new("RGB", (150, 100), (120, 130, 140))  # no keypoints even at the faint contrast
+    f_flat = geo.compute([load_image(jpeg_bytes(flat), "f")])[0]
+    assert geo.verify_many(f_flat, [f_big], pixels=lambda k: flat if k is None else full["big"]) == [0]
+    assert geo.faint_looks == looks
