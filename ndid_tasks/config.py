@@ -93,6 +93,10 @@ class Settings:
     # a weak match whose affine map puts one image into a small window of the other (a tight crop)
     # is verified again on that window, decoded from the source at up to this long side (0: off)
     closer_look_side: int = 2048
+    # a faint query (few SIFT keypoints: a tight crop of sky, water, grass) that verifies nothing is
+    # matched again at a lower contrast threshold, on at most this many candidates a verification
+    # call, pictures re-read like the closer look's (0: off; each costs a re-read and a SIFT pass)
+    faint_look_pairs: int = 4
     store_local_features: bool = True  # DAG path: SIFT features of every image at ingest, kept in S3
     # tight crops: candidates from the SIFT features as visual words (a sparse Milvus collection);
     # costs SIFT for every image at ingest; Milvus Lite searches sparse vectors by brute force
@@ -192,6 +196,8 @@ class Settings:
                                 "(bits of a 64-bit hash)")
         if not 0 <= self.visual_words_candidates <= 64:
             raise SettingsError("NDID_VISUAL_WORDS_CANDIDATES must be within 0..64 (each one is verified)")
+        if not 0 <= self.faint_look_pairs <= 16:
+            raise SettingsError("NDID_FAINT_LOOK_PAIRS must be within 0..16 (each one re-reads and describes a picture)")
         if not 0 <= self.visual_words_max_candidates <= 64:
             raise SettingsError("NDID_VISUAL_WORDS_MAX_CANDIDATES must be within 0..64 (each one is verified)")
         if self.visual_words_lite_max_rows < 0:

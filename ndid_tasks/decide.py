@@ -78,7 +78,8 @@ class Matcher:
                  decide_earlier: Callable[[str, dict[str, str]], str] | None = None,
                  turned_radius: int = 0,
                  turned_descriptors: Callable[[list[tuple[str, str]]], dict[tuple[str, str], np.ndarray]] | None = None,
-                 words_candidates: int = 0, words_max: int = 0, words_full: int = 250) -> None:
+                 words_candidates: int = 0, words_max: int = 0, words_full: int = 250,
+                 faint_look: Callable[[str, list[tuple[str, float]]], dict[str, float]] | None = None) -> None:
         self.index = index
         self.cal = calibration
         self.radius = phash_radius
@@ -98,6 +99,9 @@ class Matcher:
         # tight crops: the ``words_candidates`` nearest by visual words (where the index keeps them),
         # each verified whatever its stage-1 probability -- a tight crop's is low -- while stage 2 is on
         self.words_candidates = words_candidates if index.words else 0
+        # a faint query (few SIFT keypoints) whose verified candidates are all weak: ``faint_look``
+        # gives raised log(1 + inliers) of some of them, {candidate: value} (see rank)
+        self.faint_look = faint_look
         # ... for an image with >= ``words_full`` distinct words; fewer words (a small image, a tight
         # crop) get more candidates, in inverse proportion, up to ``words_max``: a pair's matching
         # costs query keypoints x candidate keypoints, so the verification budget stays that of a full image
@@ -295,7 +299,27 @@ class Matcher:
         best: dict[str, PairScore] = {}
         for s in scores:
             best.setdefault(s.candidate_id, s)
-        return list(best.values())
+        return self._after_faint_look(image, list(best.values()))
+
+    def _after_faint_look(self, image: IndexedImage, ranked: list[PairScore]) -> list[PairScore]:
+        """The ranking after one faint look for the whole query (after all its candidates were
+        verified, so a crop verified among its words candidates looks at nothing): the verified
+        pairs it raised are scored again by stage 2 with their new inlier count."""
+        verified = [s for s in ranked if s.stage == "stage2" and "log_inliers" in s.features]
+        raised = self.faint_look(image.id, [(s.candidate_id, s.features["log_inliers"]) for s in verified]) \
+            if self.faint_look is not None and verified else {}
+        if not raised:
+            return ranked
+        import dataclasses
+
+        def again(s: PairScore) -> PairScore:
+            feats = {**s.features, "log_inliers": raised[s.candidate_id]}
+            return dataclasses.replace(s, features=feats, probability=self.cal.stage2.probability(feats),
+                                       contributions=self.cal.stage2.contributions(feats))
+
+        ranked = [again(s) if s.candidate_id in raised else s for s in ranked]
+        ranked.sort(key=lambda s: (-s.probability, s.orientation != "", s.candidate_id))
+        return ranked
 
     def decide(self, image: IndexedImage, originals: dict[str, str],
                candidates: list[str] | None = None, turned: list[tuple[str, str]] | None = None,

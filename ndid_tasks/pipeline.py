@@ -137,6 +137,7 @@ class Engine:
         self._s3: dict[str, Any] = {}
         self._loaded: dict[str, LoadedImage] = {}
         self._full: BoundedDict = BoundedDict(8)  # full-resolution pictures of recent closer looks
+        self._faint: BoundedDict = BoundedDict(64)  # faint-contrast SIFT of recent faint looks
         # images that are not indexed (queries): where to re-read them, or their bytes
         self.sources: dict[str, str | bytes] = {}
         self.clip_images_computed = 0
@@ -420,6 +421,27 @@ class Engine:
         self.timings["geometry_s"] += time.perf_counter() - t0
         return {i: self.features.local[i] for i in ids if i in self.features.local}
 
+    def faint_look(self, query_id: str, stage2: list[tuple[str, float]]) -> dict[str, float]:
+        """log(1 + inliers) of the candidates a faint look raised (GeometricSignal.faint_look), for a
+        query whose verified candidates, ``stage2`` ((candidate, log_inliers), best first), are all
+        weak; {} for a query that is not faint. Descriptions at the faint contrast are cached by id."""
+        query = self.features.local.get(query_id)
+        if query is None or not stage2 or not self.settings.closer_look_side:
+            return {}
+        t0 = time.perf_counter()
+        ids = [cid for cid, _ in stage2]
+
+        def described(k: int | None) -> Any:
+            image_id = query_id if k is None else ids[k]
+            if image_id not in self._faint:
+                self._faint[image_id] = self.geometry.faint_features_of(self.full_picture(image_id))
+            return self._faint[image_id]
+
+        before = [round(float(np.expm1(log))) for _, log in stage2]
+        after = self.geometry.faint_look(query, before, described)
+        self.timings["geometry_s"] += time.perf_counter() - t0
+        return {cid: float(np.log1p(n)) for cid, n, was in zip(ids, after, before, strict=True) if n > was}
+
     def turned_descriptors(self, wanted: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]:
         """Descriptors of queries turned by a right-angle rotation or mirror, {(id, variant): vector},
         in one batch; only asked for images with a turned pHash candidate (rare among uniques).
@@ -517,6 +539,7 @@ class Engine:
         for image_id in ids:
             self._loaded.pop(image_id, None)
             self._full.pop(image_id, None)
+            self._faint.pop(image_id, None)
             self.sources.pop(image_id, None)
         self.features.forget(ids)
 
@@ -532,7 +555,7 @@ class Engine:
                           turned_descriptors=self.turned_descriptors,
                           words_candidates=self.words_candidates(),
                           words_max=self.settings.visual_words_max_candidates,
-                          words_full=self.settings.sift_features // 2)
+                          words_full=self.settings.sift_features // 2, faint_look=self.faint_look)
         matcher.decide_earlier = lambda image_id, originals: self._decide_earlier(matcher, image_id, originals)
         return matcher
 

@@ -91,7 +91,7 @@ class GeometricSignal(Signal):
     Extraction (~18 ms an image at 384 px) is the rest, hence only for ambiguous pairs, and each
     image's features are kept. A weak match that looks like a tight crop gets a closer look at
     full resolution (:meth:`closer_look`); a faint query that verifies nothing, a faint look at a
-    lower contrast threshold (:meth:`_faint_looks`).
+    lower contrast threshold (:meth:`faint_look`).
     """
 
     name, dim = "geometry", 0
@@ -102,17 +102,18 @@ class GeometricSignal(Signal):
     verified = 12  # distinct inliers above which a pair is geometrically verified (unrelated: <= 6)
     affine_gate = 6  # fewer affine inliers than this: no homography RANSAC (see _inliers)
 
-    def __init__(self, max_features: int = 500, max_side: int = 384) -> None:
+    def __init__(self, max_features: int = 500, max_side: int = 384, faint_pairs: int = 4) -> None:
         self.max_features = max_features
         self.max_side = max_side
+        self.faint_pairs = faint_pairs  # faint looks per query (see faint_look; 0: off)
         self.closer_looks = 0  # pairs verified again on a window (see closer_look)
-        self.faint_looks = 0  # pairs matched again at a lower contrast threshold (see _faint_looks)
+        self.faint_looks = 0  # pairs matched again at a lower contrast threshold (see faint_look)
 
     higher_is_closer = True  # distinct inliers
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GeometricSignal:
-        return cls(settings.sift_features, settings.sift_max_side)
+        return cls(settings.sift_features, settings.sift_max_side, settings.faint_look_pairs)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> GeometricSignal:
@@ -141,9 +142,12 @@ class GeometricSignal(Signal):
     def verify(self, query: LocalFeatures, candidate: LocalFeatures,
                pictures: tuple[Image.Image, Image.Image] | None = None) -> float:
         """Distinct inliers of the query (or, when that is weak, of its mirror) on the candidate;
-        with the (query, candidate) ``pictures``, a weak crop-like match gets a closer look."""
-        pixels = None if pictures is None else (lambda k: pictures[0] if k is None else pictures[1])
-        return float(self.verify_many(query, [candidate], pixels=pixels)[0])
+        with the (query, candidate) ``pictures``, a weak crop-like match gets a closer look and a
+        faint query a faint look."""
+        if pictures is None:
+            return float(self.verify_many(query, [candidate])[0])
+        found = self.verify_many(query, [candidate], pixels=lambda k: pictures[0] if k is None else pictures[1])
+        return float(self.faint_look(query, found, lambda k: self.faint_features_of(pictures[0 if k is None else 1]))[0])
 
     def verify_many(self, query: LocalFeatures, candidates: Sequence[LocalFeatures],
                     mirror: bool = True, pixels: Pixels | None = None) -> list[int]:
@@ -158,7 +162,7 @@ class GeometricSignal(Signal):
         maps: list[tuple[int, np.ndarray, bool] | None] = [None] * len(candidates)
         usable = [k for k, c in enumerate(candidates) if len(c) >= 4]
         if len(query) < 4 or not usable:
-            return self._faint_looks(query, candidates, out, pixels)
+            return out
         sides = [query, query.mirrored()] if mirror else [query]
         rows = np.concatenate([s.descriptors for s in sides]).astype(np.float32)
         cols = np.concatenate([candidates[k].descriptors for k in usable]).astype(np.float32)
@@ -189,35 +193,39 @@ class GeometricSignal(Signal):
         for k, (_, affine, mirrored) in weak[:self.zoom_pairs]:  # the most agreeing first
             out[k] = max(out[k], self.closer_look(query, candidates[k], affine, mirrored,
                                                   partial(pixels, k), partial(pixels, None)))
-        return self._faint_looks(query, candidates, out, pixels)
+        return out
 
-    # a faint look (see _faint_looks): a query with fewer keypoints than faint_below at SIFT's
-    # default contrast threshold and no verified candidate is matched again at faint_contrast, both
-    # pictures at up to faint_side with up to faint_features keypoints; at most faint_pairs candidates
+    # a faint look (see faint_look): a query with fewer keypoints than faint_below at SIFT's default
+    # contrast threshold that verified no candidate is matched again at faint_contrast, both pictures
+    # at up to faint_side with up to faint_features keypoints; at most faint_pairs candidates
+    # (NDID_FAINT_LOOK_PAIRS)
     faint_below = 100
     faint_contrast = 0.01
     faint_side = 768
     faint_features = 4000
-    faint_pairs = 4
 
-    def _faint_looks(self, query: LocalFeatures, candidates: Sequence[LocalFeatures], out: list[int],
-                     pixels: Pixels | None) -> list[int]:
-        """A faint query (sky, water, grass, a wall: a small tight crop of them has 0-9 keypoints at
-        SIFT's default contrast, nothing to match or to find a window with) that verifies no
-        candidate is matched again with both pictures described at a lower contrast threshold, in
-        candidate order. Only the query's faintness counts: faint images in the index are candidates
-        of many queries, and describing each of those queries again would cost a SIFT pass each."""
-        if pixels is None or len(query) >= self.faint_below or max(out, default=0) >= self.verified:
+    def faint_look(self, query: LocalFeatures, inliers: Sequence[int],
+                   described: Callable[[int | None], LocalFeatures | None]) -> list[int]:
+        """``inliers`` (of the query's candidates, best first) after a faint look: a faint query (sky,
+        water, grass, a wall: a small tight crop of them has 0-9 keypoints at SIFT's default
+        contrast, nothing to match or to find a window with) that verified none of them is matched
+        again on the first :attr:`faint_pairs`, both sides described at :attr:`faint_contrast`
+        (``described(k)``: candidate ``k``, ``described(None)``: the query; see
+        :meth:`faint_features_of`; None where unavailable). Run once per query, after all its
+        candidates were verified: each look costs a re-read and a SIFT pass. Only the query's
+        faintness counts: faint images in the index are candidates of many queries."""
+        out = list(inliers)
+        if not self.faint_pairs or len(query) >= self.faint_below or max(out, default=0) >= self.verified:
             return out
-        looks = [k for k in range(len(candidates)) if out[k] < self.verified][:self.faint_pairs]
-        described = self.faint_features_of(pixels(None)) if looks else None
-        if described is None:
+        looks = [k for k in range(len(out)) if out[k] < self.verified][:self.faint_pairs]
+        mine = described(None) if looks else None
+        if mine is None:
             return out
         for k in looks:
-            found = self.faint_features_of(pixels(k))
+            found = described(k)
             if found is not None:
                 self.faint_looks += 1
-                out[k] = max(out[k], self.verify_many(described, [found])[0])
+                out[k] = max(out[k], self.verify_many(mine, [found])[0])
         return out
 
     def faint_features_of(self, picture: Image.Image | None) -> LocalFeatures | None:

@@ -430,7 +430,7 @@ def test_a_tight_crop_of_a_misty_region_is_found_by_the_faint_look(random_settin
     """A tight crop of a low-contrast region has no SIFT keypoints at the default contrast: nothing
     to verify, no window for a closer look. The faint look describes it and its candidates again at
     a lower contrast threshold (pictures re-read from their source) and verifies the original.
-    Without pixels to re-read (NDID_CLOSER_LOOK_SIDE=0) the crop stays unverified. The band is
+    Off (NDID_FAINT_LOOK_PAIRS=0) the crop stays unverified. The band is
     widened so that every candidate reaches stage 2: with untrained weights stage 1 rules the
     misty original out (a faint crop has no visual words to propose it either)."""
     from PIL import ImageEnhance
@@ -448,9 +448,9 @@ def test_a_tight_crop_of_a_misty_region_is_found_by_the_faint_look(random_settin
 
     every = random_settings.replace(ambiguous_low=0.0, ambiguous_high=1.0)
     faint, looks = run(every)
-    plain, looks_off = run(every.replace(closer_look_side=0, state_dir=str(tmp_path / "off")))
+    plain, looks_off = run(every.replace(faint_look_pairs=0, state_dir=str(tmp_path / "off")))
     print(f"misty crop: {faint.decision} {faint.matched_id} inliers {np.expm1(faint.features.get('log_inliers', 0)):.0f}; "
-          f"without pixels {plain.decision} {np.expm1(plain.features.get('log_inliers', 0)):.0f}")
+          f"off {plain.decision} {np.expm1(plain.features.get('log_inliers', 0)):.0f}")
     assert faint.matched_id.endswith("orig_misty.jpg") and faint.decision == "duplicate", faint
     assert faint.features["log_inliers"] >= np.log1p(2 * 12)
     assert 1 <= looks <= 4 and looks_off == 0

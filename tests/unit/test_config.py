@@ -20,7 +20,8 @@ def test_reads_ndid_variables_with_types():
     {"NDID_WEIGHTS_MODE": "imagenet"}, {"NDID_PHASH_RADIUS": "65"}, {"NDID_EMBED_BATCH_SIZE": "0"},
     {"NDID_PHASH_RADIUS": "ten"}, {"NDID_AMBIGUOUS_LOW": "0.3"}, {"NDID_TORCH_COMPILE": "maybe"},
     {"NDID_AMBIGUOUS_LOW": "0.8", "NDID_AMBIGUOUS_HIGH": "0.2"}, {"NDID_MILVUS_LITE_MEMTABLE_MB": "0"},
-    {"NDID_CLOSER_LOOK_SIDE": "256"}, {"NDID_CLOSER_LOOK_SIDE": "-1"},
+    {"NDID_CLOSER_LOOK_SIDE": "256"}, {"NDID_CLOSER_LOOK_SIDE": "-1"}, {"NDID_FAINT_LOOK_PAIRS": "-1"},
+    {"NDID_FAINT_LOOK_PAIRS": "17"},
 ])
 def test_bad_values_are_refused(env):
     with pytest.raises(SettingsError):

@@ -242,30 +242,38 @@ def test_faint_look_matches_a_tight_crop_of_a_low_contrast_region(photos):
     crop = big.crop((800, 800, 980, 940))
     other = misty("chelsea")
     small = astronaut.resize((64, 64))  # faint too (few keypoints), but it verifies as it is
+    flat = Image.new("RGB", (150, 100), (120, 130, 140))  # no keypoints even at the faint contrast
     geo = GeometricSignal()
-    f_crop, f_big, f_other, f_small, f_astronaut = geo.compute(
-        [load_image(jpeg_bytes(im), str(n)) for n, im in enumerate([crop, big, other, small, astronaut])])
+    f_crop, f_big, f_other, f_small, f_astronaut, f_flat = geo.compute(
+        [load_image(jpeg_bytes(im), str(n)) for n, im in enumerate([crop, big, other, small, astronaut, flat])])
     full = {"crop": load_image(jpeg_bytes(crop), "c", working_size=2048).image,
             "big": load_image(jpeg_bytes(big), "b", working_size=2048).image}
+
+    def described(query: Image.Image, *candidates: Image.Image):
+        return lambda k: geo.faint_features_of(query if k is None else candidates[k])
+
     assert len(f_crop) < 10 <= geo.faint_below <= len(f_big)  # the crop is faint, the photo is not
-    plain = geo.verify_many(f_crop, [f_big])[0]
-    faint = geo.verify_many(f_crop, [f_big], pixels=lambda k: full["crop"] if k is None else full["big"])[0]
-    unrelated = geo.verify_many(f_crop, [f_other], pixels=lambda k: full["crop"] if k is None else other)[0]
+    plain = geo.verify_many(f_crop, [f_big], pixels=lambda k: full["crop"] if k is None else full["big"])[0]
+    faint = geo.faint_look(f_crop, [plain], described(full["crop"], full["big"]))[0]
+    unrelated = geo.faint_look(f_crop, [0], described(full["crop"], other))[0]
     print(f"misty tight crop: plain {plain}, faint look {faint}, unrelated {unrelated}")
     assert plain < geo.verified and 2 * geo.verified <= faint
     assert unrelated <= 8
-    assert geo.verify_many(f_crop, [f_big], pixels=lambda k: None)[0] == plain  # no pixels: the plain count stands
+    assert geo.faint_look(f_crop, [plain], lambda k: None) == [plain]  # no pixels: the plain count stands
     looks = geo.faint_looks
-    many = geo.verify_many(f_crop, [f_big] * 6, pixels=lambda k: full["crop"] if k is None else full["big"])
-    assert geo.faint_looks - looks == geo.faint_pairs  # bounded: each look describes two pictures again
+    many = geo.faint_look(f_crop, [plain] * 6, described(full["crop"], *[full["big"]] * 6))
+    assert geo.faint_looks - looks == geo.faint_pairs  # bounded: each look describes a picture again
     assert many[:geo.faint_pairs] == [faint] * geo.faint_pairs and many[geo.faint_pairs:] == [plain] * 2
     looks = geo.faint_looks
-    reverse = geo.verify_many(f_big, [f_crop], pixels=lambda k: full["big"] if k is None else full["crop"])[0]
-    assert reverse < geo.verified and geo.faint_looks == looks  # the query is not faint: no look
+    reverse = geo.verify_many(f_big, [f_crop])
+    assert geo.faint_look(f_big, reverse, described(full["big"], full["crop"])) == reverse  # not faint: no look
     assert len(f_small) < geo.faint_below
-    settled = geo.verify_many(f_small, [f_astronaut, f_other], pixels=lambda k: small if k is None else other)
-    assert settled[0] >= geo.verified > settled[1] and geo.faint_looks == looks  # verified already: no look
-    flat = Image.new("RGB", (150, 100), (120, 130, 140))  # no keypoints even at the faint contrast
-    f_flat = geo.compute([load_image(jpeg_bytes(flat), "f")])[0]
-    assert geo.verify_many(f_flat, [f_big], pixels=lambda k: flat if k is None else full["big"]) == [0]
+    settled = geo.verify_many(f_small, [f_astronaut, f_other])
+    assert settled[0] >= geo.verified > settled[1]
+    assert geo.faint_look(f_small, settled, described(small, astronaut, other)) == settled  # verified already
+    assert geo.faint_look(f_flat, [0], described(flat, full["big"])) == [0]  # nothing to describe
     assert geo.faint_looks == looks
+    # the single-pair helper (the bootstrap's) looks too, so calibrations see what decisions see
+    assert geo.verify(f_crop, f_big, (full["crop"], full["big"])) == faint
+    off = GeometricSignal(faint_pairs=0)
+    assert off.faint_look(f_crop, [plain], described(full["crop"], full["big"])) == [plain] and off.faint_looks == 0
