@@ -304,8 +304,11 @@ class Matcher:
     def _after_faint_look(self, image: IndexedImage, ranked: list[PairScore]) -> list[PairScore]:
         """The ranking after one faint look for the whole query (after all its candidates were
         verified, so a crop verified among its words candidates looks at nothing): the verified
-        pairs it raised are scored again by stage 2 with their new inlier count."""
+        pairs it raised are scored again by stage 2 with their new inlier count. They are looked at
+        in stage-1 order: a faint query's few inliers are noise, and in the stage-2 probability
+        3 chance inliers outweigh the global similarity."""
         verified = [s for s in ranked if s.stage == "stage2" and "log_inliers" in s.features]
+        verified.sort(key=lambda s: -self.cal.stage1.probability(s.features))
         raised = self.faint_look(image.id, [(s.candidate_id, s.features["log_inliers"]) for s in verified]) \
             if self.faint_look is not None and verified else {}
         if not raised:
