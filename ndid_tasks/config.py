@@ -93,9 +93,9 @@ class Settings:
     # a weak match whose affine map puts one image into a small window of the other (a tight crop)
     # is verified again on that window, decoded from the source at up to this long side (0: off)
     closer_look_side: int = 2048
-    # a faint query (few SIFT keypoints: a tight crop of sky, water, grass) that verifies nothing is
-    # matched again at a lower contrast threshold, on at most this many candidates a verification
-    # call, pictures re-read like the closer look's (0: off; each costs a re-read and a SIFT pass)
+    # a faint query (few SIFT keypoints: a tight crop of sky, water, grass) that verified none of its
+    # candidates is matched again at a lower contrast threshold, on at most this many of them, once
+    # per query; pictures re-read like the closer look's (0: off; each costs a re-read and a SIFT pass)
     faint_look_pairs: int = 4
     store_local_features: bool = True  # DAG path: SIFT features of every image at ingest, kept in S3
     # tight crops: candidates from the SIFT features as visual words (a sparse Milvus collection);

@@ -423,8 +423,8 @@ class Engine:
 
     def faint_look(self, query_id: str, stage2: list[tuple[str, float]]) -> dict[str, float]:
         """log(1 + inliers) of the candidates a faint look raised (GeometricSignal.faint_look), for a
-        query whose verified candidates, ``stage2`` ((candidate, log_inliers), best first), are all
-        weak; {} for a query that is not faint. Descriptions at the faint contrast are cached by id."""
+        query whose verified candidates, ``stage2`` ((candidate, log_inliers) in the order to look at
+        them), are all weak; {} for a query that is not faint. Faint descriptions are cached by id."""
         query = self.features.local.get(query_id)
         if query is None or not stage2 or not self.settings.closer_look_side:
             return {}
