@@ -206,10 +206,10 @@ class GeometricSignal(Signal):
 
     def faint_look(self, query: LocalFeatures, inliers: Sequence[int],
                    described: Callable[[int | None], LocalFeatures | None]) -> list[int]:
-        """``inliers`` (of the query's candidates, best first) after a faint look: a faint query (sky,
-        water, grass, a wall: a small tight crop of them has 0-9 keypoints at SIFT's default
-        contrast, nothing to match or to find a window with) that verified none of them is matched
-        again on the first :attr:`faint_pairs`, both sides described at :attr:`faint_contrast`
+        """``inliers`` (of the query's candidates, in the order to look at them) after a faint look:
+        a faint query (sky, water, grass, a wall: a small tight crop of them has 0-9 keypoints at
+        SIFT's default contrast, nothing to match or to find a window with) that verified none of
+        them is matched again on the first :attr:`faint_pairs`, both sides described at :attr:`faint_contrast`
         (``described(k)``: candidate ``k``, ``described(None)``: the query; see
         :meth:`faint_features_of`; None where unavailable). Run once per query, after all its
         candidates were verified: each look costs a re-read and a SIFT pass. Only the query's
@@ -217,7 +217,7 @@ class GeometricSignal(Signal):
         out = list(inliers)
         if not self.faint_pairs or len(query) >= self.faint_below or max(out, default=0) >= self.verified:
             return out
-        looks = [k for k in range(len(out)) if out[k] < self.verified][:self.faint_pairs]
+        looks = range(min(len(out), self.faint_pairs))  # (none verified: every one may look)
         mine = described(None) if looks else None
         if mine is None:
             return out
