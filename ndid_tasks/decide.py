@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -132,8 +133,6 @@ class Matcher:
     def turned_image(self, image: IndexedImage, variant: str) -> IndexedImage | None:
         """The query as it would be indexed if it were turned by ``variant`` (None: its pixels are
         unreadable, so it cannot be scored that way)."""
-        import dataclasses
-
         from .signals import PHashSignal
 
         key = (image.id, variant)
@@ -272,8 +271,6 @@ class Matcher:
     def score_turned(self, image: IndexedImage, turned: list[tuple[str, str]]) -> list[PairScore]:
         """Scores of turned candidates, each pair measured with the query turned its way (so a
         rotated copy has the features of a plain one and the same calibration applies)."""
-        import dataclasses
-
         scores = []
         for variant, cids in _by_variant(turned).items():
             aligned = self.turned_image(image, variant)
@@ -313,8 +310,6 @@ class Matcher:
             if self.faint_look is not None and verified else {}
         if not raised:
             return ranked
-        import dataclasses
-
         def again(s: PairScore) -> PairScore:
             feats = {**s.features, "log_inliers": raised[s.candidate_id]}
             return dataclasses.replace(s, features=feats, probability=self.cal.stage2.probability(feats),

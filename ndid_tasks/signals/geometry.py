@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -30,6 +31,14 @@ _SIFT_MIRROR = _sift_mirror_permutation()
 
 # pixels(k): candidate k's picture at full resolution, pixels(None): the query's (None: unavailable)
 Pixels = Callable[[int | None], "Image.Image | None"]
+
+
+def _described(sift: Any, picture: Image.Image, side: int) -> LocalFeatures:
+    """``sift``'s keypoints of the grey ``picture`` shrunk to at most ``side`` (points in that frame)."""
+    grey = picture.convert("L")
+    grey.thumbnail((side, side))
+    kp, desc = sift.detectAndCompute(np.asarray(grey), None)
+    return LocalFeatures(np.array([k.pt for k in kp], dtype=np.float32).reshape(-1, 2), desc)
 
 
 def _corners(points: np.ndarray) -> np.ndarray:
@@ -127,13 +136,7 @@ class GeometricSignal(Signal):
         import cv2
 
         sift = cv2.SIFT_create(nfeatures=self.max_features)  # type: ignore[attr-defined]  # (no stub)
-        out = []
-        for picture in pictures:
-            small = picture.convert("L")
-            small.thumbnail((self.max_side, self.max_side))
-            kp, desc = sift.detectAndCompute(np.asarray(small), None)
-            out.append(LocalFeatures(np.array([k.pt for k in kp], dtype=np.float32).reshape(-1, 2), desc))
-        return out
+        return [_described(sift, picture, self.max_side) for picture in pictures]
 
     def compare(self, a: LocalFeatures, b: LocalFeatures) -> float:
         """Distinct inliers of ``a`` on ``b`` (no mirroring)."""
@@ -236,10 +239,7 @@ class GeometricSignal(Signal):
 
         sift = cv2.SIFT_create(nfeatures=self.faint_features,  # type: ignore[attr-defined]
                                contrastThreshold=self.faint_contrast)
-        grey = picture.convert("L")
-        grey.thumbnail((self.faint_side, self.faint_side))
-        kp, desc = sift.detectAndCompute(np.asarray(grey), None)
-        found = LocalFeatures(np.array([k.pt for k in kp], dtype=np.float32).reshape(-1, 2), desc)
+        found = _described(sift, picture, self.faint_side)
         return found if len(found) >= 4 else None
 
     # a closer look (see closer_look): for matches weaker than this many distinct inliers, where
