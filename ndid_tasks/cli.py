@@ -262,7 +262,8 @@ def cmd_words(args) -> int:
     files = image_files(args.folder)[args.skip:]
     if args.limit:
         files = files[:args.limit]
-    geometry = GeometricSignal.from_settings(settings)
+    # more keypoints a photo than at ingest: each of ~16,000 words wants a few dozen descriptors
+    geometry = GeometricSignal(max_features=args.features, max_side=settings.sift_max_side)
     features = []
     with _progress(len(files), "SIFT") as bar:
         for path in files:
@@ -271,9 +272,10 @@ def cmd_words(args) -> int:
             except Exception as exc:  # noqa: BLE001 - an unreadable photo is skipped, not fatal
                 print(f"skipped {path.name}: {exc}", file=sys.stderr)
             bar.update(1)
-    vocab = fit_vocabulary(features, size=args.size, seed=args.seed,
+    vocab = fit_vocabulary(features, size=args.size, seed=args.seed, branch=args.branch,
+                           mirror_invariant=not args.mirror_variant,
                            meta={"fitted_on": f"{Path(args.folder).name} (sorted files {args.skip}..)",
-                                 "sift_max_side": settings.sift_max_side, "sift_features": settings.sift_features})
+                                 "sift_max_side": settings.sift_max_side, "sift_features": args.features})
     Path(args.output).write_bytes(vocab.to_bytes())
     print(json.dumps({"version": vocab.version, "output": args.output, **vocab.meta}, indent=2))
     return EXIT_OK
@@ -431,7 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
     w = wsub.add_parser("fit", help="fit the vocabulary on a folder of generic photos")
     w.add_argument("folder")
     w.add_argument("output", help="the vocabulary NPZ to write (use it with NDID_VISUAL_WORDS_FILE)")
-    w.add_argument("--size", type=int, default=4096, help="words (k-means centroids)")
+    w.add_argument("--size", type=positive_int, default=16384, help="words (k-means centroids), at most")
+    w.add_argument("--branch", type=int, default=128, help="coarse cells of the vocabulary tree (0: flat k-means)")
+    w.add_argument("--features", type=positive_int, default=1500, help="SIFT keypoints per photo to fit on")
+    w.add_argument("--mirror-variant", action="store_true",
+                   help="words that tell a keypoint from its mirror image (default: mirror invariant)")
     w.add_argument("--skip", type=int, default=0, help="skip the first N sorted files (e.g. those a benchmark uses)")
     w.add_argument("--limit", type=int, default=0)
     w.add_argument("--seed", type=int, default=0)

@@ -27,7 +27,7 @@ def _sift_mirror_permutation() -> np.ndarray:
     return (((3 - r) * 4 + c) * 8 + (8 - o) % 8).ravel()
 
 
-_SIFT_MIRROR = _sift_mirror_permutation()
+SIFT_MIRROR = _sift_mirror_permutation()  # (an involution: mirroring twice is the identity)
 
 # pixels(k): candidate k's picture at full resolution, pixels(None): the query's (None: unavailable)
 Pixels = Callable[[int | None], "Image.Image | None"]
@@ -84,7 +84,7 @@ class LocalFeatures:
         if self.descriptors is None:
             return self
         out = LocalFeatures(self.points * np.array([-1, 1], dtype=np.float32), None)
-        out.descriptors = self.descriptors[:, _SIFT_MIRROR]
+        out.descriptors = self.descriptors[:, SIFT_MIRROR]
         return out
 
 

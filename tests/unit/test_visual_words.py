@@ -9,6 +9,7 @@ import pytest
 from ndid_tasks.config import Settings
 from ndid_tasks.images import load_image
 from ndid_tasks.signals import GeometricSignal
+from ndid_tasks.signals.geometry import SIFT_MIRROR
 from ndid_tasks.signals.visual_words import (
     VisualWordsSignal,
     Vocabulary,
@@ -38,9 +39,12 @@ def tight_crop(img, side=0.4):
 
 def test_packaged_vocabulary_round_trips_without_pickle(tmp_path):
     vocab = Vocabulary.load()
-    assert len(vocab) == 4096 and vocab.version.startswith("vw4096-")
+    assert len(vocab) == 16384 and vocab.version.startswith("vw16384-")
+    assert vocab.coarse is not None and len(vocab.coarse) == 128 and vocab.mirror_invariant
     again = Vocabulary.from_bytes(vocab.to_bytes())
     assert again.version == vocab.version and again.meta["images"] == vocab.meta["images"]
+    d = np.random.default_rng(0).random((50, 128), np.float32)
+    assert np.array_equal(again.assign(d), vocab.assign(d))
     path = tmp_path / "v.npz"
     path.write_bytes(vocab.to_bytes())
     assert Vocabulary.load(path).version == vocab.version
@@ -60,6 +64,58 @@ def test_bad_vocabulary_files_are_a_clear_error(tmp_path):
         Vocabulary.from_bytes(buf.getvalue())
     with pytest.raises(VocabularyError, match="centroids"):
         Vocabulary(np.zeros((2, 64)), np.ones(2), {})
+    with pytest.raises(VocabularyError, match="offsets"):  # a tree whose cells do not cover its words
+        Vocabulary(np.zeros((4, 128)), np.ones(4), {}, np.zeros((2, 128)), np.array([0, 3, 3]))
+    with pytest.raises(VocabularyError, match="both"):
+        Vocabulary(np.zeros((4, 128)), np.ones(4), {}, np.zeros((2, 128)))
+
+
+def test_a_flat_vocabulary_of_schema_1_still_loads_and_assigns_the_nearest_centroid():
+    rng = np.random.default_rng(1)
+    centroids = rng.random((16, 128)).astype(np.float16).astype(np.float32)
+    buf = io.BytesIO()
+    meta = {"schema": "ndid.visual_words/1", "mirror_invariant": True}  # (a reader of schema 1 ignores it)
+    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), centroids=centroids.astype(np.float16),
+             idf=np.ones(16, np.float32))
+    vocab = Vocabulary.from_bytes(buf.getvalue())
+    assert vocab.coarse is None and not vocab.mirror_invariant
+    d = rng.random((40, 128)).astype(np.float32)
+    nearest = ((d[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
+    assert np.array_equal(vocab.assign(d), nearest)
+
+
+def test_a_tree_assigns_the_nearest_word_of_the_nearest_coarse_cell():
+    rng = np.random.default_rng(2)
+    coarse = np.zeros((2, 128), np.float32)
+    coarse[1, 0] = 10.0  # cell 1: descriptors with a large first bin
+    words = rng.random((6, 128)).astype(np.float32)
+    words[3:, 0] += 10.0
+    vocab = Vocabulary(words, np.ones(6), {}, coarse, np.array([0, 3, 6]))
+    d = rng.random((30, 128)).astype(np.float32)
+    d[15:, 0] += 10.0
+    cells = ((d[:, None, :] - coarse[None]) ** 2).sum(-1).argmin(1)
+    got = vocab.assign(d)
+    for n, c in enumerate(cells):
+        inside = words[3 * c:3 * c + 3]
+        assert got[n] == 3 * c + ((d[n] - inside) ** 2).sum(-1).argmin()
+    assert set(got[:15]) <= {0, 1, 2} and set(got[15:]) <= {3, 4, 5}
+
+
+def test_mirror_invariant_words_of_a_mirrored_photo_are_the_photos(signal, photos):
+    """A flipped repost has the words of its original (the mirror-variant words of the same tree
+    differ), and a flipped tight crop is nearest its original by words."""
+    from PIL import ImageOps
+
+    v = signal.vocabulary
+    variant = VisualWordsSignal(Vocabulary(v.centroids, v.idf, {**v.meta, "mirror_invariant": False}, v.coarse, v.offsets))
+    for name in ("astronaut", "coffee"):
+        flipped = ImageOps.mirror(photos[name])
+        assert signal.compare(words_of(signal, photos[name]), words_of(signal, flipped)) > 0.7  # (0.80)
+        assert variant.compare(words_of(variant, photos[name]), words_of(variant, flipped)) < 0.3  # (0.08)
+    ours = {name: words_of(signal, photos[name], name) for name in photos}
+    q = words_of(signal, ImageOps.mirror(tight_crop(photos["chelsea"])))
+    sims = {other: signal.compare(q, w) for other, w in ours.items()}
+    assert max(sims, key=sims.get) == "chelsea", sims
 
 
 def test_words_are_normalised_and_a_tight_crop_is_nearest_its_original(signal, photos):
@@ -88,11 +144,16 @@ def test_fitted_vocabulary_has_idf_from_the_photos(photos):
     geometry = GeometricSignal()
     feats = geometry.compute([load_image(jpeg_bytes(photos[n]), n) for n in ("astronaut", "coffee", "camera", "coins")])
     vocab = fit_vocabulary(feats, size=32, seed=1)
-    assert len(vocab) == 32 and vocab.meta["images"] == 4
+    assert len(vocab) == 32 and vocab.meta["images"] == 4 and vocab.coarse is None
     assert np.all(vocab.idf >= 0) and vocab.idf.max() > vocab.idf.min()  # common words weigh less
     assert fit_vocabulary(feats, size=32, seed=1).version == vocab.version  # seeded: reproducible
     with pytest.raises(VocabularyError, match="descriptors"):
         fit_vocabulary(feats[:1], size=100_000)
+    tree = fit_vocabulary(feats, size=64, seed=1, branch=4, mirror_invariant=True)
+    assert tree.coarse is not None and len(tree.coarse) == 4 and len(tree) <= 64 and tree.mirror_invariant
+    assert Vocabulary.from_bytes(tree.to_bytes()).version == tree.version != vocab.version
+    d = feats[0].descriptors.astype(np.float32)
+    assert np.array_equal(tree.assign(d), tree.assign(d[:, SIFT_MIRROR]))  # a keypoint and its mirror: one word
 
 
 def test_words_collection_is_named_by_the_vocabulary():
