@@ -188,6 +188,13 @@ def bootstrap_features_from_images(settings: Settings, originals: Sequence[Loade
     pictures = [im.image for im in everything]  # for closer looks (what the bootstrap has: <= 512 px)
 
     n = len(originals)
+    first_scene = n + len(copies_list)
+    # a same-scene pair is a negative only if nothing matches geometrically, as the generator means:
+    # the two halves of a mirror-symmetric subject (a lamp, a vase) are mirrored crops of each other,
+    # and one such pair would set the threshold (measured: 0.632 instead of <= 0.37 on 250 photos)
+    scenes = [first_scene + k for k in range(0, len(scene_views), 2)
+              if geometry.verify(local[first_scene + k + 1], local[first_scene + k],
+                                 (pictures[first_scene + k + 1], pictures[first_scene + k])) < geometry.verified]
     pairs: list[tuple[int, int, int]] = []  # (a, b, label) as indices into `everything`
     for k, (i, _) in enumerate(copies_list):
         pairs.append((i, n + k, 1))
@@ -203,9 +210,8 @@ def bootstrap_features_from_images(settings: Settings, originals: Sequence[Loade
         j = int(rng.integers(n))
         if j != i:
             pairs.append((j, n + k, 0))
-    first_scene = n + len(copies_list)
-    for k in range(0, len(scene_views), 2):
-        pairs.append((first_scene + k, first_scene + k + 1, 0))
+    for a in scenes:
+        pairs.append((a, a + 1, 0))
     feats: dict[str, list[float]] = {f: [] for f in STAGE2_FEATURES}
     labels = []
     for a, b, label in pairs:
@@ -217,7 +223,8 @@ def bootstrap_features_from_images(settings: Settings, originals: Sequence[Loade
             feats[f].append(pf[f])
         labels.append(label)
     summary = {"source": "bootstrap", "images": n, "copies_per_image": copies, "attacks": names,
-               "hard_negatives_per_image": hard_negatives, "same_scene_negatives": len(scene_views) // 2,
+               "hard_negatives_per_image": hard_negatives, "same_scene_negatives": len(scenes),
+               "same_scene_dropped": len(scene_views) // 2 - len(scenes),
                "seed": seed,
                "descriptor": settings.descriptor_name, "whitening": whitening.version,
                # log_inliers depends on the SIFT resolution: a calibration is valid for these only
@@ -228,9 +235,9 @@ def bootstrap_features_from_images(settings: Settings, originals: Sequence[Loade
     # scene pair and the second scene views (negatives: near-looking, nothing to find). Copies of
     # a scene pair's source are not queried: they contain the first view, which is indexed.
     scene_sources = set(_scene_sources(n))
-    corpus = [i for i in range(n) if i % 3 != 2] + list(range(first_scene, first_scene + len(scene_views), 2))
+    corpus = [i for i in range(n) if i % 3 != 2] + scenes
     queries = [(n + k, i if i % 3 != 2 else None) for k, (i, _) in enumerate(copies_list) if i not in scene_sources]
-    queries += [(first_scene + k + 1, None) for k in range(0, len(scene_views), 2)]
+    queries += [(a + 1, None) for a in scenes]
 
     check_set = CheckSet(np.asarray(phash, dtype=np.float32), resnet, clip, pdq, local, geometry, corpus, queries,
                          pictures)
@@ -239,11 +246,14 @@ def bootstrap_features_from_images(settings: Settings, originals: Sequence[Loade
 
 def bootstrap_calibration(settings: Settings, folder: str | Path, limit: int | None = 200, copies: int = 3,
                           seed: int = 0, progress: Callable[[int], None] | None = None,
-                          whitening: Whitening | None = None) -> tuple[Calibration, Whitening]:
-    """A calibration and the whitening it was fitted with (fitted here too unless given)."""
-    files = image_files(folder, limit)
+                          whitening: Whitening | None = None, skip: int = 0) -> tuple[Calibration, Whitening]:
+    """A calibration and the whitening it was fitted with (fitted here too unless given), on at
+    most ``limit`` images of ``folder`` after its first ``skip`` (sorted; e.g. those a benchmark uses)."""
+    files = image_files(folder)[skip:][:limit] if limit else image_files(folder)[skip:]
     boot = bootstrap_features(settings, files, copies=copies, seed=seed, progress=progress, whitening=whitening)
     boot.summary["folder"] = Path(folder).name
+    if skip:
+        boot.summary["skipped_files"] = skip
     return fit_bootstrapped(settings, boot, seed), boot.whitening
 
 

@@ -179,10 +179,11 @@ def cmd_calibrate(args) -> int:
         print("ndid calibrate: give --bootstrap DIR (audited-label refits run in the ndid_recalibrate DAG)",
               file=sys.stderr)
         return EXIT_USAGE
-    n = len(image_files(args.bootstrap, args.limit))
+    files = image_files(args.bootstrap)[args.skip:]
+    n = len(files[:args.limit] if args.limit else files)
     with _progress(n, "augmenting") as bar:
         cal, whitening = bootstrap_calibration(settings, args.bootstrap, limit=args.limit, copies=args.copies,
-                                               seed=args.seed, progress=bar.update)
+                                               seed=args.seed, progress=bar.update, skip=args.skip)
     if args.version:
         cal.version = args.version
     print(json.dumps({"version": cal.version, "whitening": whitening.version, "band": cal.band,
@@ -409,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("calibrate", help="fit the decision model on synthetic pairs from a folder")
     s.add_argument("--bootstrap", metavar="DIR")
     s.add_argument("--limit", type=int, default=200, help="at most this many images from DIR")
+    s.add_argument("--skip", type=int, default=0, help="skip the first N sorted files (e.g. those a benchmark uses)")
     s.add_argument("--copies", type=int, default=3, help="attacked copies per image")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--version", default="")

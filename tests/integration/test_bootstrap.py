@@ -40,3 +40,30 @@ def test_bootstrap_fits_whitening_and_an_image_level_threshold(random_settings, 
         assert engine.index.images.endswith(whitening.version.replace("-", "_"))
     finally:
         engine.close()
+
+
+def test_same_scene_pairs_whose_views_match_are_not_negatives(random_settings, photos):
+    """A same-scene negative is two views in which nothing matches geometrically. The halves of a
+    mirror-symmetric picture are mirrored crops of each other (measured: >= 143 inliers for this
+    one, an ordinary photo's halves <= 5): that pair is dropped from the fit and the check set,
+    an ordinary photo's pair stays a negative."""
+    from PIL import Image, ImageOps
+
+    from ndid_tasks.bootstrap import _scene_sources, bootstrap_features_from_images
+    from ndid_tasks.images import load_image
+
+    cat = photos["chelsea"].convert("RGB")
+    cat = cat.resize((cat.width // 2, cat.height))
+    symmetric = Image.new("RGB", (2 * cat.width, cat.height))
+    symmetric.paste(cat, (0, 0))
+    symmetric.paste(ImageOps.mirror(cat), (cat.width, 0))
+    names = ["astronaut", "coffee", "SYMMETRIC", "rocket", "camera", "coins", "moon", "hubble_deep_field", "coffee"]
+    pictures = [symmetric if n == "SYMMETRIC" else photos[n] for n in names]
+    originals = [load_image(jpeg_bytes(p), f"{k}-{n}") for k, (n, p) in enumerate(zip(names, pictures, strict=True))]
+    assert list(_scene_sources(len(originals))) == [2, 8]  # the symmetric picture and a plain photo
+    boot = bootstrap_features_from_images(random_settings, originals, copies=1)
+    assert boot.summary["same_scene_dropped"] == 1 and boot.summary["same_scene_negatives"] == 1
+    first_scene = 2 * len(originals)  # (the originals, one copy of each, then two views per scene source)
+    scene_queries = [q for q, target in boot.check_set.queries if target is None and q >= first_scene]
+    assert scene_queries == [first_scene + 3]  # the plain photo's second view; the symmetric pair is gone
+    assert first_scene not in boot.check_set.corpus and first_scene + 2 in boot.check_set.corpus
