@@ -17,7 +17,7 @@ invariant: a descriptor's word is the smaller of its own and its mirror image's 
 involution, so a keypoint and its mirrored twin get the same word), so a flipped and cropped
 repost shares its words with its original. Measured on photos outside the dev set among 600
 references (docs/benchmarks.md, session 14): original among the words candidates, 4,096 flat words
--> this tree, tight crops 0.842 -> 0.883, mirrored crops 0.758 -> 1.000, no family lower. A flat
+-> this tree, tight crops 0.842 -> 0.867, mirrored crops 0.758 -> 1.000, no family lower. A flat
 or mirror-variant vocabulary still loads.
 
 The vocabulary is data, like a whitening: an NPZ (uint8 or float16 centroids, idf, JSON metadata) loaded with
