@@ -214,6 +214,25 @@ def weed_lockdown_env() -> dict[str, str]:
             "WEED_ACCESS_UI": "false"}
 
 
+# Volume slots of the local server. SeaweedFS gives each bucket a volume of its own and, left to
+# itself (-volume.max=0), allows about free disk / 128 MB of them: with 300 MB free the fourth
+# bucket's first write failed with a bare InternalError, the error ten tests of one CI run failed
+# with. Volumes are not preallocated, so a slot costs nothing until written; a full
+# disk still stops writes.
+WEED_VOLUME_SLOTS = 1000
+
+
+def weed_argv(root: Path, port: int, identities: Path) -> list[str]:
+    """The ``weed mini`` command line: 127.0.0.1 only, credentials required, fixed volume slots."""
+    ports = weed_ports(port)
+    return [_executable("weed"), f"-logdir={root / 'logs'}", "mini", f"-dir={root / 'data'}",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false",
+            "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port={port}",
+            f"-master.port={ports['master']}", f"-filer.port={ports['filer']}", f"-volume.port={ports['volume']}",
+            f"-volume.max={WEED_VOLUME_SLOTS}", f"-s3.config={identities}",
+            f"-filer.localSocket={root / 'filer.sock'}", f"-s3.localSocket={root / 's3.sock'}"]
+
+
 def _local_host(host: str) -> bool:
     return host in ("127.0.0.1", "localhost")
 
@@ -241,13 +260,8 @@ def start_s3(settings: Settings, wait: float = 60.0) -> ServiceStatus:
     with os.fdopen(fd, "w") as fh:
         json.dump({"identities": [{"name": "ndid", "credentials": [{"accessKey": access, "secretKey": secret}],
                                    "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}, fh)
-    argv = [_executable("weed"), f"-logdir={root / 'logs'}", "mini", f"-dir={root / 'data'}",
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false",
-            "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port={port}",
-            f"-master.port={ports['master']}", f"-filer.port={ports['filer']}", f"-volume.port={ports['volume']}",
-            f"-s3.config={identities}", f"-filer.localSocket={root / 'filer.sock'}",
-            f"-s3.localSocket={root / 's3.sock'}"]
-    pid = spawn(settings, "s3", argv, root / "logs" / "weed.out", env=weed_lockdown_env())
+    pid = spawn(settings, "s3", weed_argv(root, port, identities), root / "logs" / "weed.out",
+                env=weed_lockdown_env())
     settings = settings.replace(s3_access_key=access, s3_secret_key=secret)
     wait_until(lambda: _s3_ready(settings), wait, f"S3 (pid {pid}) at {settings.s3_endpoint_url}",
                 root / "logs" / "weed.out", pid)

@@ -109,6 +109,41 @@ def test_start_twice_is_harmless_and_data_survives_restart(s3_settings):
     assert S3Store(s3_settings).get_bytes("persist/me.bin") == b"\x00\x01keep"
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 MB tmpfs: how a machine with little free disk looks to SeaweedFS."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root with mount rights): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_buckets_do_not_run_out_when_the_disk_is_small(small_disk):
+    """With SeaweedFS's own slot count (free disk / 128 MB) the fourth bucket's first write failed."""
+    from ndid_tasks.config import Settings
+    from tests.conftest import _free_port
+
+    settings = Settings(state_dir=str(small_disk / "var"), s3_endpoint_url=f"http://127.0.0.1:{_free_port()}")
+    services.start_s3(settings)
+    try:
+        access, secret = services.ensure_local_credentials(settings)
+        settings = settings.replace(s3_access_key=access, s3_secret_key=secret)
+        for n in range(8):
+            store = S3Store(settings.replace(s3_bucket=f"small-{n}"), retries=0)
+            store.ensure_bucket()
+            store.put_bytes("x.txt", str(n).encode())
+        assert [S3Store(settings.replace(s3_bucket=f"small-{n}")).get_bytes("x.txt") for n in range(8)] == \
+            [str(n).encode() for n in range(8)]
+    finally:
+        services.stop_s3(settings)
+
+
 def test_taken_port_gives_a_clear_error(tmp_path, s3_settings):
     other = s3_settings.replace(state_dir=str(tmp_path / "other"))  # same port, no PID file of its own
     with pytest.raises(services.ServiceError, match="already taken"):
