@@ -24,7 +24,7 @@ import numpy as np
 from .calibration import Calibration
 from .features import stage1_features
 from .index import ImageIndex, IndexedImage
-from .scoring import PairScore, ambiguous, is_duplicate, score_pairs
+from .scoring import PairScore, ambiguous, decision_band, is_duplicate, score_pairs
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,12 @@ class Matcher:
         self.top_k = top_k
         self.stage2_features = stage2_features
         self.threshold = calibration.threshold if threshold is None else threshold
-        self.band = calibration.band if band is None else band
+        wanted = calibration.band if band is None else band
+        self.band = decision_band(wanted, self.threshold)
+        if self.band != tuple(wanted):
+            log.warning("ambiguous band %s starts at or above the threshold %.4g: stage 1 would accept pairs "
+                        "below it unverified; verifying from %.4g up instead", tuple(wanted), self.threshold,
+                        self.band[0])
         self.stage2_max = stage2_max
         # names the original of an earlier image that is indexed but not decided yet (another task
         # of the run decides it): see resolve_original

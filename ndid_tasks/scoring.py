@@ -79,6 +79,20 @@ def score_pairs(cal: Calibration, pairs: Sequence[tuple[Hashable, dict[str, floa
     return scores
 
 
+def decision_band(band: tuple[float, float], threshold: float) -> tuple[float, float]:
+    """The band as decisions use it. Below its lower edge stage 1 has said "not a duplicate", and a
+    pair that could not be verified is capped at that edge, so the edge must lie under the
+    threshold or those pairs become duplicates nobody verified (NDID_AMBIGUOUS_LOW=0.3 with the
+    shipped threshold 0.201 called 26 of 36 negative queries duplicates). An edge at or above the
+    threshold moves just under it: more pairs are verified, none is accepted unverified. An empty
+    band (stage 2 off: stage 1 decides alone, by the threshold) is left as it is."""
+    low, high = band
+    if low >= high or low < threshold:
+        return low, high
+    low = float(np.nextafter(threshold, 0.0))
+    return low, max(low, high)
+
+
 def is_duplicate(score: PairScore | None, threshold: float) -> bool:
     """The last step: the best pair at or above the threshold."""
     return score is not None and score.probability >= threshold

@@ -42,3 +42,30 @@ def test_a_faint_look_rescores_the_pairs_it_raised_and_looks_in_stage1_order():
     assert [s.candidate_id for s in after[1:]] == [s.candidate_id for s in ranked if s.candidate_id != "similar"]
     assert matcher({})._after_faint_look(image, ranked) == ranked
     assert Matcher(SimpleNamespace(words=""), cal, 24, 10, lambda q, c: {})._after_faint_look(image, ranked) == ranked
+
+
+def test_a_band_starting_above_the_threshold_never_accepts_a_pair_unverified():
+    """Below the band stage 1 rejects: with a lower edge over the threshold (an NDID_AMBIGUOUS_LOW
+    override) such a pair used to be a duplicate nobody verified; the edge now moves under the
+    threshold, so the pair is verified (and, with no inliers, rejected)."""
+    from ndid_tasks.scoring import is_duplicate, score_pairs
+
+    cal = default_calibration("random")
+    feats = {"phash_distance": 0.35, "resnet_cosine": 0.3}
+    p1 = cal.stage1.probability(feats)
+    assert 0.1 < p1 < 0.9
+    threshold, wanted = p1 - 0.05, (p1 + 0.05, 1.0)
+
+    def verify(cids):
+        return {c: {f: 0.0 for f in cal.stage2.features if f not in feats} for c in cids}
+
+    old = score_pairs(cal, [("c", feats)], verify, wanted)[0]
+    assert old.stage == "stage1" and is_duplicate(old, threshold)  # what the override did before
+    matcher = Matcher(SimpleNamespace(words=""), cal, 24, 10, lambda q, c: {}, threshold=threshold, band=wanted)
+    assert matcher.band[0] < threshold and matcher.band[1] == 1.0 and matcher.stage2_on
+    now = score_pairs(cal, [("c", feats)], verify, matcher.band)[0]
+    assert now.stage == "stage2" and not is_duplicate(now, threshold)
+    # a band under the threshold, and an empty one (stage 2 off: stage 1 decides alone), stay as set
+    assert Matcher(SimpleNamespace(words=""), cal, 24, 10, lambda q, c: {}).band == tuple(cal.band)
+    off = Matcher(SimpleNamespace(words=""), cal, 24, 10, lambda q, c: {}, threshold=0.2, band=(0.5, 0.5))
+    assert off.band == (0.5, 0.5) and not off.stage2_on
