@@ -109,6 +109,11 @@ class Settings:
     # -- matching costs keypoints x keypoints, so they cost about what a full image's 4 do (words
     # recall of tight crops among 270 photos outside the dev set: 0.833 at 4, 0.883 this way)
     visual_words_max_candidates: int = 16
+    # gating: verify only the words candidates whose similarity is at least this many times the
+    # query's background (mean of its 17th..48th nearest); 0 = all. Outside the dev set, 1.5 left
+    # 40 % of images with no copy verifying a words candidate and 0.83 of tight crops' originals
+    # verified (0.93 at 0); 2: 9 % and 0.78 (docs/benchmarks.md, session 15)
+    visual_words_min_ratio: float = 0.0
     visual_words_file: str = ""  # vocabulary NPZ from `ndid words fit` ("" = the packaged one)
     # Milvus Lite's sparse search scans every row (~0.8 ms a row a call: ≈ 0.12 s an image at 5,000
     # rows in batches of 64, 0.5 s at 20,000), so on Lite the words are searched only while their
@@ -198,6 +203,8 @@ class Settings:
             raise SettingsError("NDID_VISUAL_WORDS_CANDIDATES must be within 0..64 (each one is verified)")
         if not 0 <= self.faint_look_pairs <= 16:
             raise SettingsError("NDID_FAINT_LOOK_PAIRS must be within 0..16 (each one re-reads and describes a picture)")
+        if not 0 <= self.visual_words_min_ratio <= 100:
+            raise SettingsError("NDID_VISUAL_WORDS_MIN_RATIO must be within 0..100 (0: every words candidate is verified)")
         if not 0 <= self.visual_words_max_candidates <= 64:
             raise SettingsError("NDID_VISUAL_WORDS_MAX_CANDIDATES must be within 0..64 (each one is verified)")
         if self.visual_words_lite_max_rows < 0:

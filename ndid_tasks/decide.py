@@ -23,8 +23,9 @@ import numpy as np
 
 from .calibration import Calibration
 from .features import stage1_features
-from .index import ImageIndex, IndexedImage
+from .index import Hit, ImageIndex, IndexedImage
 from .scoring import PairScore, ambiguous, decision_band, is_duplicate, score_pairs
+from .signals.visual_words import VisualWordsSignal
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class Matcher:
                  decide_earlier: Callable[[str, dict[str, str]], str] | None = None,
                  turned_radius: int = 0,
                  turned_descriptors: Callable[[list[tuple[str, str]]], dict[tuple[str, str], np.ndarray]] | None = None,
-                 words_candidates: int = 0, words_max: int = 0, words_full: int = 250,
+                 words_candidates: int = 0, words_max: int = 0, words_full: int = 250, words_min_ratio: float = 0.0,
                  faint_look: Callable[[str, list[tuple[str, float]]], dict[str, float]] | None = None) -> None:
         self.index = index
         self.cal = calibration
@@ -113,6 +114,9 @@ class Matcher:
         # costs query keypoints x candidate keypoints, so the verification budget stays that of a full image
         self.words_max = max(self.words_candidates, words_max)
         self.words_full = words_full
+        # ... of which only those standing out of the query's background (VisualWordsSignal.standing_out;
+        # 0: all of them)
+        self.words_min_ratio = words_min_ratio
         self._turned: dict[tuple[str, str], np.ndarray] = {}
         self.stage2_pairs = 0
         self.pairs = 0
@@ -200,12 +204,29 @@ class Matcher:
         if not owners:
             return {}
         wanted = {im.id: self.words_wanted(im.words) for im in owners}
-        hits = self._earlier_hits("words", [im.words for im in owners], owners, max(wanted.values()), None, before)
-        return {im.id: found[:wanted[im.id]] for im, found in zip(owners, hits, strict=True) if found}
+        want = max(wanted.values())
+        if self.words_min_ratio > 0:  # room for the query's background beyond its candidates
+            want = max(want, VisualWordsSignal.BACKGROUND[1])
+        hits = self._earlier_found("words", [im.words for im in owners], owners, want, None, before)
+        out = {}
+        for im, found in zip(owners, hits, strict=True):
+            keep = found[:wanted[im.id]]
+            if self.words_min_ratio > 0:
+                standing = VisualWordsSignal.standing_out([h.score for h in found], self.words_min_ratio)
+                keep = [h for h, ok in zip(keep, standing, strict=False) if ok]
+            if keep:
+                out[im.id] = [h.id for h in keep]
+        return out
 
     def _earlier_hits(self, field_name: str, vectors: Sequence[Any], owners: Sequence[IndexedImage],
                       want: int, radius: float | None, before: bool, slack: int = SEARCH_SLACK) -> list[list[str]]:
-        """Nearest ids for each vector, only images strictly earlier than its owner (with
+        """:meth:`_earlier_found`'s ids."""
+        return [[h.id for h in found]
+                for found in self._earlier_found(field_name, vectors, owners, want, radius, before, slack)]
+
+    def _earlier_found(self, field_name: str, vectors: Sequence[Any], owners: Sequence[IndexedImage],
+                       want: int, radius: float | None, before: bool, slack: int = SEARCH_SLACK) -> list[list[Hit]]:
+        """Nearest hits for each vector, only images strictly earlier than its owner (with
         ``before``). The batch search asks for ``slack`` extra hits, room for the batch's own later
         images, which are filtered out afterwards; vectors that lost more than that are searched
         again with room for the whole batch -- so the result always equals a per-image search,
@@ -216,7 +237,7 @@ class Matcher:
 
         def earlier(hits, im):
             key = (im.created_at, im.id)
-            return [h.id for h in hits if h.id != im.id and (not before or (h.created_at, h.id) < key)]
+            return [h for h in hits if h.id != im.id and (not before or (h.created_at, h.id) < key)]
 
         hits = self.index.search_many(field_name, list(vectors), want + slack, latest, radius=radius)
         found = [earlier(h, im) for h, im in zip(hits, owners, strict=True)]

@@ -555,7 +555,8 @@ class Engine:
                           turned_descriptors=self.turned_descriptors,
                           words_candidates=self.words_candidates(),
                           words_max=self.settings.visual_words_max_candidates,
-                          words_full=self.settings.sift_features // 2, faint_look=self.faint_look)
+                          words_full=self.settings.sift_features // 2,
+                          words_min_ratio=self.settings.visual_words_min_ratio, faint_look=self.faint_look)
         matcher.decide_earlier = lambda image_id, originals: self._decide_earlier(matcher, image_id, originals)
         return matcher
 

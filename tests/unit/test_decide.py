@@ -69,3 +69,30 @@ def test_a_band_starting_above_the_threshold_never_accepts_a_pair_unverified():
     assert Matcher(SimpleNamespace(words=""), cal, 24, 10, lambda q, c: {}).band == tuple(cal.band)
     off = Matcher(SimpleNamespace(words=""), cal, 24, 10, lambda q, c: {}, threshold=0.2, band=(0.5, 0.5))
     assert off.band == (0.5, 0.5) and not off.stage2_on
+
+
+def test_words_candidates_are_gated_by_how_far_they_stand_out_of_the_query_background():
+    """With NDID_VISUAL_WORDS_MIN_RATIO the Matcher asks for the query's background too and keeps
+    the words candidates at least that many times its mean; 0 keeps the plain nearest."""
+    from ndid_tasks.index import Hit
+
+    cal = default_calibration("random")
+    scores = [0.50, 0.21, 0.12] + [0.1] * 60
+    asked: list[int] = []
+
+    def search_many(field, vectors, limit, latest, radius=None):
+        asked.append(limit)
+        return [[Hit(f"r{n}", n, s) for n, s in enumerate(scores[:limit])] for _ in vectors]
+
+    index = SimpleNamespace(words="words", search_many=search_many)
+    query = SimpleNamespace(id="q", created_at=1000, words={w: 0.1 for w in range(300)})  # a full image: 4 wanted
+
+    def matcher(ratio):
+        return Matcher(index, cal, 24, 10, lambda q, c: {}, words_candidates=4, words_max=16, words_full=250,
+                       words_min_ratio=ratio)
+
+    assert matcher(0.0).words_candidates_many([query], before=False) == {"q": ["r0", "r1", "r2", "r3"]}
+    assert asked[-1] == 4
+    assert matcher(2.0).words_candidates_many([query], before=False) == {"q": ["r0", "r1"]}
+    assert asked[-1] >= 48
+    assert matcher(6.0).words_candidates_many([query], before=False) == {}

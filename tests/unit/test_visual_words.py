@@ -181,3 +181,11 @@ def test_images_with_few_words_get_more_words_candidates_up_to_the_maximum():
     assert matcher(4, 0).words_wanted(words(10)) == 4  # a maximum below the base: the base
     assert matcher(0, 16).words_wanted(words(10)) == 0  # words not searched
     assert matcher(4, 16, words_index="").words_wanted(words(10)) == 0  # the index keeps no words
+
+
+def test_standing_out_measures_against_the_query_background():
+    scores = [0.6, 0.3, 0.18] + [0.1] * 45
+    assert VisualWordsSignal.standing_out(scores, 2.0)[:4] == [True, True, False, False]
+    assert sum(VisualWordsSignal.standing_out(scores, 1.0)) == len(scores)
+    # too small an index for a background (fewer than 8 beyond the 16th): every candidate stands
+    assert VisualWordsSignal.standing_out(scores[:20], 50.0) == [True] * 20
