@@ -110,9 +110,11 @@ class Settings:
     # recall of tight crops among 270 photos outside the dev set: 0.833 at 4, 0.883 this way)
     visual_words_max_candidates: int = 16
     # gating: verify only the words candidates whose similarity is at least this many times the
-    # query's background (mean of its 17th..48th nearest); 0 = all. Outside the dev set, 1.5 left
-    # 40 % of images with no copy verifying a words candidate and 0.83 of tight crops' originals
-    # verified (0.93 at 0); 2: 9 % and 0.78 (docs/benchmarks.md, session 15)
+    # query's background (mean of its 17th..48th nearest); 0 = all. Outside the dev set (420 refs)
+    # 1.75 left 14 % of images with no copy verifying a words candidate (100 % at 0) and 0.83 of
+    # tight crops' originals verified (0.93 at 0); 1.5: 41 % and 0.83; 2: 8 % and 0.78. Off by
+    # default: with untrained weights stage 1 still sends ~all images to verification
+    # (docs/benchmarks.md, session 15)
     visual_words_min_ratio: float = 0.0
     visual_words_file: str = ""  # vocabulary NPZ from `ndid words fit` ("" = the packaged one)
     # Milvus Lite's sparse search scans every row (~0.8 ms a row a call: ≈ 0.12 s an image at 5,000

@@ -1,12 +1,13 @@
-"""Which visual-words candidates are worth verifying (issue #15, gating): every words candidate is
-verified today, so nearly every image reaches geometric verification. A gate that skips the
+"""Which visual-words candidates are worth verifying (issue #15, gating): with every words
+candidate verified, nearly every image reaches geometric verification. A gate that skips the
 candidates whose words similarity does not stand out of the query's own background should spare
-most images that have no copy in the index while keeping the tight crops' originals.
+most images that have no copy in the index while keeping the tight crops' originals
+(``NDID_VISUAL_WORDS_MIN_RATIO``, ``VisualWordsSignal.standing_out``).
 
 Photos outside the dev benchmark (as in vocabulary_probe.py): references = the last 120 of
 ``originals`` + the first 300 distractors (420); copies = the 120 attacked eight ways (seeds of
-the other probes); images with no copy in the index = the other 180 originals (same kind of photo).
-A query's candidates are its ``Matcher.words_wanted`` nearest. For each gate statistic and level:
+the other probes); images with no copy in the index = the 120 originals neither attacked here nor
+in the dev set (which takes the first 60). A query's candidates are its ``Matcher.words_wanted`` nearest. For each gate statistic and level:
 the share of the no-copy images that would still verify some words candidate, and the share of
 copies whose original is still verified through the words.
 
@@ -100,7 +101,7 @@ def main(data: str, png: str | None = None) -> None:
     R = matrix(refs, signal.size)
     queries: dict[str, list[list[dict[str, float]]]] = {}
     uniques = [signal.from_local(f) for f in geometry.compute([loaded(Image.open(f).convert("RGB"), "u")
-                                                              for f in originals[:-120]])]
+                                                              for f in originals[60:-120]])]
     queries["no copy"] = statistics((matrix(uniques, signal.size) @ R.T).toarray(), [len(u) for u in uniques],
                                     *shared_and_chance(uniques, refs, freq))
     for family, attack in FAMILIES.items():
