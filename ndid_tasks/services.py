@@ -217,8 +217,8 @@ def weed_lockdown_env() -> dict[str, str]:
 # Volume slots of the local server. SeaweedFS gives each bucket a volume of its own and, left to
 # itself (-volume.max=0), allows about free disk / 128 MB of them: with 300 MB free the fourth
 # bucket's first write failed with a bare InternalError, the error ten tests of one CI run failed
-# with. Volumes are not preallocated, so a slot costs nothing until written; a full
-# disk still stops writes.
+# with. Volumes are not preallocated, so a slot costs nothing until written; a full disk still
+# stops writes.
 WEED_VOLUME_SLOTS = 1000
 
 
