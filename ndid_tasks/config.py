@@ -116,6 +116,15 @@ class Settings:
     # default: with untrained weights stage 1 still sends ~all images to verification
     # (docs/benchmarks.md, session 15)
     visual_words_min_ratio: float = 0.0
+    # gating the band: verify a pHash/descriptor candidate in the ambiguous band only where its words
+    # similarity is at least this many times the query's background too; 0 = all (images without
+    # words, or too few words for a background, keep all). Needs the words search (on Lite: under
+    # NDID_VISUAL_WORDS_LITE_MAX_ROWS). Outside the dev set 1.25 with the words candidates at 1.75
+    # left 26 % of images with no copy verifying anything at 420 refs, 55 % at 162 (100 % off), tight
+    # crops' originals verified 0.90 / 0.95 (0.975 off). Off by default: it grows stricter with the
+    # index, and an image with dozens of copies makes them its own background, hiding its next copy
+    # (docs/benchmarks.md, session 16)
+    visual_words_band_ratio: float = 0.0
     visual_words_file: str = ""  # vocabulary NPZ from `ndid words fit` ("" = the packaged one)
     # Milvus Lite's sparse search scans every row (~0.8 ms a row a call: ≈ 0.12 s an image at 5,000
     # rows in batches of 64, 0.5 s at 20,000), so on Lite the words are searched only while their
@@ -207,6 +216,9 @@ class Settings:
             raise SettingsError("NDID_FAINT_LOOK_PAIRS must be within 0..16 (each one re-reads and describes a picture)")
         if not 0 <= self.visual_words_min_ratio <= 100:
             raise SettingsError("NDID_VISUAL_WORDS_MIN_RATIO must be within 0..100 (0: every words candidate is verified)")
+        if not (self.visual_words_band_ratio == 0 or 1 < self.visual_words_band_ratio <= 100):
+            raise SettingsError("NDID_VISUAL_WORDS_BAND_RATIO must be 0 (off) or within (1, 100]: a candidate "
+                                "beyond the query's 48 nearest by words is at most 1x its background")
         if not 0 <= self.visual_words_max_candidates <= 64:
             raise SettingsError("NDID_VISUAL_WORDS_MAX_CANDIDATES must be within 0..64 (each one is verified)")
         if self.visual_words_lite_max_rows < 0:

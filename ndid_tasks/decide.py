@@ -24,7 +24,7 @@ import numpy as np
 from .calibration import Calibration
 from .features import stage1_features
 from .index import Hit, ImageIndex, IndexedImage
-from .scoring import PairScore, ambiguous, decision_band, is_duplicate, score_pairs
+from .scoring import PairScore, decision_band, is_duplicate, score_pairs, to_verify
 from .signals.visual_words import VisualWordsSignal
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class Matcher:
                  turned_radius: int = 0,
                  turned_descriptors: Callable[[list[tuple[str, str]]], dict[tuple[str, str], np.ndarray]] | None = None,
                  words_candidates: int = 0, words_max: int = 0, words_full: int = 250, words_min_ratio: float = 0.0,
+                 band_words_ratio: float = 0.0,
                  faint_look: Callable[[str, list[tuple[str, float]]], dict[str, float]] | None = None) -> None:
         self.index = index
         self.cal = calibration
@@ -117,6 +118,12 @@ class Matcher:
         # ... of which only those standing out of the query's background (VisualWordsSignal.standing_out;
         # 0: all of them)
         self.words_min_ratio = words_min_ratio
+        # pHash/descriptor candidates in the band are verified only where they stand out of the
+        # query's words background by ``band_words_ratio`` too (0: all; needs the words search):
+        # an unrelated photo's nearest gets a stage-1 probability inside the band with untrained
+        # weights, and nothing else spares its verification. Per image: {hit: similarity}, level
+        self.band_words_ratio = band_words_ratio if self.words_candidates else 0.0
+        self._words_found: dict[str, tuple[dict[str, float], float | None]] = {}
         self._turned: dict[tuple[str, str], np.ndarray] = {}
         self.stage2_pairs = 0
         self.pairs = 0
@@ -205,11 +212,14 @@ class Matcher:
             return {}
         wanted = {im.id: self.words_wanted(im.words) for im in owners}
         want = max(wanted.values())
-        if self.words_min_ratio > 0:  # room for the query's background beyond its candidates
+        if self.words_min_ratio > 0 or self.band_words_ratio > 0:  # room for the query's background
             want = max(want, VisualWordsSignal.BACKGROUND[1])
         hits = self._earlier_found("words", [im.words for im in owners], owners, want, None, before)
         out = {}
         for im, found in zip(owners, hits, strict=True):
+            if self.band_words_ratio > 0:
+                self._words_found[im.id] = ({h.id: h.score for h in found},
+                                            VisualWordsSignal.background([h.score for h in found]))
             keep = found[:wanted[im.id]]
             if self.words_min_ratio > 0:
                 standing = VisualWordsSignal.standing_out([h.score for h in found], self.words_min_ratio)
@@ -217,6 +227,19 @@ class Matcher:
             if keep:
                 out[im.id] = [h.id for h in keep]
         return out
+
+    def worth_verifying(self, image: IndexedImage) -> Callable[[str], bool] | None:
+        """Which of the image's band candidates stage 2 may verify (None: all): those standing out
+        of its words background by ``band_words_ratio`` (a candidate beyond its 48 nearest by words
+        cannot: ratio <= 1). An image without words, with too short a background, or whose words
+        were not searched (:meth:`words_candidates_many` records them) keeps all."""
+        if self.band_words_ratio <= 0:
+            return None
+        found, level = self._words_found.get(image.id, ({}, None))
+        if level is None:
+            return None
+        floor = self.band_words_ratio * level
+        return lambda cid: found.get(cid, 0.0) >= floor
 
     def _earlier_hits(self, field_name: str, vectors: Sequence[Any], owners: Sequence[IndexedImage],
                       want: int, radius: float | None, before: bool, slack: int = SEARCH_SLACK) -> list[list[str]]:
@@ -267,13 +290,14 @@ class Matcher:
         for im in images:
             if self._exact.get(im.id):
                 continue
-            chosen = [cid for cid, _, _ in ambiguous(self.cal, self._pairs(im, candidates.get(im.id, [])),
-                                                     self.band)[:self.stage2_max]]
+            worth = self.worth_verifying(im)
+            chosen = [cid for cid, _, _ in to_verify(self.cal, self._pairs(im, candidates.get(im.id, [])),
+                                                     self.band, self.stage2_max, worth)[0]]
             for variant, cids in _by_variant((turned or {}).get(im.id, [])).items():
                 aligned = self.turned_image(im, variant)
                 if aligned is not None:
-                    chosen += [cid for cid, _, _ in ambiguous(self.cal, self._pairs(aligned, cids),
-                                                              self.band)[:self.stage2_max]]
+                    chosen += [cid for cid, _, _ in to_verify(self.cal, self._pairs(aligned, cids),
+                                                              self.band, self.stage2_max, worth)[0]]
             if self.stage2_on:
                 chosen += (words or {}).get(im.id, [])
             if chosen:
@@ -290,7 +314,8 @@ class Matcher:
         pairs = self._pairs(image, candidate_ids)
         self.pairs += len(pairs)
         band, cap = ((0.0, 1.0), len(pairs)) if verify_all else (self.band, self.stage2_max)
-        scores = score_pairs(self.cal, pairs, lambda cids: self.stage2_features(image.id, cids), band, cap)
+        worth = None if verify_all else self.worth_verifying(image)
+        scores = score_pairs(self.cal, pairs, lambda cids: self.stage2_features(image.id, cids), band, cap, worth)
         self.stage2_pairs += sum(1 for s in scores if s.stage == "stage2")
         return scores
 

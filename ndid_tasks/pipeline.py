@@ -556,7 +556,8 @@ class Engine:
                           words_candidates=self.words_candidates(),
                           words_max=self.settings.visual_words_max_candidates,
                           words_full=self.settings.sift_features // 2,
-                          words_min_ratio=self.settings.visual_words_min_ratio, faint_look=self.faint_look)
+                          words_min_ratio=self.settings.visual_words_min_ratio,
+                          band_words_ratio=self.settings.visual_words_band_ratio, faint_look=self.faint_look)
         matcher.decide_earlier = lambda image_id, originals: self._decide_earlier(matcher, image_id, originals)
         return matcher
 

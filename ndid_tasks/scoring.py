@@ -6,9 +6,10 @@ calibration is judged on is what it will do in production.
 
     stage-1 LR on the cheap features of every candidate
         outside the band -> that probability (stage "stage1": stage 1 rejects alone)
-        inside the band  -> the best ``stage2_max`` by stage-1 probability get the expensive
-                            features and the stage-2 LR (stage "stage2"); the rest cannot be
-                            accepted unverified: capped at the band's lower edge ("unverified")
+        inside the band  -> the best ``stage2_max`` by stage-1 probability (of those worth it,
+                            where a gate says which) get the expensive features and the stage-2
+                            LR (stage "stage2"); the rest cannot be accepted unverified: capped
+                            at the band's lower edge ("unverified")
     best pair >= threshold -> duplicate of that candidate
 """
 
@@ -29,7 +30,7 @@ class PairScore:
     candidate_id: Any  # the candidate's image id (the check set keys pairs its own way)
     features: dict[str, float]
     probability: float
-    stage: str  # "stage1", "stage2" or "unverified" (in the band but beyond the verification cap)
+    stage: str  # "stage1", "stage2" or "unverified" (in the band but beyond the verification cap, or gated out)
     contributions: dict[str, float]
     orientation: str = ""  # how the query was turned to match (a PHashSignal.DIHEDRAL name), "" = as is
 
@@ -50,14 +51,27 @@ def ambiguous(cal: Calibration, pairs: Sequence[tuple[Any, dict[str, float]]], b
     return out
 
 
+def to_verify(cal: Calibration, pairs: Sequence[tuple[Any, dict[str, float]]], band: tuple[float, float],
+              stage2_max: int, worth: Callable[[Any], bool] | None = None
+              ) -> tuple[list[tuple[Any, dict[str, float], float]], list[tuple[Any, dict[str, float], float]]]:
+    """The band's pairs split into those stage 2 verifies (the best ``stage2_max`` of those
+    ``worth`` verifying, by stage-1 probability) and those it does not."""
+    in_band = ambiguous(cal, pairs, band)
+    chosen = [a for a in in_band if worth is None or worth(a[0])][:stage2_max]
+    picked = {a[0] for a in chosen}
+    return chosen, [a for a in in_band if a[0] not in picked]
+
+
 def score_pairs(cal: Calibration, pairs: Sequence[tuple[Hashable, dict[str, float]]], verify: Verify,
-                band: tuple[float, float] | None = None, stage2_max: int = 8) -> list[PairScore]:
+                band: tuple[float, float] | None = None, stage2_max: int = 8,
+                worth: Callable[[Any], bool] | None = None) -> list[PairScore]:
     """Every pair's probability and how it was reached, best first (ties: by candidate id).
-    ``pairs`` carry the stage-1 features; ``verify`` is called once, for the pairs stage 2 reads."""
+    ``pairs`` carry the stage-1 features; ``verify`` is called once, for the pairs stage 2 reads;
+    ``worth`` (a candidate id -> bool) gates which band pairs it may read (:func:`to_verify`)."""
     band = cal.band if band is None else band
     scores: list[PairScore] = []
-    in_band = ambiguous(cal, pairs, band)
-    inside = {cid for cid, _, _ in in_band}
+    chosen, passed_over = to_verify(cal, pairs, band, stage2_max, worth)
+    inside = {cid for cid, _, _ in chosen + passed_over}
     for cid, feats in pairs:
         if cid not in inside:
             scores.append(PairScore(cid, feats, cal.stage1.probability(feats), "stage1", cal.stage1.contributions(feats)))
@@ -65,8 +79,7 @@ def score_pairs(cal: Calibration, pairs: Sequence[tuple[Hashable, dict[str, floa
     def unverified(cid: Hashable, feats: dict[str, float], p1: float) -> PairScore:
         return PairScore(cid, feats, min(p1, band[0]), "unverified", cal.stage1.contributions(feats))
 
-    scores += [unverified(cid, feats, p1) for cid, feats, p1 in in_band[stage2_max:]]
-    chosen = in_band[:stage2_max]
+    scores += [unverified(cid, feats, p1) for cid, feats, p1 in passed_over]
     extra = verify([cid for cid, _, _ in chosen]) if chosen else {}
     for cid, feats, p1 in chosen:
         more = extra.get(cid)

@@ -129,6 +129,8 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
         matcher = engine.matcher()
         report["visual_words_searched"] = matcher.words_candidates  # 0: off, or Lite past its row limit
         report["visual_words_max"] = matcher.words_max  # for images with few words (tight crops)
+        report["visual_words_ratios"] = {"words_candidates": matcher.words_min_ratio,  # gates; 0: off
+                                         "band_candidates": matcher.band_words_ratio}
         results: dict[str, QueryResult] = {}
         latencies = []
         chunk = settings.embed_batch_size

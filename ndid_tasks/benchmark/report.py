@@ -68,6 +68,10 @@ def markdown(r: dict[str, Any]) -> str:
                       f" (up to {r.get('visual_words_max', r['visual_words_searched'])} for images with few words)."
                       if r["visual_words_searched"] else
                       " Visual words not searched (NDID_VISUAL_WORDS off, or Milvus Lite past NDID_VISUAL_WORDS_LITE_MAX_ROWS).")
+    gates = {k: v for k, v in r.get("visual_words_ratios", {}).items() if v}
+    if gates:
+        lines[-1] += (" Verified only where they stand out of the query's words background: "
+                      + ", ".join(f"{k.replace('_', ' ')} at {v:g}x" for k, v in gates.items()) + ".")
     crops = r.get("by_crop_area")
     if crops:
         lines += ["", "### Cropped copies by the area they keep (crop and tight-crop families)", "",

@@ -9,7 +9,7 @@ from PIL import Image, ImageOps
 
 from ndid_tasks import augment
 from ndid_tasks.pipeline import Engine, local_items
-from tests.conftest import jpeg_bytes
+from tests.conftest import SKIMAGE_PHOTOS, jpeg_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -550,3 +550,59 @@ def test_words_are_not_searched_on_lite_beyond_the_row_limit(random_settings, tm
     for limit in (3, 0):
         with Engine(random_settings.replace(visual_words_lite_max_rows=limit)) as engine:
             assert engine.matcher().words_candidates == random_settings.visual_words_candidates
+
+
+def test_band_candidates_are_verified_only_where_they_stand_out_in_the_words(random_settings, tmp_path, photos):
+    """NDID_VISUAL_WORDS_BAND_RATIO over real Milvus Lite words searches (the ninths of nine photos:
+    81 windows, enough for a background). Which band candidates stage 2 may verify equals a brute
+    force over the earlier images' stored words (similarity >= ratio x the mean of the query's
+    17th..48th nearest with a word in common); gated, fewer pairs are verified over the run, and a
+    recompressed, shrunk copy of a window still stands out, is verified and found."""
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    t = time.time() - 10_000
+    n = 0
+    for name in SKIMAGE_PHOTOS:
+        if name == "hubble_deep_field":
+            continue
+        img = photos[name]
+        w, h = img.width // 3, img.height // 3
+        for qy in range(3):
+            for qx in range(3):
+                write(folder / f"tile_{name}_{qx}{qy}.jpg", img.crop((qx * w, qy * h, qx * w + w, qy * h + h)),
+                      mtime=t + n)
+                n += 1
+    a = photos["astronaut"]
+    tile = a.crop((a.width // 3, a.height // 3, 2 * (a.width // 3), 2 * (a.height // 3)))
+    write(folder / "copy.jpg", tile.resize((tile.width * 2 // 3, tile.height * 2 // 3)), quality=30, mtime=t + 100)
+    ratio = 1.25
+
+    def run(band, sub):
+        settings = random_settings.replace(visual_words_band_ratio=band, state_dir=str(tmp_path / sub))
+        with Engine(settings) as engine:
+            recs = by_name(engine.ingest(local_items([folder]), run_id="r", run_at="2026-01-01T00:00:00+00:00"))
+            images = engine.prepare(local_items([folder]), run_id="again").images
+            matcher = engine.matcher()
+            matcher.words_candidates_many(images)
+            gates = {im.id: matcher.worth_verifying(im) for im in images}
+            return recs, images, gates, engine.words
+
+    plain, _, off, _ = run(0.0, "plain")
+    gated, images, gates, words = run(ratio, "gated")
+    assert all(g is None for g in off.values())
+    judged = 0
+    for im in images:
+        earlier = [o for o in images if (o.created_at, o.id) < (im.created_at, im.id)]
+        sims = {o.id: words.compare(im.words, o.words) for o in earlier}
+        found = sorted((s for s in sims.values() if s > 0), reverse=True)
+        if len(found) < 24:  # too short a background: every candidate may be verified
+            assert gates[im.id] is None, im.id
+            continue
+        judged += 1
+        level = ratio * float(np.mean(found[16:48]))
+        assert {o for o in sims if gates[im.id](o)} == {o for o, s in sims.items() if s >= level}, im.id
+    assert judged >= 10
+    assert sum(r.stage2_pairs for r in gated.values()) < sum(r.stage2_pairs for r in plain.values())
+    for recs in (plain, gated):
+        assert recs["copy.jpg"].decision == "duplicate" and recs["copy.jpg"].stage == "stage2", recs["copy.jpg"]
+        assert recs["copy.jpg"].matched_id.endswith("tile_astronaut_11.jpg")

@@ -21,7 +21,8 @@ def test_reads_ndid_variables_with_types():
     {"NDID_PHASH_RADIUS": "ten"}, {"NDID_AMBIGUOUS_LOW": "0.3"}, {"NDID_TORCH_COMPILE": "maybe"},
     {"NDID_AMBIGUOUS_LOW": "0.8", "NDID_AMBIGUOUS_HIGH": "0.2"}, {"NDID_MILVUS_LITE_MEMTABLE_MB": "0"},
     {"NDID_CLOSER_LOOK_SIDE": "256"}, {"NDID_CLOSER_LOOK_SIDE": "-1"}, {"NDID_FAINT_LOOK_PAIRS": "-1"},
-    {"NDID_FAINT_LOOK_PAIRS": "17"},
+    {"NDID_FAINT_LOOK_PAIRS": "17"}, {"NDID_VISUAL_WORDS_BAND_RATIO": "0.9"}, {"NDID_VISUAL_WORDS_BAND_RATIO": "1"},
+    {"NDID_VISUAL_WORDS_MIN_RATIO": "-1"},
 ])
 def test_bad_values_are_refused(env):
     with pytest.raises(SettingsError):

@@ -96,3 +96,61 @@ def test_words_candidates_are_gated_by_how_far_they_stand_out_of_the_query_backg
     assert matcher(2.0).words_candidates_many([query], before=False) == {"q": ["r0", "r1"]}
     assert asked[-1] >= 48
     assert matcher(6.0).words_candidates_many([query], before=False) == {}
+
+
+def test_band_candidates_are_verified_only_where_they_stand_out_in_the_words():
+    """With NDID_VISUAL_WORDS_BAND_RATIO a pHash/descriptor candidate in the band is verified only if
+    its words similarity reaches that many times the query's background; the others are capped at
+    the band's edge like pairs beyond the verification cap. A query whose background is too short
+    (few words), a query without words, and the words candidates themselves are not gated."""
+    from ndid_tasks.index import Hit
+
+    cal = default_calibration("random")
+    words_hits = {"full": [0.50, 0.12] + [0.1] * 60, "few": [0.50, 0.12]}  # r2 is not among the hits
+    asked: list[list[str]] = []
+
+    def search_many(field, vectors, limit, latest, radius=None):
+        return [[Hit(f"r{n}", n, s) for n, s in enumerate(words_hits[len(v) > 100 and "full" or "few"][:limit])]
+                for v in vectors]
+
+    near = np.zeros(64, np.float32)
+    near[:20] = 1  # pHash distance 0.31 and cosine 0.3: inside the band
+    rows = {f"r{n}": {"phash": near, "resnet": np.full(4, 0.15, np.float32)} for n in range(8)}
+    index = SimpleNamespace(words="words", search_many=search_many, get_rows=lambda ids, fields: rows)
+
+    def verify(query_id, cids):
+        asked.append(list(cids))
+        return {c: {"log_inliers": 0.0} for c in cids}
+
+    def matcher(ratio):
+        return Matcher(index, cal, 24, 10, verify, words_candidates=4, words_max=16, words_full=250,
+                       band_words_ratio=ratio)
+
+    def query(n_words):
+        return SimpleNamespace(id=f"q{n_words}", created_at=1000, phash=np.zeros(64, np.float32),
+                               resnet=np.full(4, 0.5, np.float32), words={w: 0.1 for w in range(n_words)})
+
+    band = ["r0", "r1", "r2"]
+    full = query(300)
+    assert all(cal.band[0] < cal.stage1.probability(f) < cal.band[1] for _, f in matcher(0)._pairs(full, band))
+    gated = matcher(1.5)
+    words = gated.words_candidates_many([full], before=False)[full.id]
+    scores = {s.candidate_id: s for s in gated.score(full, band)}
+    assert asked[-1] == ["r0"]  # 0.50 >= 1.5 x 0.1; 0.12 is not, and r2 is beyond the 48 nearest
+    assert scores["r0"].stage == "stage2"
+    assert {scores[c].stage for c in ("r1", "r2")} == {"unverified"}
+    assert all(scores[c].probability <= gated.band[0] < cal.threshold for c in ("r1", "r2"))
+    assert gated.stage2_plan([full], {full.id: band}, words={full.id: words}) == {full.id: ["r0"] + [
+        w for w in words if w != "r0"]}
+    gated.score(full, words, verify_all=True)
+    assert sorted(asked[-1]) == sorted(words)  # words candidates: gated by their own setting only
+
+    matcher(0.0).score(full, band)
+    assert sorted(asked[-1]) == band
+    few = query(50)
+    gated.words_candidates_many([few], before=False)
+    gated.score(few, band)
+    assert sorted(asked[-1]) == band  # two hits: no background to stand out of
+    bare = SimpleNamespace(**{**vars(query(0)), "id": "bare"})
+    gated.score(bare, band)
+    assert sorted(asked[-1]) == band
