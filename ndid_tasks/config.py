@@ -110,7 +110,7 @@ class Settings:
     # recall of tight crops among 270 photos outside the dev set: 0.833 at 4, 0.883 this way)
     visual_words_max_candidates: int = 16
     # gating: verify only the words candidates whose similarity is at least this many times the
-    # query's background (mean of its 17th..48th nearest); 0 = all. Outside the dev set (420 refs)
+    # query's background (mean of its 17th..48th nearest, a group of copies counted once); 0 = all. Outside the dev set (420 refs)
     # 1.75 left 14 % of images with no copy verifying a words candidate (100 % at 0) and 0.83 of
     # tight crops' originals verified (0.93 at 0); 1.5: 41 % and 0.83; 2: 8 % and 0.78. Off by
     # default: with untrained weights stage 1 still sends ~all images to verification
@@ -121,9 +121,8 @@ class Settings:
     # words, or too few words for a background, keep all). Needs the words search (on Lite: under
     # NDID_VISUAL_WORDS_LITE_MAX_ROWS). Outside the dev set 1.25 with the words candidates at 1.75
     # left 26 % of images with no copy verifying anything at 420 refs, 55 % at 162 (100 % off), tight
-    # crops' originals verified 0.90 / 0.95 (0.975 off). Off by default: it grows stricter with the
-    # index, and an image with dozens of copies makes them its own background, hiding its next copy
-    # (docs/benchmarks.md, session 16)
+    # crops' originals verified 0.90 / 0.95 (0.975 off). Off by default: it grows stricter as the
+    # index grows (docs/benchmarks.md, session 16)
     visual_words_band_ratio: float = 0.0
     visual_words_file: str = ""  # vocabulary NPZ from `ndid words fit` ("" = the packaged one)
     # Milvus Lite's sparse search scans every row (~0.8 ms a row a call: ≈ 0.12 s an image at 5,000

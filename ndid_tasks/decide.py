@@ -115,7 +115,7 @@ class Matcher:
         # costs query keypoints x candidate keypoints, so the verification budget stays that of a full image
         self.words_max = max(self.words_candidates, words_max)
         self.words_full = words_full
-        # ... of which only those standing out of the query's background (VisualWordsSignal.standing_out;
+        # ... of which only those standing out of the query's background (VisualWordsSignal.background;
         # 0: all of them)
         self.words_min_ratio = words_min_ratio
         # pHash/descriptor candidates in the band are verified only where they stand out of the
@@ -212,21 +212,30 @@ class Matcher:
             return {}
         wanted = {im.id: self.words_wanted(im.words) for im in owners}
         want = max(wanted.values())
-        if self.words_min_ratio > 0 or self.band_words_ratio > 0:  # room for the query's background
+        gated = self.words_min_ratio > 0 or self.band_words_ratio > 0
+        if gated:  # room for the query's background
             want = max(want, VisualWordsSignal.BACKGROUND[1])
         hits = self._earlier_found("words", [im.words for im in owners], owners, want, None, before)
+        groups = self._groups(hits) if gated else {}
         out = {}
         for im, found in zip(owners, hits, strict=True):
+            nearest = found[:VisualWordsSignal.BACKGROUND[1]]  # whatever slack the search had
+            level = VisualWordsSignal.background(_one_per_group(nearest, groups)) if gated else None
             if self.band_words_ratio > 0:
-                self._words_found[im.id] = ({h.id: h.score for h in found},
-                                            VisualWordsSignal.background([h.score for h in found]))
+                self._words_found[im.id] = ({h.id: h.score for h in found}, level)
             keep = found[:wanted[im.id]]
-            if self.words_min_ratio > 0:
-                standing = VisualWordsSignal.standing_out([h.score for h in found], self.words_min_ratio)
-                keep = [h for h, ok in zip(keep, standing, strict=False) if ok]
+            if self.words_min_ratio > 0 and level is not None:
+                keep = [h for h in keep if h.score >= self.words_min_ratio * level]
             if keep:
                 out[im.id] = [h.id for h in keep]
         return out
+
+    def _groups(self, hits: Sequence[Sequence[Hit]]) -> dict[str, str]:
+        """Each hit's group for the words background: its recorded original (itself where it has
+        none: a unique image, or one not decided yet). One index read for the whole batch."""
+        ids = list(dict.fromkeys(h.id for found in hits for h in found))
+        rows = self.index.get_rows(ids, ["original_id"]) if ids else {}
+        return {i: (rows.get(i) or {}).get("original_id") or i for i in ids}
 
     def worth_verifying(self, image: IndexedImage) -> Callable[[str], bool] | None:
         """Which of the image's band candidates stage 2 may verify (None: all): those standing out
@@ -422,6 +431,20 @@ class Matcher:
             original = (row or {}).get("original_id") or matched_id
         originals[matched_id] = original
         return original
+
+
+def _one_per_group(found: Sequence[Hit], groups: dict[str, str]) -> list[float]:
+    """The similarities of ``found`` (best first) with each group counted once, at its best: an
+    image with dozens of copies indexed would otherwise fill the query's background with them and
+    hide its next copy."""
+    seen: set[str] = set()
+    out = []
+    for h in found:
+        group = groups.get(h.id, h.id)
+        if group not in seen:
+            seen.add(group)
+            out.append(h.score)
+    return out
 
 
 def _by_variant(turned: Sequence[tuple[str, str]]) -> dict[str, list[str]]:

@@ -1,7 +1,7 @@
 """Whether the visual words can gate the pHash/descriptor candidates too (issue #15, gating).
 
 Session 15 gated the words candidates by how far their words similarity stands out of the query's
-background (``VisualWordsSignal.standing_out``) and found that the words are not what sends nearly
+background (``VisualWordsSignal.background``) and found that the words are not what sends nearly
 every image to verification: stage 1 does, because with untrained weights an unrelated image's
 nearest neighbour gets a stage-1 probability inside the ambiguous band. This probe asks whether
 the same statistic could spare those pairs: a band candidate is verified only if it stands out of
@@ -15,7 +15,10 @@ shipped untrained calibration, band, top-k, pHash radius and verification cap. P
 share of no-copy images that still verify something (band or words candidates), the pairs they
 verify, and the share of copies whose original is still verified.
 
-    NDID_WEIGHTS_MODE=random .venv/bin/python docs/analysis/band_words_probe.py ../shared/data [PNG]
+    NDID_WEIGHTS_MODE=random .venv/bin/python docs/analysis/band_words_probe.py ../shared/data [PNG [DISTRACTORS]]
+
+(DISTRACTORS: how many distractors join the 120 references, 300 by default; 42 gives the dev
+benchmark's 162.)
 """
 
 from __future__ import annotations
@@ -35,13 +38,13 @@ from ndid_tasks.scoring import decision_band
 sys.path.insert(0, str(Path(__file__).parent))
 from words_gate_probe import FAMILIES, loaded, matrix, wanted
 
-BACKGROUND, MIN_BACKGROUND = (16, 48), 8  # VisualWordsSignal.standing_out
+BACKGROUND, MIN_BACKGROUND = (16, 48), 8  # VisualWordsSignal.background
 
 
 def ratios(sims: np.ndarray) -> np.ndarray:
     """Each reference's words similarity over the query's background (the mean of its 17th..48th
     nearest with any word in common, as Milvus returns them); inf where the background is too short
-    (standing_out then keeps every candidate)."""
+    (every candidate then stands). No image here has copies indexed, so no group is collapsed."""
     found = np.sort(sims[sims > 0])[::-1]
     background = found[BACKGROUND[0]:BACKGROUND[1]]
     if len(background) < MIN_BACKGROUND:
@@ -49,7 +52,7 @@ def ratios(sims: np.ndarray) -> np.ndarray:
     return sims / float(np.mean(background))
 
 
-def main(data: str, png: str | None = None) -> None:
+def main(data: str, png: str | None = None, distractors: int = 300) -> None:
     settings = Settings.from_env().replace(milvus_uri=str(Path(tempfile.mkdtemp()) / "unused.db"))
     engine = Engine(settings)
     cal = engine.calibration
@@ -68,7 +71,7 @@ def main(data: str, png: str | None = None) -> None:
 
     originals = sorted(Path(data, "originals").glob("*.jpg"))
     sources = [Image.open(f).convert("RGB") for f in originals[-120:]]
-    refs = sources + [Image.open(f).convert("RGB") for f in sorted(Path(data, "distractors").glob("*"))[:300]]
+    refs = sources + [Image.open(f).convert("RGB") for f in sorted(Path(data, "distractors").glob("*"))[:distractors]]
     ref_p, ref_r, ref_w = describe(refs, "r")
     R = matrix(ref_w, engine.words.size)
 
@@ -140,4 +143,4 @@ def main(data: str, png: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None, int(sys.argv[3]) if len(sys.argv) > 3 else 300)

@@ -2,7 +2,7 @@
 candidate verified, nearly every image reaches geometric verification. A gate that skips the
 candidates whose words similarity does not stand out of the query's own background should spare
 most images that have no copy in the index while keeping the tight crops' originals
-(``NDID_VISUAL_WORDS_MIN_RATIO``, ``VisualWordsSignal.standing_out``).
+(``NDID_VISUAL_WORDS_MIN_RATIO``, ``VisualWordsSignal.background``).
 
 Photos outside the dev benchmark (as in vocabulary_probe.py): references = the last 120 of
 ``originals`` + the first 300 distractors (420); copies = the 120 attacked eight ways (seeds of

@@ -256,20 +256,14 @@ class VisualWordsSignal(Signal):
 
     @classmethod
     def background(cls, scores: Sequence[float]) -> float | None:
-        """The mean similarity of a query's 17th..48th nearest (similarities best first), the level
-        its candidates are judged against; None where there are too few (a small index, an image
-        with few words): then every candidate stands."""
+        """The level a query's candidates are judged against: the mean similarity of its 17th..48th
+        nearest (similarities best first; the caller counts an image's copies once, or an image
+        with many copies would be its own background); None where there are too few (a small
+        index, an image with few words): then every candidate stands. The similarity alone does
+        not tell a tight crop's original from an unrelated photo's nearest (ROC AUC 0.55); measured
+        against the query's own background it largely does (docs/benchmarks.md, sessions 15-16)."""
         found = scores[cls.BACKGROUND[0]:cls.BACKGROUND[1]]
         return float(np.mean(found)) if len(found) >= cls.MIN_BACKGROUND else None
-
-    @classmethod
-    def standing_out(cls, scores: Sequence[float], ratio: float) -> list[bool]:
-        """Which of a query's nearest (similarities best first) stand out of its background: at
-        least ``ratio`` x :meth:`background`. The similarity alone does not tell a tight crop's
-        original from an unrelated photo's nearest (ROC AUC 0.55); measured against the query's own
-        background it largely does (docs/benchmarks.md, session 15)."""
-        level = cls.background(scores)
-        return [True] * len(scores) if level is None else [s >= ratio * level for s in scores]
 
     def compare(self, a: SparseWords, b: SparseWords) -> float:
         """Cosine of two word vectors (both normalised)."""

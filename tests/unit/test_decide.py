@@ -84,7 +84,9 @@ def test_words_candidates_are_gated_by_how_far_they_stand_out_of_the_query_backg
         asked.append(limit)
         return [[Hit(f"r{n}", n, s) for n, s in enumerate(scores[:limit])] for _ in vectors]
 
-    index = SimpleNamespace(words="words", search_many=search_many)
+    groups: dict[str, str] = {}
+    index = SimpleNamespace(words="words", search_many=search_many,
+                            get_rows=lambda ids, fields: {i: {"original_id": groups.get(i, "")} for i in ids})
     query = SimpleNamespace(id="q", created_at=1000, words={w: 0.1 for w in range(300)})  # a full image: 4 wanted
 
     def matcher(ratio):
@@ -96,6 +98,13 @@ def test_words_candidates_are_gated_by_how_far_they_stand_out_of_the_query_backg
     assert matcher(2.0).words_candidates_many([query], before=False) == {"q": ["r0", "r1"]}
     assert asked[-1] >= 48
     assert matcher(6.0).words_candidates_many([query], before=False) == {}
+    # an image with many copies indexed counts once in the background: r0's 40 copies at 0.45
+    # would otherwise be the background, and nothing would stand out of it; counted once, too few
+    # images are left among the 48 nearest for a background, so every candidate stands
+    scores[1:41] = [0.45] * 40
+    assert matcher(2.0).words_candidates_many([query], before=False) == {}
+    groups.update({f"r{n}": "r0" for n in range(1, 41)})
+    assert matcher(2.0).words_candidates_many([query], before=False) == {"q": ["r0", "r1", "r2", "r3"]}
 
 
 def test_band_candidates_are_verified_only_where_they_stand_out_in_the_words():

@@ -183,9 +183,9 @@ def test_images_with_few_words_get_more_words_candidates_up_to_the_maximum():
     assert matcher(4, 16, words_index="").words_wanted(words(10)) == 0  # the index keeps no words
 
 
-def test_standing_out_measures_against_the_query_background():
-    scores = [0.6, 0.3, 0.18] + [0.1] * 45
-    assert VisualWordsSignal.standing_out(scores, 2.0)[:4] == [True, True, False, False]
-    assert sum(VisualWordsSignal.standing_out(scores, 1.0)) == len(scores)
+def test_the_background_is_the_mean_of_the_17th_to_48th_nearest():
+    scores = [0.6, 0.3, 0.18] + [0.1] * 45 + [0.01] * 10
+    assert VisualWordsSignal.background(scores) == pytest.approx(0.1)
     # too small an index for a background (fewer than 8 beyond the 16th): every candidate stands
-    assert VisualWordsSignal.standing_out(scores[:20], 50.0) == [True] * 20
+    assert VisualWordsSignal.background(scores[:23]) is None
+    assert VisualWordsSignal.background(scores[:24]) == pytest.approx(0.1)
