@@ -15,10 +15,11 @@ shipped untrained calibration, band, top-k, pHash radius and verification cap. P
 share of no-copy images that still verify something (band or words candidates), the pairs they
 verify, and the share of copies whose original is still verified.
 
-    NDID_WEIGHTS_MODE=random .venv/bin/python docs/analysis/band_words_probe.py ../shared/data [PNG [DISTRACTORS]]
+    NDID_WEIGHTS_MODE=random .venv/bin/python docs/analysis/band_words_probe.py ../shared/data [PNG [DISTRACTORS [SOURCES]]]
 
-(DISTRACTORS: how many distractors join the 120 references, 300 by default; 42 gives the dev
-benchmark's 162.)
+(DISTRACTORS: how many distractors join the references, 300 by default; SOURCES: how many of the
+120 originals are attacked and indexed, 120 by default. 42 distractors give the dev benchmark's
+162 references; 115 distractors with 47 sources give 162 with the 420's mix.)
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def ratios(sims: np.ndarray) -> np.ndarray:
     return sims / float(np.mean(background))
 
 
-def main(data: str, png: str | None = None, distractors: int = 300) -> None:
+def main(data: str, png: str | None = None, distractors: int = 300, n_sources: int = 120) -> None:
     settings = Settings.from_env().replace(milvus_uri=str(Path(tempfile.mkdtemp()) / "unused.db"))
     engine = Engine(settings)
     cal = engine.calibration
@@ -70,7 +71,7 @@ def main(data: str, png: str | None = None, distractors: int = 300) -> None:
         return np.concatenate(out_p), np.concatenate(out_r), out_w
 
     originals = sorted(Path(data, "originals").glob("*.jpg"))
-    sources = [Image.open(f).convert("RGB") for f in originals[-120:]]
+    sources = [Image.open(f).convert("RGB") for f in originals[-120:][:n_sources]]
     refs = sources + [Image.open(f).convert("RGB") for f in sorted(Path(data, "distractors").glob("*"))[:distractors]]
     ref_p, ref_r, ref_w = describe(refs, "r")
     R = matrix(ref_w, engine.words.size)
@@ -97,7 +98,7 @@ def main(data: str, png: str | None = None, distractors: int = 300) -> None:
     queries = {"no copy": outcomes([Image.open(f).convert("RGB") for f in originals[60:-120]], [None] * 120)}
     for family, attack in FAMILIES.items():
         rng = np.random.default_rng(7 if family == "tight_crop" else 11)
-        queries[family] = outcomes([attack(p, rng) for p in sources], list(range(120)))
+        queries[family] = outcomes([attack(p, rng) for p in sources], list(range(len(sources))))
         print(family, "done", flush=True)
 
     def verified(q: dict, r: float, bypass: float, words_r: float) -> set[int]:
@@ -143,4 +144,5 @@ def main(data: str, png: str | None = None, distractors: int = 300) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None, int(sys.argv[3]) if len(sys.argv) > 3 else 300)
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None, int(sys.argv[3]) if len(sys.argv) > 3 else 300,
+         int(sys.argv[4]) if len(sys.argv) > 4 else 120)
