@@ -19,7 +19,8 @@ verify, and the share of copies whose original is still verified.
 
 (DISTRACTORS: how many distractors join the references, 300 by default; SOURCES: how many of the
 120 originals are attacked and indexed, 120 by default. 42 distractors give the dev benchmark's
-162 references; 115 distractors with 47 sources give 162 with the 420's mix.)
+162 references; 115 distractors with 47 sources give 162 with the 420's mix. A fifth argument
+``sample`` judges against a fixed-size random sample of the index instead of the nearest.)
 """
 
 from __future__ import annotations
@@ -53,7 +54,19 @@ def ratios(sims: np.ndarray) -> np.ndarray:
     return sims / float(np.mean(background))
 
 
-def main(data: str, png: str | None = None, distractors: int = 300, n_sources: int = 120) -> None:
+SAMPLE, SAMPLE_RANKS = 128, (4, 16)  # the alternative background: a fixed-size random sample of the index
+
+
+def sample_ratios(sims: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """Each reference's words similarity over the mean of the query's 5th..16th nearest among a fixed
+    random sample of 128 references (the same ranks by share as 17th..48th of 420): a level that
+    should not move with the index size."""
+    found = np.sort(sims[sample])[::-1]
+    return sims / max(float(np.mean(found[SAMPLE_RANKS[0]:SAMPLE_RANKS[1]])), 1e-9)
+
+
+def main(data: str, png: str | None = None, distractors: int = 300, n_sources: int = 120,
+         background: str = "nearest") -> None:
     settings = Settings.from_env().replace(milvus_uri=str(Path(tempfile.mkdtemp()) / "unused.db"))
     engine = Engine(settings)
     cal = engine.calibration
@@ -75,6 +88,7 @@ def main(data: str, png: str | None = None, distractors: int = 300, n_sources: i
     refs = sources + [Image.open(f).convert("RGB") for f in sorted(Path(data, "distractors").glob("*"))[:distractors]]
     ref_p, ref_r, ref_w = describe(refs, "r")
     R = matrix(ref_w, engine.words.size)
+    sample = np.random.default_rng(0).choice(len(refs), min(SAMPLE, len(refs)), replace=False)
 
     def outcomes(pictures: list[Image.Image], truth: list[int | None]) -> list[dict]:
         """Per query: its band candidates (stage-1 p, words ratio), its words candidates' ratios,
@@ -89,7 +103,7 @@ def main(data: str, png: str | None = None, distractors: int = 300, n_sources: i
             cands = list(dict.fromkeys([int(j) for j in np.argsort(-cos, kind="stable")[:k]] + by_hash))
             p1 = {j: cal.stage1.probability(stage1_features(ph[n], ref_p[j], rn[n], ref_r[j])) for j in cands}
             inside = sorted((j for j in cands if band[0] <= p1[j] <= band[1]), key=lambda j: -p1[j])[:cap]
-            ratio = ratios(sims[n])
+            ratio = ratios(sims[n]) if background == "nearest" else sample_ratios(sims[n], sample)
             top = [int(j) for j in np.argsort(-sims[n], kind="stable")[:wanted(len(words[n]))] if sims[n][j] > 0]
             out.append({"band": [(j, p1[j], ratio[j]) for j in inside], "words": [(j, ratio[j]) for j in top],
                         "truth": truth[n]})
@@ -145,4 +159,4 @@ def main(data: str, png: str | None = None, distractors: int = 300, n_sources: i
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None, int(sys.argv[3]) if len(sys.argv) > 3 else 300,
-         int(sys.argv[4]) if len(sys.argv) > 4 else 120)
+         int(sys.argv[4]) if len(sys.argv) > 4 else 120, sys.argv[5] if len(sys.argv) > 5 else "nearest")
