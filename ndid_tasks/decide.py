@@ -213,16 +213,16 @@ class Matcher:
         wanted = {im.id: self.words_wanted(im.words) for im in owners}
         want = max(wanted.values())
         gated = self.words_min_ratio > 0 or self.band_words_ratio > 0
-        if gated:  # room for the query's background
-            want = max(want, VisualWordsSignal.BACKGROUND[1])
+        if gated:  # the band's candidates stand out only among these nearest
+            want = max(want, VisualWordsSignal.NEAREST)
         hits = self._earlier_found("words", [im.words for im in owners], owners, want, None, before)
-        groups = self._groups(hits) if gated else {}
+        levels = self._backgrounds(owners, before) if gated else {}
         out = {}
         for im, found in zip(owners, hits, strict=True):
-            nearest = found[:VisualWordsSignal.BACKGROUND[1]]  # whatever slack the search had
-            level = VisualWordsSignal.background(_one_per_group(nearest, groups)) if gated else None
+            level = levels.get(im.id)
             if self.band_words_ratio > 0:
-                self._words_found[im.id] = ({h.id: h.score for h in found}, level)
+                nearest = found[:VisualWordsSignal.NEAREST]  # (whatever slack the search had)
+                self._words_found[im.id] = ({h.id: h.score for h in nearest}, level)
             keep = found[:wanted[im.id]]
             if self.words_min_ratio > 0 and level is not None:
                 keep = [h for h in keep if h.score >= self.words_min_ratio * level]
@@ -230,18 +230,41 @@ class Matcher:
                 out[im.id] = [h.id for h in keep]
         return out
 
-    def _groups(self, hits: Sequence[Sequence[Hit]]) -> dict[str, str]:
-        """Each hit's group for the words background: its recorded original (itself where it has
-        none: a unique image, or one not decided yet). One index read for the whole batch."""
-        ids = list(dict.fromkeys(h.id for found in hits for h in found))
-        rows = self.index.get_rows(ids, ["original_id"]) if ids else {}
-        return {i: (rows.get(i) or {}).get("original_id") or i for i in ids}
+    def _backgrounds(self, images: Sequence[IndexedImage], before: bool) -> dict[str, float]:
+        """Each image's words background (:meth:`VisualWordsSignal.background`): its similarities
+        to one uniform sample of the earlier images, a group of copies (their recorded original)
+        counted once at its best. One sample read per batch. None for an image with fewer than
+        ``words_full`` words: a few words' similarity to anything is mostly chance, too noisy to
+        stand out of, and verifying a small image is cheap (matching costs keypoints x keypoints);
+        tight crops are such images (outside the dev set: 0.975 of their originals verified this
+        way, 0.90 judged like full images; docs/benchmarks.md, session 17)."""
+        judged = [im for im in images if im.words and len(im.words) >= self.words_full]
+        if not judged:
+            return {}
+        rows = self.index.sample(VisualWordsSignal.SAMPLE, ["created_at", "original_id"])
+        stored = self.index.get_words([r["id"] for r in rows])
+        rows = [r for r in rows if stored.get(r["id"])]  # (only images with words can be candidates)
+        if len(rows) < VisualWordsSignal.MIN_SAMPLE:
+            return {}
+        sims = VisualWordsSignal.similarities([im.words or {} for im in judged], [stored[r["id"]] for r in rows])
+        out = {}
+        for im, row in zip(judged, sims, strict=True):
+            best: dict[str, float] = {}
+            for r, s in zip(rows, row, strict=True):
+                if r["id"] != im.id and (not before or (r["created_at"], r["id"]) < (im.created_at, im.id)):
+                    group = r.get("original_id") or r["id"]
+                    best[group] = max(best.get(group, 0.0), float(s))
+            level = VisualWordsSignal.background(list(best.values()))
+            if level is not None:
+                out[im.id] = level
+        return out
 
     def worth_verifying(self, image: IndexedImage) -> Callable[[str], bool] | None:
         """Which of the image's band candidates stage 2 may verify (None: all): those standing out
-        of its words background by ``band_words_ratio`` (a candidate beyond its 48 nearest by words
-        cannot: ratio <= 1). An image without words, with too short a background, or whose words
-        were not searched (:meth:`words_candidates_many` records them) keeps all."""
+        of its words background by ``band_words_ratio`` and among its
+        :attr:`VisualWordsSignal.NEAREST` nearest by words. An image without a background (no
+        words, few words, a small index) or whose words were not searched
+        (:meth:`words_candidates_many` records them) keeps all."""
         if self.band_words_ratio <= 0:
             return None
         found, level = self._words_found.get(image.id, ({}, None))
@@ -431,20 +454,6 @@ class Matcher:
             original = (row or {}).get("original_id") or matched_id
         originals[matched_id] = original
         return original
-
-
-def _one_per_group(found: Sequence[Hit], groups: dict[str, str]) -> list[float]:
-    """The similarities of ``found`` (best first) with each group counted once, at its best: an
-    image with dozens of copies indexed would otherwise fill the query's background with them and
-    hide its next copy."""
-    seen: set[str] = set()
-    out = []
-    for h in found:
-        group = groups.get(h.id, h.id)
-        if group not in seen:
-            seen.add(group)
-            out.append(h.score)
-    return out
 
 
 def _by_variant(turned: Sequence[tuple[str, str]]) -> dict[str, list[str]]:

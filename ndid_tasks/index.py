@@ -326,6 +326,18 @@ class ImageIndex:
                                  output_fields=["id", "source", "decision", "matched_id", "original_id", "created_at"])
         return sorted(rows, key=lambda r: (r["created_at"], r["id"]))
 
+    def sample(self, size: int, fields: list[str]) -> list[dict[str, Any]]:
+        """About ``size`` searchable images drawn uniformly and reproducibly: those whose content
+        hash sorts below a cut scaled to the index size (every image where it holds fewer). A
+        filter on the stored sha256, so any process draws the same sample of the same index."""
+        total = self.count()
+        if total <= size:
+            flt = SEARCHABLE
+        else:
+            flt = f'{SEARCHABLE} and sha256 < "{int(16 ** 8 * size / total):08x}"'  # (hex digits: uniform)
+        return self.client.query(self.images, filter=flt, limit=16 * size + 1024,  # (cut at ~size +- sqrt)
+                                 output_fields=["id", *fields])
+
     def get_clip(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         return {r["id"]: np.asarray(r["clip"], dtype=np.float32) for r in self._by_ids(self.clip, ids, ["clip"])}
 

@@ -229,8 +229,12 @@ class VisualWordsSignal(Signal):
 
     name = "visual_words"
     dim = 0  # sparse; see :attr:`size`
-    BACKGROUND = (16, 48)  # a query's background: its 17th..48th nearest, beyond any candidate list
-    MIN_BACKGROUND = 8  # fewer (a small index): no background to stand out of
+    # a query's background: the mean of its similarities ranked in this share of a uniform sample
+    # of the earlier images (its top 3-12 %), ~SAMPLE of them; an index of fewer than MIN_SAMPLE
+    # has none (every candidate stands)
+    BACKGROUND = (1 / 32, 1 / 8)
+    SAMPLE, MIN_SAMPLE = 256, 64
+    NEAREST = 48  # a candidate stands out only among the query's nearest by words too (one search)
 
     def __init__(self, vocabulary: Vocabulary, geometry: GeometricSignal | None = None) -> None:
         self.vocabulary = vocabulary
@@ -255,15 +259,34 @@ class VisualWordsSignal(Signal):
         return [self.from_local(f) for f in self.geometry.compute(images)]
 
     @classmethod
-    def background(cls, scores: Sequence[float]) -> float | None:
-        """The level a query's candidates are judged against: the mean similarity of its 17th..48th
-        nearest (similarities best first; the caller counts an image's copies once, or an image
-        with many copies would be its own background); None where there are too few (a small
-        index, an image with few words): then every candidate stands. The similarity alone does
-        not tell a tight crop's original from an unrelated photo's nearest (ROC AUC 0.55); measured
-        against the query's own background it largely does (docs/benchmarks.md, sessions 15-16)."""
-        found = scores[cls.BACKGROUND[0]:cls.BACKGROUND[1]]
-        return float(np.mean(found)) if len(found) >= cls.MIN_BACKGROUND else None
+    def background(cls, similarities: Sequence[float]) -> float | None:
+        """The level a query's candidates are judged against: the mean of its similarities to a
+        uniform sample of the earlier images (each group of copies once, or an image with many
+        copies would be its own background) ranked in the :attr:`BACKGROUND` share -- a quantile,
+        so it stays put as the index grows, where the 17th..48th nearest rose with it (sessions
+        16-17). None for too small a sample: then every candidate stands. The similarity alone does
+        not tell a tight crop's original from an unrelated photo's nearest (ROC AUC 0.55); against
+        the query's own background it largely does (docs/benchmarks.md, sessions 15-17)."""
+        n = len(similarities)
+        if n < cls.MIN_SAMPLE:
+            return None
+        ranked = np.sort(np.asarray(similarities, dtype=np.float64))[::-1]
+        return float(np.mean(ranked[int(n * cls.BACKGROUND[0]):int(n * cls.BACKGROUND[1])]))
+
+    @staticmethod
+    def similarities(a: Sequence[SparseWords], b: Sequence[SparseWords]) -> np.ndarray:
+        """Cosines of every vector of ``a`` with every vector of ``b`` (one sparse product)."""
+        from scipy.sparse import csr_matrix
+
+        size = 1 + max((w for v in (*a, *b) for w in v), default=0)
+
+        def matrix(vectors: Sequence[SparseWords]) -> csr_matrix:
+            cols = [w for v in vectors for w in v]
+            rows = np.repeat(np.arange(len(vectors)), [len(v) for v in vectors])
+            vals = [x for v in vectors for x in v.values()]
+            return csr_matrix((np.asarray(vals, np.float64), (rows, cols)), shape=(len(vectors), size))
+
+        return np.asarray((matrix(a) @ matrix(b).T).toarray())
 
     def compare(self, a: SparseWords, b: SparseWords) -> float:
         """Cosine of two word vectors (both normalised)."""

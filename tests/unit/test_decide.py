@@ -71,9 +71,22 @@ def test_a_band_starting_above_the_threshold_never_accepts_a_pair_unverified():
     assert off.band == (0.5, 0.5) and not off.stage2_on
 
 
+def sample_index(search_many, rows=None, sample=None):
+    """A fake index whose uniform sample is ``sample``: [(id, created_at, original_id, words)]."""
+    sample = sample if sample is not None else [(f"s{n}", n, "", {0: 1.0}) for n in range(100)]
+    stored = {i: w for i, _, _, w in sample}
+    return SimpleNamespace(words="words", search_many=search_many,
+                           get_rows=lambda ids, fields: rows if rows is not None else {},
+                           sample=lambda size, fields: [{"id": i, "created_at": t, "original_id": g}
+                                                        for i, t, g, _ in sample],
+                           get_words=lambda ids: {i: stored[i] for i in ids if i in stored})
+
+
 def test_words_candidates_are_gated_by_how_far_they_stand_out_of_the_query_background():
-    """With NDID_VISUAL_WORDS_MIN_RATIO the Matcher asks for the query's background too and keeps
-    the words candidates at least that many times its mean; 0 keeps the plain nearest."""
+    """With NDID_VISUAL_WORDS_MIN_RATIO the Matcher keeps the words candidates at least that many
+    times the query's background (its similarities to a sample of the earlier images, ranked in
+    their top 3-12 %); 0 keeps the plain nearest. Small images, later sample rows, a short sample:
+    no background, every candidate stands. A group of copies counts once in the sample."""
     from ndid_tasks.index import Hit
 
     cal = default_calibration("random")
@@ -84,27 +97,30 @@ def test_words_candidates_are_gated_by_how_far_they_stand_out_of_the_query_backg
         asked.append(limit)
         return [[Hit(f"r{n}", n, s) for n, s in enumerate(scores[:limit])] for _ in vectors]
 
-    groups: dict[str, str] = {}
-    index = SimpleNamespace(words="words", search_many=search_many,
-                            get_rows=lambda ids, fields: {i: {"original_id": groups.get(i, "")} for i in ids})
-    query = SimpleNamespace(id="q", created_at=1000, words={w: 0.1 for w in range(300)})  # a full image: 4 wanted
+    def query(n_words=300, created_at=1000):  # 300 words: a full image, 4 wanted; sample similarity 0.1
+        return SimpleNamespace(id="q", created_at=created_at, words={w: 0.1 for w in range(n_words)})
 
-    def matcher(ratio):
-        return Matcher(index, cal, 24, 10, lambda q, c: {}, words_candidates=4, words_max=16, words_full=250,
-                       words_min_ratio=ratio)
+    def matcher(ratio, sample=None):
+        return Matcher(sample_index(search_many, sample=sample), cal, 24, 10, lambda q, c: {}, words_candidates=4,
+                       words_max=16, words_full=250, words_min_ratio=ratio)
 
-    assert matcher(0.0).words_candidates_many([query], before=False) == {"q": ["r0", "r1", "r2", "r3"]}
+    assert matcher(0.0).words_candidates_many([query()], before=False) == {"q": ["r0", "r1", "r2", "r3"]}
     assert asked[-1] == 4
-    assert matcher(2.0).words_candidates_many([query], before=False) == {"q": ["r0", "r1"]}
-    assert asked[-1] >= 48
-    assert matcher(6.0).words_candidates_many([query], before=False) == {}
-    # an image with many copies indexed counts once in the background: r0's 40 copies at 0.45
-    # would otherwise be the background, and nothing would stand out of it; counted once, too few
-    # images are left among the 48 nearest for a background, so every candidate stands
-    scores[1:41] = [0.45] * 40
-    assert matcher(2.0).words_candidates_many([query], before=False) == {}
-    groups.update({f"r{n}": "r0" for n in range(1, 41)})
-    assert matcher(2.0).words_candidates_many([query], before=False) == {"q": ["r0", "r1", "r2", "r3"]}
+    assert matcher(2.0).words_candidates_many([query()], before=False) == {"q": ["r0", "r1"]}
+    assert matcher(2.0).words_candidates_many([query()]) == {"q": ["r0", "r1"]}
+    assert matcher(6.0).words_candidates_many([query()], before=False) == {}
+    assert matcher(6.0).words_candidates_many([query(249)], before=False) == {"q": [f"r{n}" for n in range(4)]}
+    assert matcher(6.0).words_candidates_many([query(created_at=50)]) == {"q": ["r0", "r1", "r2", "r3"]}
+    assert matcher(6.0).words_candidates_many([query(created_at=50)], before=False) == {}
+    short = [(f"s{n}", n, "", {0: 1.0}) for n in range(63)]
+    assert matcher(6.0, short).words_candidates_many([query()], before=False) == {"q": ["r0", "r1", "r2", "r3"]}
+    # 40 copies of one image at 0.45 in the sample: counted 40 times they would be the background
+    # and nothing would stand out of it; their recorded original makes them one
+    copies = [(f"c{n}", 200 + n, "", {0: 4.5}) for n in range(40)]
+    sample = [(f"s{n}", n, "", {0: 1.0}) for n in range(100)]
+    assert matcher(2.0, sample + copies).words_candidates_many([query()], before=False) == {}
+    grouped = [(i, t, "c0", w) for i, t, _, w in copies]
+    assert matcher(2.0, sample + grouped).words_candidates_many([query()], before=False) == {"q": ["r0", "r1"]}
 
 
 def test_band_candidates_are_verified_only_where_they_stand_out_in_the_words():
@@ -125,7 +141,7 @@ def test_band_candidates_are_verified_only_where_they_stand_out_in_the_words():
     near = np.zeros(64, np.float32)
     near[:20] = 1  # pHash distance 0.31 and cosine 0.3: inside the band
     rows = {f"r{n}": {"phash": near, "resnet": np.full(4, 0.15, np.float32)} for n in range(8)}
-    index = SimpleNamespace(words="words", search_many=search_many, get_rows=lambda ids, fields: rows)
+    index = sample_index(search_many, rows)
 
     def verify(query_id, cids):
         asked.append(list(cids))
@@ -145,7 +161,7 @@ def test_band_candidates_are_verified_only_where_they_stand_out_in_the_words():
     gated = matcher(1.5)
     words = gated.words_candidates_many([full], before=False)[full.id]
     scores = {s.candidate_id: s for s in gated.score(full, band)}
-    assert asked[-1] == ["r0"]  # 0.50 >= 1.5 x 0.1; 0.12 is not, and r2 is beyond the 48 nearest
+    assert asked[-1] == ["r0"]  # 0.50 >= 1.5 x 0.1 (the sample's level); 0.12 and 0.1 are not
     assert scores["r0"].stage == "stage2"
     assert {scores[c].stage for c in ("r1", "r2")} == {"unverified"}
     assert all(scores[c].probability <= gated.band[0] < cal.threshold for c in ("r1", "r2"))
@@ -159,7 +175,7 @@ def test_band_candidates_are_verified_only_where_they_stand_out_in_the_words():
     few = query(50)
     gated.words_candidates_many([few], before=False)
     gated.score(few, band)
-    assert sorted(asked[-1]) == band  # two hits: no background to stand out of
+    assert sorted(asked[-1]) == band  # a small image: no background to stand out of
     bare = SimpleNamespace(**{**vars(query(0)), "id": "bare"})
     gated.score(bare, band)
     assert sorted(asked[-1]) == band

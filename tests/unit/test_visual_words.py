@@ -183,9 +183,24 @@ def test_images_with_few_words_get_more_words_candidates_up_to_the_maximum():
     assert matcher(4, 16, words_index="").words_wanted(words(10)) == 0  # the index keeps no words
 
 
-def test_the_background_is_the_mean_of_the_17th_to_48th_nearest():
-    scores = [0.6, 0.3, 0.18] + [0.1] * 45 + [0.01] * 10
-    assert VisualWordsSignal.background(scores) == pytest.approx(0.1)
-    # too small an index for a background (fewer than 8 beyond the 16th): every candidate stands
-    assert VisualWordsSignal.background(scores[:23]) is None
-    assert VisualWordsSignal.background(scores[:24]) == pytest.approx(0.1)
+def test_the_background_is_the_mean_of_the_top_3_to_12_percent_of_a_sample_in_any_order():
+    """A quantile of the query's similarities to a sample of the index: the same level whether the
+    sample holds 128 or 256 images drawn from the same distribution (the 17th..48th nearest of
+    the whole index rose with its size)."""
+    rng = np.random.default_rng(0)
+    small = [0.5, 0.5, 0.5, 0.5] + [0.2] * 12 + [0.01] * 112  # 128: ranks 4..15 are 0.2
+    assert VisualWordsSignal.background(list(rng.permutation(small))) == pytest.approx(0.2)
+    assert VisualWordsSignal.background(small * 2) == pytest.approx(0.2)
+    # too small a sample (an index of fewer than 64 images): no background, every candidate stands
+    assert VisualWordsSignal.background(small[:63]) is None
+    assert VisualWordsSignal.background(small[:64]) == pytest.approx((0.5 * 2 + 0.2 * 4) / 6)
+
+
+def test_similarities_are_the_cosines_of_every_pair():
+    a = [{0: 0.6, 5: 0.8}, {}, {2: 1.0}]
+    b = [{5: 1.0}, {0: 0.6, 5: 0.8}, {9: 1.0}]
+    sims = VisualWordsSignal.similarities(a, b)
+    signal = VisualWordsSignal.__new__(VisualWordsSignal)
+    assert sims.shape == (3, 3)
+    assert sims == pytest.approx(np.array([[signal.compare(x, y) for y in b] for x in a]))
+    assert sims[0, 1] == pytest.approx(1.0)
