@@ -110,20 +110,22 @@ class Settings:
     # recall of tight crops among 270 photos outside the dev set: 0.833 at 4, 0.883 this way)
     visual_words_max_candidates: int = 16
     # gating: verify only the words candidates whose similarity is at least this many times the
-    # query's background (mean of its 17th..48th nearest, a group of copies counted once); 0 = all. Outside the dev set (420 refs)
-    # 1.75 left 14 % of images with no copy verifying a words candidate (100 % at 0) and 0.83 of
-    # tight crops' originals verified (0.93 at 0); 1.5: 41 % and 0.83; 2: 8 % and 0.78. Off by
-    # default: with untrained weights stage 1 still sends ~all images to verification
-    # (docs/benchmarks.md, session 15)
-    visual_words_min_ratio: float = 0.0
-    # gating the band: verify a pHash/descriptor candidate in the ambiguous band only where its words
-    # similarity is at least this many times the query's background too; 0 = all (images without
-    # words, or too few words for a background, keep all). Needs the words search (on Lite: under
-    # NDID_VISUAL_WORDS_LITE_MAX_ROWS). Outside the dev set 1.25 with the words candidates at 1.75
-    # left 26 % of images with no copy verifying anything at 420 refs, 55 % at 162 (100 % off), tight
-    # crops' originals verified 0.90 / 0.95 (0.975 off). Off by default: it grows stricter as the
-    # index grows (docs/benchmarks.md, session 16)
-    visual_words_band_ratio: float = 0.0
+    # query's background (VisualWordsSignal.background: the mean of its similarities ranked in their
+    # top 1/32..1/8 among a uniform sample of ~256 earlier images, a group of copies counted once --
+    # a quantile, so it stays put as the index grows); 0 = all. Images with fewer than half the
+    # keypoint budget's words (tight crops, thumbnails) and an index under 64 images: no background,
+    # every candidate stands
+    visual_words_min_ratio: float = 1.75
+    # gating the band: verify a pHash/descriptor candidate in the ambiguous band only where it is
+    # among the query's 48 nearest by words and its words similarity is at least this many times
+    # that background too; 0 = all (otherwise above 1). With untrained weights an unrelated photo's
+    # nearest gets a stage-1 probability inside the band, and nothing else spares its verification.
+    # Needs the words search (on Lite: under NDID_VISUAL_WORDS_LITE_MAX_ROWS). Both levels were
+    # chosen on photos outside the dev set (docs/analysis/band_words_probe.py): with 1.25 / 1.75,
+    # 24-28 % of images with no copy verify anything at 162 refs and 31 % at 420 (100 % at 0 / 0),
+    # tight crops' originals are verified as often as ungated (0.975-1.000), the other families
+    # >= 0.983 (docs/benchmarks.md, session 17)
+    visual_words_band_ratio: float = 1.25
     visual_words_file: str = ""  # vocabulary NPZ from `ndid words fit` ("" = the packaged one)
     # Milvus Lite's sparse search scans every row (~0.8 ms a row a call: ≈ 0.12 s an image at 5,000
     # rows in batches of 64, 0.5 s at 20,000), so on Lite the words are searched only while their

@@ -327,9 +327,10 @@ class ImageIndex:
         return sorted(rows, key=lambda r: (r["created_at"], r["id"]))
 
     def sample(self, size: int, fields: list[str]) -> list[dict[str, Any]]:
-        """About ``size`` searchable images drawn uniformly and reproducibly: those whose content
-        hash sorts below a cut scaled to the index size (every image where it holds fewer). A
-        filter on the stored sha256, so any process draws the same sample of the same index."""
+        """About ``size`` of the index's images drawn uniformly and reproducibly (error rows left
+        out): those whose content hash sorts below a cut scaled to the index size (every image
+        where it holds fewer). A filter on the stored sha256, so any process draws the same sample
+        of the same index, with no state kept."""
         total = self.count()
         if total <= size:
             flt = SEARCHABLE

@@ -552,6 +552,28 @@ def test_words_are_not_searched_on_lite_beyond_the_row_limit(random_settings, tm
             assert engine.matcher().words_candidates == random_settings.visual_words_candidates
 
 
+def test_the_index_sample_is_a_reproducible_share_of_the_index_by_content_hash(random_settings):
+    """ImageIndex.sample over real Milvus Lite: an index larger than the sample gives the searchable
+    rows whose sha256 sorts below the cut scaled to its size -- about the size asked, the same on
+    every read; error rows never; a smaller index gives all its searchable rows."""
+    from ndid_tasks.scale_bench import synthetic_rows
+
+    with Engine(random_settings) as engine:
+        index = engine.index
+        rows = synthetic_rows(0, 1500, engine.resnet.dim, engine.resnet.raw_dim, np.random.default_rng(0))
+        for im in rows[:300]:
+            im.decision = "error"
+        index.upsert(rows[:200], now_ms=1)
+        assert index.sample(256, []) == []  # (only error rows yet)
+        index.upsert(rows[200:], now_ms=1)
+        got = {r["id"] for r in index.sample(256, ["created_at"])}
+        cut = f"{int(16 ** 8 * 256 / 1500):08x}"
+        assert got == {im.id for im in rows[300:] if im.sha256 < cut}
+        assert 160 <= len(got) <= 260  # (256 x 1200 searchable / 1500 rows: ~205)
+        assert {r["id"] for r in index.sample(256, [])} == got
+        assert {r["id"] for r in index.sample(2000, [])} == {im.id for im in rows[300:]}
+
+
 def test_band_candidates_are_verified_only_where_they_stand_out_in_the_words(random_settings, tmp_path, photos):
     """NDID_VISUAL_WORDS_BAND_RATIO and _MIN_RATIO over real Milvus Lite words searches. 70
     unrelated full-size pictures and the ninths of four photos (small: few words) give the later
