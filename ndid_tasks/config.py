@@ -122,7 +122,7 @@ class Settings:
     # nearest gets a stage-1 probability inside the band, and nothing else spares its verification.
     # Needs the words search (on Lite: under NDID_VISUAL_WORDS_LITE_MAX_ROWS). Both levels were
     # chosen on photos outside the dev set (docs/analysis/band_words_probe.py): with 1.25 / 1.75,
-    # 24-28 % of images with no copy verify anything at 162 refs and 31 % at 420 (100 % at 0 / 0),
+    # 22-25 % of images with no copy verify anything at 162 refs and 30 % at 420 (100 % at 0 / 0),
     # tight crops' originals are verified as often as ungated (0.975-1.000), the other families
     # >= 0.983 (docs/benchmarks.md, session 17)
     visual_words_band_ratio: float = 1.25
