@@ -9,11 +9,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
-from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, OrderedDict, defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, Self
 
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 IMAGE_ROW_FIELDS = ("id", "sha256", "source", "width", "height", "num_bytes", "created_at", "phash", "resnet")
 LOCAL_FEATURE_CACHE = 2048  # images whose SIFT features stay in memory (~130 KB each as uint8)
 SEARCH_BATCH = 64  # query vectors per Milvus search call
+FETCH_AHEAD = 8  # objects being read while one is decoded (S3's connection pool holds 10)
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ class Engine:
         self._index = index
         self._calibration = calibration
         self._s3: dict[str, Any] = {}
+        self._s3_lock = threading.Lock()
         self._loaded: dict[str, LoadedImage] = {}
         self._full: BoundedDict = BoundedDict(8)  # full-resolution pictures of recent closer looks
         self._faint: BoundedDict = BoundedDict(64)  # faint-contrast SIFT of recent faint looks
@@ -172,7 +177,9 @@ class Engine:
             return [None] * len(pics)
         local = self.local_features([p.image_id for p in pics], pictures={p.image_id: p for p in pics})
         t0 = time.perf_counter()
-        out = [self.words.from_local(local[p.image_id]) if p.image_id in local else None for p in pics]
+        found = [p.image_id for p in pics if p.image_id in local]
+        words = dict(zip(found, self.words.from_local_many([local[i] for i in found]), strict=True))
+        out = [words.get(p.image_id) for p in pics]
         self.timings["words_s"] += time.perf_counter() - t0
         return out
 
@@ -216,9 +223,10 @@ class Engine:
     def s3(self, bucket: str):
         from .storage import S3Store
 
-        if bucket not in self._s3:
-            self._s3[bucket] = S3Store(self.settings, bucket=bucket)
-        return self._s3[bucket]
+        with self._s3_lock:  # (objects are read from several threads, see fetched)
+            if bucket not in self._s3:
+                self._s3[bucket] = S3Store(self.settings, bucket=bucket)
+            return self._s3[bucket]
 
     def __enter__(self) -> Self:
         return self
@@ -243,6 +251,29 @@ class Engine:
             raise ImageDecodeError("too_large", f"{path.stat().st_size} bytes exceeds the limit")
         return path.read_bytes()
 
+    def fetched(self, items: Sequence[SourceItem]) -> Iterator[tuple[SourceItem, bytes | Exception]]:
+        """Each item's bytes (or what reading it raised), in order, read FETCH_AHEAD at a time: an
+        S3 GET waits on the network, not the CPU, so the next ones are on their way while this one
+        is decoded. At most FETCH_AHEAD + 1 objects are held at once (each up to NDID_MAX_IMAGE_BYTES)."""
+        def read(item: SourceItem) -> bytes | Exception:
+            try:
+                return self.read_bytes(item.source)
+            except Exception as exc:  # noqa: BLE001 - sorted into records or re-raised by the caller, in order
+                return exc
+
+        if len(items) <= 1:
+            yield from ((item, read(item)) for item in items)
+            return
+        with ThreadPoolExecutor(min(FETCH_AHEAD, len(items)), thread_name_prefix="ndid-fetch") as pool:
+            ahead = iter(items)
+            pending = deque((item, pool.submit(read, item)) for item in islice(ahead, FETCH_AHEAD))
+            while pending:
+                item, job = pending.popleft()
+                following = next(ahead, None)
+                if following is not None:
+                    pending.append((following, pool.submit(read, following)))
+                yield item, job.result()
+
     def load(self, item_id: str, data: bytes, working_size: int = WORKING_SIZE) -> LoadedImage:
         return load_image(data, item_id, max_pixels=self.settings.max_image_pixels,
                           max_bytes=self.settings.max_image_bytes, max_decode_bytes=self.settings.max_decode_bytes,
@@ -254,22 +285,23 @@ class Engine:
         t0 = time.perf_counter()
         loaded: list[tuple[SourceItem, LoadedImage]] = []
         errors: list[DecisionRecord] = []
+        keyed = []
         for item in items:
             if len(item.id.encode()) > MAX_ID_LENGTH:  # cannot be a Milvus key: a record, not a failed batch
                 errors.append(self.error_record(item, "key_too_long", f"id of {len(item.id.encode())} bytes exceeds "
                                                 f"the index's {MAX_ID_LENGTH}-byte key", run_id, run_at))
-                continue
-            try:
-                data = self.read_bytes(item.source)
-            except Exception as exc:
+            else:
+                keyed.append(item)
+        for item, data in self.fetched(keyed):
+            if isinstance(data, Exception):
                 from .storage import StorageError
 
-                if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, StorageError)) \
-                        or _is_client_error(exc):
-                    reason = "too_large" if "limit" in str(exc) else "unreadable"
-                    errors.append(self.error_record(item, reason, str(exc), run_id, run_at))
+                if isinstance(data, (FileNotFoundError, PermissionError, IsADirectoryError, StorageError)) \
+                        or _is_client_error(data):
+                    reason = "too_large" if "limit" in str(data) else "unreadable"
+                    errors.append(self.error_record(item, reason, str(data), run_id, run_at))
                     continue
-                raise  # S3 unreachable: transient, the task is retried
+                raise data  # S3 unreachable: transient, the task is retried
             try:
                 loaded.append((item, self.load(item.id, data)))
             except ImageDecodeError as exc:
@@ -431,11 +463,13 @@ class Engine:
         t0 = time.perf_counter()
         ids = [cid for cid, _ in stage2]
 
-        def described(k: int | None) -> Any:
-            image_id = query_id if k is None else ids[k]
-            if image_id not in self._faint:
-                self._faint[image_id] = self.geometry.faint_features_of(self.full_picture(image_id))
-            return self._faint[image_id]
+        def described(keys: Sequence[int | None]) -> list[Any]:
+            wanted = [query_id if k is None else ids[k] for k in keys]
+            known = {i: self._faint[i] for i in wanted if i in self._faint}
+            new = [i for i in dict.fromkeys(wanted) if i not in known]
+            known.update(zip(new, self.geometry.faint_described([self.full_picture(i) for i in new]), strict=True))
+            self._faint.update({i: known[i] for i in new})
+            return [known[i] for i in wanted]
 
         before = [round(float(np.expm1(log))) for _, log in stage2]
         after = self.geometry.faint_look(query, before, described)

@@ -233,7 +233,9 @@ def backfill_words(engine, batch_size: int = 64, progress: Callable[[int], None]
             chunk = todo[start:start + batch_size]
             ids = [r["id"] for r in chunk]
             local = engine.local_features(ids)
-            vectors = {r["id"]: (int(r["created_at"]), words.from_local(local[r["id"]])) for r in chunk if r["id"] in local}
+            found = [r for r in chunk if r["id"] in local]
+            vectors = {r["id"]: (int(r["created_at"]), v) for r, v in
+                       zip(found, words.from_local_many([local[r["id"]] for r in found]), strict=True)}
             index.upsert_words(vectors)
             engine.features.forget(ids)  # bounded memory over any index size
             added = sum(1 for _, v in vectors.values() if v)

@@ -246,9 +246,20 @@ class VisualWordsSignal(Signal):
 
     def from_local(self, features: LocalFeatures) -> SparseWords:
         """sqrt(term frequency) x idf, L2-normalised; {} for an image without keypoints."""
-        if features.descriptors is None or not len(features):
-            return {}
-        words, counts = np.unique(self.vocabulary.assign(root_sift(features.descriptors)), return_counts=True)
+        return self.from_local_many([features])[0]
+
+    def from_local_many(self, features: Sequence[LocalFeatures]) -> list[SparseWords]:
+        """:meth:`from_local` of each, the descriptors of all assigned at once (the tree's loop over
+        its coarse cells then runs once a batch, not once an image: ~4 -> ~1 ms an image)."""
+        described = [f.descriptors for f in features if f.descriptors is not None and len(f)]
+        if not described:
+            return [{} for _ in features]
+        assigned = iter(np.split(self.vocabulary.assign(root_sift(np.concatenate(described))),
+                                 np.cumsum([len(d) for d in described])[:-1]))
+        return [self._weighted(next(assigned)) if f.descriptors is not None and len(f) else {} for f in features]
+
+    def _weighted(self, assigned: np.ndarray) -> SparseWords:
+        words, counts = np.unique(assigned, return_counts=True)
         weights = np.sqrt(counts) * self.vocabulary.idf[words]
         norm = float(np.linalg.norm(weights))
         if norm <= 0:
@@ -256,7 +267,7 @@ class VisualWordsSignal(Signal):
         return {int(w): float(v) for w, v in zip(words, weights / norm, strict=True) if v > 0}
 
     def compute(self, images: Sequence[LoadedImage]) -> list[SparseWords]:
-        return [self.from_local(f) for f in self.geometry.compute(images)]
+        return self.from_local_many(self.geometry.compute(images))
 
     @classmethod
     def background(cls, similarities: Sequence[float]) -> float | None:

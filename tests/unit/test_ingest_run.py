@@ -1,5 +1,7 @@
 """Pure parts of the ingest run: where a record lives, how the manifest is sliced."""
 
+from pathlib import Path
+
 from ndid_tasks.config import Settings
 from ndid_tasks.ingest_run import record_key, slice_ranges, summary_from_counts
 
@@ -29,3 +31,41 @@ def test_summary_adds_up_counts_from_slices():
     out = summary_from_counts(counts, seconds=2.0)
     assert out["decisions"] == {"duplicate": 3, "error": 2, "unique": 5} and out["errors"] == {"corrupt": 2}
     assert out["stage2_share"] == 0.5 and out["images_per_s"] == 5.0 and out["tagged"] == 3
+
+
+def test_objects_are_read_ahead_in_order_with_each_failure_in_its_place(random_settings, tmp_path, monkeypatch):
+    """Engine.fetched reads several objects at once (they wait on the network), yields them in the
+    items' order with a failed read in its own place, and never runs more than FETCH_AHEAD ahead of
+    the object being decoded."""
+    import threading
+
+    from ndid_tasks import pipeline
+    from ndid_tasks.pipeline import Engine, SourceItem
+
+    items = [SourceItem(f"img{n}", str(tmp_path / f"img{n}.jpg"), n) for n in range(20)]
+    for item in items:
+        if item.id != "img5":  # img5 is missing: its read fails
+            Path(item.source).write_bytes(item.id.encode())
+    together = threading.Barrier(2, timeout=10)  # the first two reads must be in flight at once
+    started, lock = [], threading.Lock()
+    engine = Engine(random_settings)
+    plain_read = engine.read_bytes
+
+    def read_bytes(source):
+        with lock:
+            started.append(source)
+        if len(started) <= 2:
+            together.wait()
+        return plain_read(source)
+
+    monkeypatch.setattr(engine, "read_bytes", read_bytes)
+    seen = []
+    for n, (item, data) in enumerate(engine.fetched(items)):
+        assert len(started) <= n + 1 + pipeline.FETCH_AHEAD  # bounded memory: a window, not the batch
+        seen.append(item.id)
+        if item.id == "img5":
+            assert isinstance(data, FileNotFoundError)
+        else:
+            assert data == item.id.encode()
+    assert seen == [i.id for i in items] and sorted(started) == sorted(i.source for i in items)
+    assert list(engine.fetched(items[:1])) == [(items[0], b"img0")]  # one object: read inline

@@ -147,6 +147,24 @@ def test_phash_variants_of_turned_images_follow_from_the_bits(photos):
         assert PHashSignal.dihedral(variants[3])[3].tolist() == bits.tolist()  # transposing twice: itself
 
 
+def test_sift_of_pictures_side_by_side_equals_one_at_a_time(photos, monkeypatch):
+    """SIFT runs one picture per core (threads); each picture's keypoints and descriptors are what a
+    lone extraction gives, in the pictures' order, at either contrast."""
+    from ndid_tasks.signals import GeometricSignal, geometry
+
+    monkeypatch.setattr(geometry, "_sift_workers", lambda: 3)  # a pool, whatever this machine's cores
+    pictures = [img.convert("RGB") for img in list(photos.values())[:5]]
+    geo = GeometricSignal()
+    together = geo.compute_pictures(pictures)
+    alone = [geo.compute_pictures([p])[0] for p in pictures]
+    assert [len(f) for f in together] == [len(f) for f in alone] and sum(len(f) for f in alone) > 100
+    for a, b in zip(together, alone, strict=True):
+        assert np.array_equal(a.points, b.points) and np.array_equal(a.descriptors, b.descriptors)
+    faint = geo.faint_described([pictures[0], None, pictures[1]])
+    assert faint[1] is None and len(faint[0]) > len(together[0])  # the lower contrast finds more
+    assert np.array_equal(faint[2].descriptors, geo.faint_described([pictures[1]])[0].descriptors)
+
+
 def test_the_engines_feature_cache_keeps_each_signal_bounded():
     from ndid_tasks.pipeline import FeatureCache
 
@@ -250,7 +268,7 @@ def test_faint_look_matches_a_tight_crop_of_a_low_contrast_region(photos):
             "big": load_image(jpeg_bytes(big), "b", working_size=2048).image}
 
     def described(query: Image.Image, *candidates: Image.Image):
-        return lambda k: geo.faint_features_of(query if k is None else candidates[k])
+        return lambda keys: geo.faint_described([query if k is None else candidates[k] for k in keys])
 
     assert len(f_crop) < 10 <= geo.faint_below <= len(f_big)  # the crop is faint, the photo is not
     plain = geo.verify_many(f_crop, [f_big], pixels=lambda k: full["crop"] if k is None else full["big"])[0]
@@ -259,7 +277,7 @@ def test_faint_look_matches_a_tight_crop_of_a_low_contrast_region(photos):
     print(f"misty tight crop: plain {plain}, faint look {faint}, unrelated {unrelated}")
     assert plain < geo.verified and 2 * geo.verified <= faint
     assert unrelated <= 8
-    assert geo.faint_look(f_crop, [plain], lambda k: None) == [plain]  # no pixels: the plain count stands
+    assert geo.faint_look(f_crop, [plain], lambda keys: [None] * len(keys)) == [plain]  # no pixels: the plain count stands
     looks = geo.faint_looks
     many = geo.faint_look(f_crop, [plain] * 6, described(full["crop"], *[full["big"]] * 6))
     assert geo.faint_looks - looks == geo.faint_pairs  # bounded: each look describes a picture again

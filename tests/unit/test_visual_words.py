@@ -132,6 +132,17 @@ def test_words_are_normalised_and_a_tight_crop_is_nearest_its_original(signal, p
     assert words_of(signal, photos["colorwheel"]) == {}  # no keypoints, no words (and no row)
 
 
+def test_words_of_a_batch_are_each_images_own(signal, photos):
+    """One assignment for a whole batch (from_local_many) gives every image the words it gets alone,
+    an image without keypoints included."""
+    names = ["camera", "colorwheel", "coins", "chelsea"]
+    local = signal.geometry.compute([load_image(jpeg_bytes(photos[n]), n) for n in names])
+    assert len(local[1]) == 0 < min(len(local[0]), len(local[2]))
+    alone = [signal.from_local(f) for f in local]
+    assert signal.from_local_many(local) == alone and alone[1] == {} and all(alone[n] for n in (0, 2, 3))
+    assert signal.from_local_many([]) == [] and signal.from_local_many([local[1]]) == [{}]
+
+
 def test_staged_words_round_trip_including_absent_ones():
     vectors = [{3: 0.6, 10: 0.8}, None, {}, {4095: 1.0}]
     packed = pack_words(vectors)
