@@ -326,12 +326,12 @@ class ImageIndex:
                                  output_fields=["id", "source", "decision", "matched_id", "original_id", "created_at"])
         return sorted(rows, key=lambda r: (r["created_at"], r["id"]))
 
-    def sample(self, size: int, fields: list[str]) -> list[dict[str, Any]]:
+    def sample(self, size: int, fields: list[str], total: int | None = None) -> list[dict[str, Any]]:
         """About ``size`` of the index's images drawn uniformly and reproducibly (error rows left
         out): those whose content hash sorts below a cut scaled to the index size (every image
-        where it holds fewer). A filter on the stored sha256, so any process draws the same sample
-        of the same index, with no state kept."""
-        total = self.count()
+        where it holds fewer; ``total``: its :meth:`count`, where the caller has it). A filter on
+        the stored sha256, so any process draws the same sample of the same index, with no state kept."""
+        total = self.count() if total is None else total
         if total <= size:
             flt = SEARCHABLE
         else:

@@ -25,7 +25,7 @@ from PIL import Image
 
 from .calibration import OPTIONAL_STAGE2, Calibration, CalibrationError, default_calibration, load_calibration_file
 from .config import Settings
-from .decide import DecisionRecord, Matcher
+from .decide import BackgroundSample, DecisionRecord, Matcher
 from .feature_store import FeatureStore
 from .images import WORKING_SIZE, ImageDecodeError, LoadedImage, load_image
 from .index import MAX_ID_LENGTH, ImageIndex, IndexedImage
@@ -140,6 +140,7 @@ class Engine:
         self._calibration = calibration
         self._s3: dict[str, Any] = {}
         self._s3_lock = threading.Lock()
+        self.background_sample = BackgroundSample()  # the words background's sample, kept across queries
         self._loaded: dict[str, LoadedImage] = {}
         self._full: BoundedDict = BoundedDict(8)  # full-resolution pictures of recent closer looks
         self._faint: BoundedDict = BoundedDict(64)  # faint-contrast SIFT of recent faint looks
@@ -591,7 +592,8 @@ class Engine:
                           words_max=self.settings.visual_words_max_candidates,
                           words_full=self.settings.sift_features // 2,
                           words_min_ratio=self.settings.visual_words_min_ratio,
-                          band_words_ratio=self.settings.visual_words_band_ratio, faint_look=self.faint_look)
+                          band_words_ratio=self.settings.visual_words_band_ratio, faint_look=self.faint_look,
+                          background_sample=self.background_sample)
         matcher.decide_earlier = lambda image_id, originals: self._decide_earlier(matcher, image_id, originals)
         return matcher
 

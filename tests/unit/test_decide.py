@@ -77,9 +77,34 @@ def sample_index(search_many, rows=None, sample=None):
     stored = {i: w for i, _, _, w in sample}
     return SimpleNamespace(words="words", search_many=search_many,
                            get_rows=lambda ids, fields: rows if rows is not None else {},
-                           sample=lambda size, fields: [{"id": i, "created_at": t, "original_id": g}
-                                                        for i, t, g, _ in sample],
+                           count=lambda: len(sample),
+                           sample=lambda size, fields, total=None: [{"id": i, "created_at": t, "original_id": g}
+                                                                    for i, t, g, _ in sample],
                            get_words=lambda ids: {i: stored[i] for i in ids if i in stored})
+
+
+def test_the_background_sample_is_read_again_when_the_index_count_moves_or_it_is_old():
+    """A query alone would read ~256 word vectors for its background: the Engine's BackgroundSample
+    keeps them for queries while the index holds as many images, for at most a minute (decisions
+    recorded meanwhile regroup copies without changing the count); decisions read afresh."""
+    from ndid_tasks.decide import BackgroundSample
+
+    now = [0.0]
+    images = [("a", 1, "", {0: 1.0}), ("b", 2, "", {1: 1.0})]
+    index = sample_index(None, sample=images)
+    kept = BackgroundSample(max_age_s=60, clock=lambda: now[0])
+    rows, stored = kept.get(index)
+    assert [r["id"] for r in rows] == ["a", "b"] and stored == {"a": {0: 1.0}, "b": {1: 1.0}} and kept.reads == 1
+    now[0] = 59.0
+    assert kept.get(index) == (rows, stored) and kept.reads == 1  # the same index: kept
+    images.append(("c", 3, "", {2: 1.0}))  # an image more: read again
+    assert [r["id"] for r in kept.get(index)[0]] == ["a", "b", "c"] and kept.reads == 2
+    images[0] = ("a", 1, "c", {0: 1.0})  # a decision recorded: the same count, the old grouping ...
+    assert kept.get(index)[0][0]["original_id"] == "" and kept.reads == 2
+    now[0] = 59.0 + 60
+    assert kept.get(index)[0][0]["original_id"] == "c" and kept.reads == 3  # ... for a minute at most
+    kept.get(index, reuse=False)
+    assert kept.reads == 4  # decisions: every batch reads it
 
 
 def test_words_candidates_are_gated_by_how_far_they_stand_out_of_the_query_background():
@@ -87,6 +112,7 @@ def test_words_candidates_are_gated_by_how_far_they_stand_out_of_the_query_backg
     times the query's background (its similarities to a sample of the earlier images, ranked in
     their top 3-12 %); 0 keeps the plain nearest. Small images, later sample rows, a short sample:
     no background, every candidate stands. A group of copies counts once in the sample."""
+    from ndid_tasks.decide import BackgroundSample
     from ndid_tasks.index import Hit
 
     cal = default_calibration("random")
@@ -121,6 +147,12 @@ def test_words_candidates_are_gated_by_how_far_they_stand_out_of_the_query_backg
     assert matcher(2.0, sample + copies).words_candidates_many([query()], before=False) == {}
     grouped = [(i, t, "c0", w) for i, t, _, w in copies]
     assert matcher(2.0, sample + grouped).words_candidates_many([query()], before=False) == {"q": ["r0", "r1"]}
+    # the engine's Matchers share one BackgroundSample: queries reuse it, decisions read afresh
+    shared, index = BackgroundSample(), sample_index(search_many)
+    for before in (False, False, True, True):
+        Matcher(index, cal, 24, 10, lambda q, c: {}, words_candidates=4, words_max=16, words_min_ratio=2.0,
+                background_sample=shared).words_candidates_many([query()], before=before)
+    assert shared.reads == 3
 
 
 def test_band_candidates_are_verified_only_where_they_stand_out_in_the_words():
