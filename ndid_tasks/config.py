@@ -110,11 +110,12 @@ class Settings:
     # recall of tight crops among 270 photos outside the dev set: 0.833 at 4, 0.883 this way)
     visual_words_max_candidates: int = 16
     # gating: verify only the words candidates whose similarity is at least this many times the
-    # query's background (VisualWordsSignal.background: the mean of its similarities ranked in their
-    # top 1/32..1/8 among a uniform sample of ~256 earlier images, a group of copies counted once --
-    # a quantile, so it stays put as the index grows); 0 = all. Images with fewer than half the
-    # keypoint budget's words (tight crops, thumbnails) and an index under 64 images: no background,
-    # every candidate stands
+    # query's background (VisualWordsSignal.background_of: the mean of its similarities ranked in
+    # their top 1/32..1/8 among a uniform sample of ~256 earlier images -- a quantile, which holds
+    # its level as the index grows -- or, where higher, the mean of its 17th..48th nearest, which
+    # climb with the best of more unrelated images; a group of copies counted once); 0 = all. Images
+    # with fewer than half the keypoint budget's words (tight crops, thumbnails) and an index under
+    # 64 images: no background, every candidate stands
     visual_words_min_ratio: float = 1.75
     # gating the band: verify a pHash/descriptor candidate in the ambiguous band only where it is
     # among the query's 48 nearest by words and its words similarity is at least this many times
@@ -122,9 +123,9 @@ class Settings:
     # nearest gets a stage-1 probability inside the band, and nothing else spares its verification.
     # Needs the words search (on Lite: under NDID_VISUAL_WORDS_LITE_MAX_ROWS). Both levels were
     # chosen on photos outside the dev set (docs/analysis/band_words_probe.py): with 1.25 / 1.75,
-    # 22-25 % of images with no copy verify anything at 162 refs and 30 % at 420 (100 % at 0 / 0),
-    # tight crops' originals are verified as often as ungated (0.975-1.000), the other families
-    # >= 0.983 (docs/benchmarks.md, session 17)
+    # 22 % of images with no copy verify anything at 162 refs, 27.5 % at 420 and 28 % at 689 (100 %
+    # at 0 / 0), tight crops' originals are verified as often as ungated (0.967-0.975), the other
+    # families >= 0.983 (docs/benchmarks.md, sessions 17-18)
     visual_words_band_ratio: float = 1.25
     visual_words_file: str = ""  # vocabulary NPZ from `ndid words fit` ("" = the packaged one)
     # Milvus Lite's sparse search scans every row (~0.8 ms a row a call: ≈ 0.12 s an image at 5,000

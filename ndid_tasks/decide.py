@@ -248,7 +248,7 @@ class Matcher:
         if gated:  # the band's candidates stand out only among these nearest
             want = max(want, VisualWordsSignal.NEAREST)
         hits = self._earlier_found("words", [im.words for im in owners], owners, want, None, before)
-        levels = self._backgrounds(owners, before) if gated else {}
+        levels = self._backgrounds(owners, hits, before) if gated else {}
         out = {}
         for im, found in zip(owners, hits, strict=True):
             level = levels.get(im.id)
@@ -262,10 +262,12 @@ class Matcher:
                 out[im.id] = [h.id for h in keep]
         return out
 
-    def _backgrounds(self, images: Sequence[IndexedImage], before: bool) -> dict[str, float]:
-        """Each image's words background (:meth:`VisualWordsSignal.background`): its similarities
-        to one uniform sample of the earlier images, a group of copies (their recorded original)
-        counted once at its best. One sample read per batch at most. None for an image with fewer than
+    def _backgrounds(self, images: Sequence[IndexedImage], hits: Sequence[Sequence[Hit]], before: bool
+                     ) -> dict[str, float]:
+        """Each image's words background (:meth:`VisualWordsSignal.background_of`): from its
+        similarities to one uniform sample of the earlier images and from its nearest ``hits`` (the
+        words search's, best first), a group of copies (their recorded original) counted once at
+        its best in both. One sample read per batch at most. None for an image with fewer than
         ``words_full`` words: a few words' similarity to anything is mostly chance, too noisy to
         stand out of, and verifying a small image is cheap (matching costs keypoints x keypoints);
         tight crops are such images (outside the dev set: 0.975 of their originals verified this
@@ -278,6 +280,12 @@ class Matcher:
         if len(rows) < VisualWordsSignal.MIN_SAMPLE:
             return {}
         sims = VisualWordsSignal.similarities([im.words or {} for im in judged], [stored[r["id"]] for r in rows])
+        # (the batch's own images are left out of the nearest: not decided yet, a burst of copies
+        # among them would be one another's background and hide the original)
+        batch = {im.id for im in images}
+        found = {im.id: [h for h in near[:VisualWordsSignal.NEAREST] if h.score > 0 and h.id not in batch]
+                 for im, near in zip(images, hits, strict=True)}
+        groups = self._groups([found[im.id] for im in judged])
         out = {}
         for im, row in zip(judged, sims, strict=True):
             best: dict[str, float] = {}
@@ -285,10 +293,20 @@ class Matcher:
                 if r["id"] != im.id and (not before or (r["created_at"], r["id"]) < (im.created_at, im.id)):
                     group = r.get("original_id") or r["id"]
                     best[group] = max(best.get(group, 0.0), float(s))
-            level = VisualWordsSignal.background(list(best.values()))
+            nearest: dict[str, float] = {}
+            for h in found[im.id]:  # (best first: a group keeps its best)
+                nearest.setdefault(groups.get(h.id, h.id), h.score)
+            level = VisualWordsSignal.background_of(list(best.values()), list(nearest.values()))
             if level is not None:
                 out[im.id] = level
         return out
+
+    def _groups(self, hits: Sequence[Sequence[Hit]]) -> dict[str, str]:
+        """Each hit's group: its recorded original, itself where it has none (a unique image, or
+        one not decided yet). One index read for the whole batch."""
+        ids = list(dict.fromkeys(h.id for found in hits for h in found))
+        rows = self.index.get_rows(ids, ["original_id"]) if ids else {}
+        return {i: (rows.get(i) or {}).get("original_id") or i for i in ids}
 
     def worth_verifying(self, image: IndexedImage) -> Callable[[str], bool] | None:
         """Which of the image's band candidates stage 2 may verify (None: all): those standing out

@@ -231,10 +231,13 @@ class VisualWordsSignal(Signal):
     dim = 0  # sparse; see :attr:`size`
     # a query's background: the mean of its similarities ranked in this share of a uniform sample
     # of the earlier images (its top 3-12 %), ~SAMPLE of them; an index of fewer than MIN_SAMPLE
-    # has none (every candidate stands)
+    # has none (every candidate stands) ...
     BACKGROUND = (1 / 32, 1 / 8)
     SAMPLE, MIN_SAMPLE = 256, 64
     NEAREST = 48  # a candidate stands out only among the query's nearest by words too (one search)
+    # ... or, where higher, the mean of its 17th..48th nearest (each group of copies once; at least
+    # MIN_NEAREST of them): see background_of
+    NEAREST_BACKGROUND, MIN_NEAREST = (16, 48), 8
 
     def __init__(self, vocabulary: Vocabulary, geometry: GeometricSignal | None = None) -> None:
         self.vocabulary = vocabulary
@@ -275,7 +278,8 @@ class VisualWordsSignal(Signal):
         uniform sample of the earlier images (each group of copies once, or an image with many
         copies would be its own background) ranked in the :attr:`BACKGROUND` share -- a quantile,
         so it stays put as the index grows, where the 17th..48th nearest rose with it (sessions
-        16-17). None for too small a sample: then every candidate stands. The similarity alone does
+        16-17; :meth:`background_of` takes the higher of the two). None for too small a sample:
+        then every candidate stands. The similarity alone does
         not tell a tight crop's original from an unrelated photo's nearest (ROC AUC 0.55); against
         the query's own background it largely does (docs/benchmarks.md, sessions 15-17)."""
         n = len(similarities)
@@ -283,6 +287,23 @@ class VisualWordsSignal(Signal):
             return None
         ranked = np.sort(np.asarray(similarities, dtype=np.float64))[::-1]
         return float(np.mean(ranked[int(n * cls.BACKGROUND[0]):int(n * cls.BACKGROUND[1])]))
+
+    @classmethod
+    def background_of(cls, sampled: Sequence[float], nearest: Sequence[float]) -> float | None:
+        """The higher of :meth:`background` (``sampled``: the query's similarities to the sample)
+        and the mean of its 17th..48th ``nearest`` similarities (best first, each group of copies
+        once; none with fewer than :attr:`MIN_NEAREST` there); None without a sample background.
+
+        Why both: a quantile holds its level as the index grows, but the best of more unrelated
+        images climbs above any fixed level -- the words gate's 1.75 then passed the nearest hits
+        of ever more images with no copy (outside the dev set: 22 % of them verifying at 162
+        references, 30 % at 420, 37 % at 689). The nearest climb with the index; alone they sit
+        too low in a small one (57 % at 162; docs/benchmarks.md, sessions 16-18)."""
+        level = cls.background(sampled)
+        if level is None:
+            return None
+        part = list(nearest)[cls.NEAREST_BACKGROUND[0]:cls.NEAREST_BACKGROUND[1]]
+        return max(level, float(np.mean(part))) if len(part) >= cls.MIN_NEAREST else level
 
     @staticmethod
     def similarities(a: Sequence[SparseWords], b: Sequence[SparseWords]) -> np.ndarray:

@@ -147,6 +147,21 @@ def test_words_candidates_are_gated_by_how_far_they_stand_out_of_the_query_backg
     assert matcher(2.0, sample + copies).words_candidates_many([query()], before=False) == {}
     grouped = [(i, t, "c0", w) for i, t, _, w in copies]
     assert matcher(2.0, sample + grouped).words_candidates_many([query()], before=False) == {"q": ["r0", "r1"]}
+    # the 17th..48th nearest raise the level where higher (a large index): 0.3 -> only r0 stands
+    # out by 1.75; a group of copies among them counts once, and so do the batch's own images
+    # (not decided yet) -- then too few remain and the sample's level stands
+    scores[:] = [0.9, 0.4, 0.35] + [0.3] * 60
+    assert matcher(1.75).words_candidates_many([query()], before=False) == {"q": ["r0"]}
+    grouped_rows = {f"r{n}": {"original_id": "r1" if n >= 10 else ""} for n in range(63)}
+    index = sample_index(search_many, rows=grouped_rows)
+    assert Matcher(index, cal, 24, 10, lambda q, c: {}, words_candidates=4, words_max=16, words_min_ratio=1.75
+                   ).words_candidates_many([query()], before=False) == {"q": ["r0", "r1", "r2", "r3"]}
+    batch = [SimpleNamespace(id=f"r{n}", created_at=1000 + n, words=query().words) for n in range(10, 63)]
+    level = Matcher(sample_index(search_many), cal, 24, 10, lambda q, c: {}, words_candidates=4, words_max=16,
+                    words_min_ratio=1.75)
+    found = level.words_candidates_many([query(), *batch], before=False)
+    assert found["q"] == ["r0", "r1", "r2", "r3"]
+    scores[:] = [0.50, 0.21, 0.12] + [0.1] * 60
     # the engine's Matchers share one BackgroundSample: queries reuse it, decisions read afresh
     shared, index = BackgroundSample(), sample_index(search_many)
     for before in (False, False, True, True):

@@ -207,6 +207,18 @@ def test_the_background_is_the_mean_of_the_top_3_to_12_percent_of_a_sample_in_an
     assert VisualWordsSignal.background(small[:64]) == pytest.approx((0.5 * 2 + 0.2 * 4) / 6)
 
 
+def test_the_background_is_the_higher_of_the_samples_quantile_and_the_17th_to_48th_nearest():
+    """In a large index the best of many unrelated images climbs past the sample's quantile; the
+    17th..48th nearest climb with it. The higher of the two; the nearest alone never make one."""
+    sample = [0.5, 0.5, 0.5, 0.5] + [0.2] * 12 + [0.01] * 112  # its level: 0.2
+    nearest = [0.9] * 16 + [0.3] * 32  # a large index: many unrelated images near 0.3
+    assert VisualWordsSignal.background_of(sample, nearest) == pytest.approx(0.3)
+    assert VisualWordsSignal.background_of(sample, [0.9] * 16 + [0.1] * 32) == pytest.approx(0.2)
+    assert VisualWordsSignal.background_of(sample, [0.9] * 16 + [0.3] * 7) == pytest.approx(0.2)  # < 8 there
+    assert VisualWordsSignal.background_of(sample, [0.9] * 16 + [0.3] * 8) == pytest.approx(0.3)
+    assert VisualWordsSignal.background_of(sample[:63], nearest) is None  # a small index: none at all
+
+
 def test_similarities_are_the_cosines_of_every_pair():
     a = [{0: 0.6, 5: 0.8}, {}, {2: 1.0}]
     b = [{5: 1.0}, {0: 0.6, 5: 0.8}, {9: 1.0}]
