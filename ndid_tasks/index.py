@@ -278,6 +278,18 @@ class ImageIndex:
             self.client.upsert(self.words, [{"id": k, "created_at": created_at, "words": vector}
                                             for (k, created_at, _), vector in zip(kept, vectors, strict=True)])
 
+    def seal_words(self) -> bool:
+        """On Milvus Lite, seal the words collection's memtable into an indexed segment (True if
+        done). Lite brute-forces memtable rows in Python on every call, ~0.4 ms a row whatever the
+        number of queries: one query alone paid ~70 ms at 162 rows (~1 s at 2,000), ~4 ms once sealed
+        (the same hits: its sparse index is exact). Meant for the end of an ingest run, as Milvus
+        advises for flush: every call leaves a segment, so not after every batch. A Milvus server
+        seals and indexes on its own."""
+        if not self.words or not self.is_lite:
+            return False
+        self.client.flush(self.words)
+        return True
+
     def upsert_raw(self, raws: dict[str, np.ndarray]) -> None:
         """Raw descriptors into their (released) collection: kept for re-whitening, never loaded."""
         if raws and self.raw_dim:

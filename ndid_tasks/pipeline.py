@@ -551,6 +551,8 @@ class Engine:
                 self._loaded.pop(image_id, None)
             if progress:
                 progress(len(chunk))
+        if items:
+            self.index.seal_words()  # (Lite: queries after the run search an indexed segment)
         order = {item.id: n for n, item in enumerate(items)}
         return sorted(records, key=lambda r: order.get(r.id, 0))
 

@@ -574,6 +574,34 @@ def test_the_index_sample_is_a_reproducible_share_of_the_index_by_content_hash(r
         assert {r["id"] for r in index.sample(2000, [])} == {im.id for im in rows[300:]}
 
 
+def test_sealing_the_words_on_lite_keeps_every_hit(random_settings):
+    """ImageIndex.seal_words (an ingest run's last step on Milvus Lite, so that later queries search
+    an indexed segment instead of Lite's Python scan of its memtable) leaves every words search's
+    hits and scores as they were; new rows after it are found too."""
+    rng = np.random.default_rng(0)
+
+    def vector(n: int) -> dict[int, float]:
+        words = rng.choice(16384, size=n, replace=False)
+        weights = rng.random(n) + 0.1
+        return {int(w): float(v) for w, v in zip(words, weights / np.linalg.norm(weights), strict=True)}
+
+    with Engine(random_settings) as engine:
+        index = engine.index
+        stored = {f"img{n:03d}": (n, vector(300)) for n in range(300)}
+        index.upsert_words(stored)
+        queries = [stored["img007"][1], stored["img123"][1], vector(300), vector(40)]
+
+        def hits() -> list[list[tuple[str, float]]]:
+            return [[(h.id, round(h.score, 5)) for h in found] for found in index.search_many("words", queries, 48)]
+
+        before = hits()
+        assert before[0][0] == ("img007", 1.0) and before[1][0] == ("img123", 1.0) and all(len(f) == 48 for f in before)
+        assert index.seal_words()
+        assert hits() == before
+        index.upsert_words({"late": (999, queries[2])})
+        assert index.search_many("words", [queries[2]], 1)[0][0].id == "late"
+
+
 def test_band_candidates_are_verified_only_where_they_stand_out_in_the_words(random_settings, tmp_path, photos,
                                                                               monkeypatch):
     """NDID_VISUAL_WORDS_BAND_RATIO and _MIN_RATIO over real Milvus Lite words searches. 70
