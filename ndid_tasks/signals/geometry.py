@@ -256,10 +256,13 @@ class GeometricSignal(Signal):
     def faint_described(self, pictures: Sequence[Image.Image | None]) -> list[LocalFeatures | None]:
         """SIFT at :attr:`faint_contrast` of each picture shrunk to :attr:`faint_side` (None for a
         missing picture or one with under 4 keypoints even so)."""
-        present = [p for p in pictures if p is not None]
-        found = iter(described_all(present, self.faint_side, nfeatures=self.faint_features,
-                                   contrastThreshold=self.faint_contrast))
-        return [None if p is None else f if len(f := next(found)) >= 4 else None for p in pictures]
+        found = iter(described_all([p for p in pictures if p is not None], self.faint_side,
+                                   nfeatures=self.faint_features, contrastThreshold=self.faint_contrast))
+        out: list[LocalFeatures | None] = []
+        for picture in pictures:
+            described = None if picture is None else next(found)
+            out.append(described if described is not None and len(described) >= 4 else None)
+        return out
 
     # a closer look (see closer_look): for matches weaker than this many distinct inliers, where
     # at least zoom_min matches agree on an affine map that puts one image into a window of at
