@@ -54,7 +54,8 @@ def test_objects_are_read_ahead_in_order_with_each_failure_in_its_place(random_s
     def read_bytes(source):
         with lock:
             started.append(source)
-        if len(started) <= 2:
+            nth = len(started)
+        if nth <= 2:  # (counted under the lock: exactly the first two wait for each other)
             together.wait()
         return plain_read(source)
 
