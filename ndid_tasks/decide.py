@@ -138,8 +138,8 @@ class Matcher:
         # tight crops: the ``words_candidates`` nearest by visual words (where the index keeps them),
         # each verified whatever its stage-1 probability -- a tight crop's is low -- while stage 2 is on
         self.words_candidates = words_candidates if index.words else 0
-        # a faint query (few SIFT keypoints) whose verified candidates are all weak: ``faint_look``
-        # gives raised log(1 + inliers) of some of them, {candidate: value} (see rank)
+        # a faint query (few SIFT keypoints) not decided a duplicate yet: ``faint_look`` gives raised
+        # log(1 + inliers) of some of its verified candidates, {candidate: value} (see rank)
         self.faint_look = faint_look
         # ... for an image with >= ``words_full`` distinct words; fewer words (a small image, a tight
         # crop) get more candidates, in inverse proportion, up to ``words_max``: a pair's matching
@@ -432,14 +432,20 @@ class Matcher:
 
     def _after_faint_look(self, image: IndexedImage, ranked: list[PairScore]) -> list[PairScore]:
         """The ranking after one faint look for the whole query (after all its candidates were
-        verified, so a crop verified among its words candidates looks at nothing): the verified
-        pairs it raised are scored again by stage 2 with their new inlier count. They are looked at
-        in stage-1 order: a faint query's few inliers are noise, and in the stage-2 probability
-        3 chance inliers outweigh the global similarity."""
+        verified, so a crop verified among its words candidates looks at nothing), unless its best
+        pair is a duplicate already (a look only adds inliers: the decision would stand); 12 or
+        more inliers are not enough on their own -- a tight crop's 12-15 with a low global
+        similarity stay under the threshold where the look finds 16-39. The verified pairs it
+        raised are scored again by stage 2 with their new inlier count. They are offered in
+        stage-1 order (GeometricSignal.faint_look puts those above chance first): a faint query's
+        few inliers are noise, and in the stage-2 probability 3 chance inliers outweigh the global
+        similarity."""
+        if self.faint_look is None or (ranked and is_duplicate(ranked[0], self.threshold)):
+            return ranked
         verified = [s for s in ranked if s.stage == "stage2" and "log_inliers" in s.features]
         verified.sort(key=lambda s: -self.cal.stage1.probability(s.features))
         raised = self.faint_look(image.id, [(s.candidate_id, s.features["log_inliers"]) for s in verified]) \
-            if self.faint_look is not None and verified else {}
+            if verified else {}
         if not raised:
             return ranked
         def again(s: PairScore) -> PairScore:

@@ -221,9 +221,10 @@ class GeometricSignal(Signal):
         return out
 
     # a faint look (see faint_look): a query with fewer keypoints than faint_below at SIFT's default
-    # contrast threshold that verified no candidate is matched again at faint_contrast, both pictures
-    # at up to faint_side with up to faint_features keypoints; at most faint_pairs candidates
-    # (NDID_FAINT_LOOK_PAIRS)
+    # contrast threshold is matched again at faint_contrast, both pictures at up to faint_side with
+    # up to faint_features keypoints; at most faint_pairs candidates (NDID_FAINT_LOOK_PAIRS), those
+    # with more than chance inliers first
+    chance = 6  # distinct inliers that unrelated pairs reach (see verified)
     faint_below = 100
     faint_contrast = 0.01
     faint_side = 768
@@ -233,17 +234,21 @@ class GeometricSignal(Signal):
                    described: Callable[[Sequence[int | None]], list[LocalFeatures | None]]) -> list[int]:
         """``inliers`` (of the query's candidates, in the order to look at them) after a faint look:
         a faint query (sky, water, grass, a wall: a small tight crop of them has 0-9 keypoints at
-        SIFT's default contrast, nothing to match or to find a window with) that verified none of
-        them is matched again on the first :attr:`faint_pairs`, both sides described at :attr:`faint_contrast`
-        (``described(keys)``: per key, candidate ``k``'s or, for None, the query's description; see
-        :meth:`faint_described`; None where unavailable). Run once per query, after all its
-        candidates were verified: each look costs a re-read and a SIFT pass (the candidates' passes
-        side by side). Only the query's faintness counts: faint images in the index are candidates
-        of many queries."""
+        SIFT's default contrast, nothing to match or to find a window with) is matched again on
+        :attr:`faint_pairs` of them, both sides described at :attr:`faint_contrast` (``described(keys)``:
+        per key, candidate ``k``'s or, for None, the query's description; see :meth:`faint_described`;
+        None where unavailable). Those with more than :attr:`chance` inliers come first, the most
+        first (a faint crop's original may verify 7-15 at the default contrast and 16-39 here, yet
+        rank low by the untrained global descriptor), then the rest in the given order. A look
+        never lowers a count. The caller runs it once per query, after all its candidates were
+        verified, and not for a query already decided: each look costs a re-read and a SIFT pass
+        (the candidates' passes side by side). Only the query's faintness counts: faint images in
+        the index are candidates of many queries."""
         out = list(inliers)
-        if not self.faint_pairs or len(query) >= self.faint_below or max(out, default=0) >= self.verified:
+        if not self.faint_pairs or len(query) >= self.faint_below:
             return out
-        looks = list(range(min(len(out), self.faint_pairs)))  # (none verified: every one may look)
+        # (a stable sort: the given order among the rest)
+        looks = sorted(range(len(out)), key=lambda k: -out[k] if out[k] > self.chance else 0)[:self.faint_pairs]
         mine = described([None])[0] if looks else None
         if mine is None:
             return out

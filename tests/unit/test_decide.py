@@ -12,7 +12,9 @@ from ndid_tasks.scoring import PairScore
 def test_a_faint_look_rescores_the_pairs_it_raised_and_looks_in_stage1_order():
     """The verified candidates are offered best stage-1 first (a faint query's chance inliers must
     not decide which candidates get looked at); a raised pair is scored again by stage 2 and the
-    ranking re-sorted; stage-1-only pairs are not offered; nothing raised: the ranking stands."""
+    ranking re-sorted; stage-1-only pairs are not offered; nothing raised: the ranking stands. A
+    query whose best pair is a duplicate already is not looked at; one with a verified but
+    undecided pair is."""
     cal = default_calibration("random")
     asked: list[list[tuple[str, float]]] = []
 
@@ -42,6 +44,16 @@ def test_a_faint_look_rescores_the_pairs_it_raised_and_looks_in_stage1_order():
     assert [s.candidate_id for s in after[1:]] == [s.candidate_id for s in ranked if s.candidate_id != "similar"]
     assert matcher({})._after_faint_look(image, ranked) == ranked
     assert Matcher(SimpleNamespace(words=""), cal, 24, 10, lambda q, c: {})._after_faint_look(image, ranked) == ranked
+    # 15 inliers under a low global similarity: verified, not decided -- looked at; decided: not
+    weak = pair("weak", "stage2", phash_distance=0.47, resnet_cosine=0.0, log_inliers=float(np.log1p(15)))
+    assert weak.probability < cal.threshold
+    asked.clear()
+    matcher({})._after_faint_look(image, [weak])
+    assert [cid for cid, _ in asked[-1]] == ["weak"]
+    decided = pair("decided", "stage2", phash_distance=0.3, resnet_cosine=0.4, log_inliers=float(np.log1p(40)))
+    assert decided.probability >= cal.threshold
+    asked.clear()
+    assert matcher({"weak": 9.0})._after_faint_look(image, [decided, weak]) == [decided, weak] and asked == []
 
 
 def test_a_band_starting_above_the_threshold_never_accepts_a_pair_unverified():

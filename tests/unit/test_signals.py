@@ -246,7 +246,7 @@ def test_faint_look_matches_a_tight_crop_of_a_low_contrast_region(photos):
     """A tight crop of a misty region has no keypoints at SIFT's default contrast threshold, so
     nothing matches and no window can be found; described again at the faint contrast (both
     pictures) it verifies, while an unrelated misty picture does not. Bounded: only a faint query
-    without a verified candidate looks, at most faint_pairs candidates."""
+    looks, at most faint_pairs candidates, those above chance first."""
     from PIL import Image, ImageEnhance
 
     from ndid_tasks.signals import GeometricSignal
@@ -285,12 +285,23 @@ def test_faint_look_matches_a_tight_crop_of_a_low_contrast_region(photos):
     looks = geo.faint_looks
     reverse = geo.verify_many(f_big, [f_crop])
     assert geo.faint_look(f_big, reverse, described(full["big"], full["crop"])) == reverse  # not faint: no look
-    assert len(f_small) < geo.faint_below
-    settled = geo.verify_many(f_small, [f_astronaut, f_other])
-    assert settled[0] >= geo.verified > settled[1]
-    assert geo.faint_look(f_small, settled, described(small, astronaut, other)) == settled  # verified already
     assert geo.faint_look(f_flat, [0], described(flat, full["big"])) == [0]  # nothing to describe
     assert geo.faint_looks == looks
+    # a faint query that verified a candidate is looked at too (whether it is decided is the
+    # caller's to say): never lower; the candidate above chance first, then the given order
+    assert len(f_small) < geo.faint_below
+    settled = geo.verify_many(f_small, [f_other, f_astronaut])
+    assert settled[1] >= geo.verified and settled[0] <= geo.chance
+    offered: list[list[int | None]] = []
+
+    def recorded(keys):
+        offered.append(list(keys))
+        return described(small, other, astronaut)(keys)
+
+    one = GeometricSignal(faint_pairs=1)
+    after = one.faint_look(f_small, settled, recorded)
+    assert offered == [[None], [1]] and one.faint_looks == 1  # the astronaut, though offered second
+    assert after[1] >= settled[1] and after[0] == settled[0]
     # the single-pair helper (the bootstrap's) looks too, so calibrations see what decisions see
     assert geo.verify(f_crop, f_big, (full["crop"], full["big"])) == faint
     off = GeometricSignal(faint_pairs=0)
