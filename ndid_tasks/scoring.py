@@ -96,7 +96,7 @@ def decision_band(band: tuple[float, float], threshold: float) -> tuple[float, f
     """The band as decisions use it. Below its lower edge stage 1 has said "not a duplicate", and a
     pair that could not be verified is capped at that edge, so the edge must lie under the
     threshold or those pairs become duplicates nobody verified (NDID_AMBIGUOUS_LOW=0.3 with the
-    shipped threshold 0.201 called 26 of 36 negative queries duplicates). An edge at or above the
+    then shipped threshold 0.201 called 26 of 36 negative queries duplicates). An edge at or above the
     threshold moves just under it: more pairs are verified, none is accepted unverified. An empty
     band (stage 2 off: stage 1 decides alone, by the threshold) is left as it is."""
     low, high = band
