@@ -431,15 +431,12 @@ class Matcher:
         return self._after_faint_look(image, list(best.values()))
 
     def _after_faint_look(self, image: IndexedImage, ranked: list[PairScore]) -> list[PairScore]:
-        """The ranking after one faint look for the whole query (after all its candidates were
-        verified, so a crop verified among its words candidates looks at nothing), unless its best
-        pair is a duplicate already (a look only adds inliers: the decision would stand); 12 or
-        more inliers are not enough on their own -- a tight crop's 12-15 with a low global
-        similarity stay under the threshold where the look finds 16-39. The verified pairs it
-        raised are scored again by stage 2 with their new inlier count. They are offered in
-        stage-1 order (GeometricSignal.faint_look puts those above chance first): a faint query's
-        few inliers are noise, and in the stage-2 probability 3 chance inliers outweigh the global
-        similarity."""
+        """The ranking after one faint look for the whole query, once all its candidates were
+        verified, unless its best pair is a duplicate already (a look only adds inliers). A verified
+        pair is not a decision: a tight crop's 12-15 inliers under a low global similarity stay
+        below the threshold, where the look finds 16-39. The pairs it raised are scored again by
+        stage 2. They are offered in stage-1 order (GeometricSignal.faint_look puts those above
+        chance first): in the stage-2 probability 3 chance inliers outweigh the global similarity."""
         if self.faint_look is None or (ranked and is_duplicate(ranked[0], self.threshold)):
             return ranked
         verified = [s for s in ranked if s.stage == "stage2" and "log_inliers" in s.features]
