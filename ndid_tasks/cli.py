@@ -355,7 +355,8 @@ def cmd_bench(args) -> int:
     _untrained_banner(settings)
     if args.action == "make":
         report = benchmark.make_benchmark(args.originals, args.distractors, args.out, seed=args.seed,
-                                          max_originals=args.max_originals, max_distractors=args.max_distractors)
+                                          max_originals=args.max_originals, max_distractors=args.max_distractors,
+                                          skip_originals=args.skip_originals, skip_distractors=args.skip_distractors)
         print(json.dumps(report, indent=2))
         return EXIT_OK
     if args.action == "scale":
@@ -468,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--max-originals", type=int, default=None)
     m.add_argument("--max-distractors", type=int, default=None)
+    m.add_argument("--skip-originals", type=int, default=0, help="skip the first N sorted originals (another benchmark's)")
+    m.add_argument("--skip-distractors", type=int, default=0, help="skip the first N sorted distractors")
     r = bsub.add_parser("run")
     r.add_argument("folder")
     r.add_argument("--out", default="bench_out")

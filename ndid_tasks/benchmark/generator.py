@@ -20,19 +20,22 @@ log = logging.getLogger(__name__)
 
 def make_benchmark(originals: str | Path, distractors: str | Path, out: str | Path, seed: int = 0,
                    max_originals: int | None = None, max_distractors: int | None = None,
-                   negative_share: float = 0.3, hard_negative_share: float = 0.5) -> dict[str, Any]:
+                   negative_share: float = 0.3, hard_negative_share: float = 0.5,
+                   skip_originals: int = 0, skip_distractors: int = 0) -> dict[str, Any]:
     """Attack every original once per family; hold some distractors out as negative queries.
 
     ``hard_negative_share`` of those negatives become *same-scene* pairs instead: one view goes into
-    refs, the other (no shared pixels, see :func:`augment.same_scene_pair`) is a negative query."""
+    refs, the other (no shared pixels, see :func:`augment.same_scene_pair`) is a negative query.
+    ``skip_*``: leave out the first sorted files, e.g. those a dev benchmark uses, so that a change
+    found on one benchmark is checked on photos it has not seen."""
     rng = np.random.default_rng(seed)
     out = Path(out)
     refs, queries = out / "refs", out / "queries"
     for d in (refs, queries):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
-    origs = image_files(originals, max_originals)
-    dists = image_files(distractors, max_distractors)
+    origs = image_files(originals)[skip_originals:][:max_originals or None]
+    dists = image_files(distractors)[skip_distractors:][:max_distractors or None]
     order = rng.permutation(len(dists))
     n_neg = round(len(dists) * negative_share)
     n_hard = round(n_neg * hard_negative_share)
@@ -76,7 +79,8 @@ def make_benchmark(originals: str | Path, distractors: str | Path, out: str | Pa
     summary = {"refs": len(origs) + len(ref_dists) + len(scenes), "originals": len(origs),
                "distractors_in_refs": len(ref_dists), "queries": len(rows), "negative_queries": len(negatives),
                "hard_negative_queries": len(scenes), "families": [*augment.FAMILIES, *augment.EXTRA_FAMILIES],
-               "seed": seed, "folder": str(out)}
+               "seed": seed, "skipped": {"originals": skip_originals, "distractors": skip_distractors},
+               "folder": str(out)}
     (out / "benchmark.json").write_text(json.dumps(summary, indent=2))
     return summary
 
