@@ -602,6 +602,32 @@ def test_sealing_the_words_on_lite_keeps_every_hit(random_settings):
         assert index.search_many("words", [queries[2]], 1)[0][0].id == "late"
 
 
+def test_a_long_run_on_lite_seals_the_words_as_it_goes(random_settings, monkeypatch):
+    """Within one run, every ImageIndex.WORDS_SEAL_ROWS words rows written are sealed (Lite's real
+    flush, counted), so a long backfill's searches do not scan an ever-growing memtable; every
+    row stays findable."""
+    rng = np.random.default_rng(1)
+
+    def vector() -> dict[int, float]:
+        words = rng.choice(16384, size=50, replace=False)
+        return {int(w): 1.0 / np.sqrt(50) for w in words}
+
+    with Engine(random_settings) as engine:
+        index = engine.index
+        monkeypatch.setattr(index, "WORDS_SEAL_ROWS", 100)
+        flushed: list[str] = []
+        real_flush = index.client.flush
+        monkeypatch.setattr(index.client, "flush", lambda name, **kw: (flushed.append(name), real_flush(name, **kw)))
+        stored = {f"img{n:03d}": (n, vector()) for n in range(250)}
+        names = list(stored)
+        for start in range(0, 250, 30):  # batches that do not divide the sealing size
+            index.upsert_words({k: stored[k] for k in names[start:start + 30]})
+        assert flushed == [index.words, index.words]  # at 120 and 240 rows
+        assert index._words_unsealed == 10
+        found = index.search_many("words", [stored["img005"][1], stored["img245"][1]], 1)
+        assert [f[0].id for f in found] == ["img005", "img245"]
+
+
 def test_band_candidates_are_verified_only_where_they_stand_out_in_the_words(random_settings, tmp_path, photos,
                                                                               monkeypatch):
     """NDID_VISUAL_WORDS_BAND_RATIO and _MIN_RATIO over real Milvus Lite words searches. 70
