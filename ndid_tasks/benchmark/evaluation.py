@@ -6,7 +6,7 @@ import itertools
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Settings
-from ..decide import Matcher
+from ..decide import DecisionRecord, Matcher
 from ..features import stage1_features, with_standins
 from ..images import ImageDecodeError, LoadedImage, load_image
 from ..index import IndexedImage
@@ -105,6 +105,7 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
                 log.warning("benchmark: reference %s unreadable (%s); it cannot be matched", item.source, exc)
         ref_ids = [p.image_id for p in loaded_refs]
         ref_name = {i.id: Path(i.source).name for i in items}
+        report["refs_called_duplicates"] = refs_called_duplicates(ingest_records, ref_name)
         report["speed"] = measure_speed(engine, loaded_refs, ingest_s, len(items), rss0)
         from ..pipeline import summarize
 
@@ -237,6 +238,17 @@ def _recalls(qs: list[str], results: dict[str, QueryResult], truth: dict[str, st
             "recall_at_1": round(float(np.mean(right)), 3),
             "recall_at_threshold": round(float(np.mean(
                 [ok and results[q].predictions["full"].score >= threshold for q, ok in zip(qs, right, strict=True)])), 3)}
+
+
+def refs_called_duplicates(records: Sequence[DecisionRecord], names: dict[str, str]) -> dict[str, Any]:
+    """The refs that the ingest decided duplicates of an earlier ref. `ndid bench make` puts one
+    photo per source file in refs (originals, distractors, one view of each same-scene photo), so
+    where the source folders hold no copies of each other each one is a false positive on real
+    photos -- pairs nobody made, such as two shots of one animal."""
+    found = [{"ref": names.get(r.id, r.id), "matched": names.get(r.matched_id, r.matched_id),
+              "probability": round(r.probability, 4), "stage": r.stage}
+             for r in records if r.decision == "duplicate"]
+    return {"refs": sum(1 for r in records if r.decision != "error"), "called_duplicates": found}
 
 
 def _evaluate_query(qname, pic, phash, resnet, dhash, pdq, matcher: Matcher, cal, engine, ref_ids, ref_name,

@@ -53,6 +53,14 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", f"**Hard negatives** (same scene, no shared pixels; {hn['queries']} queries): "
                       f"{hn['full_false_positives']} called duplicate by the full pipeline at its threshold; "
                       f"top scores " + ", ".join(f"{m} {v}" for m, v in hn["max_score"].items()) + "."]
+    rd = r.get("refs_called_duplicates")
+    if rd:
+        found = rd["called_duplicates"]
+        lines += ["", (f"**Refs among themselves** ({rd['refs']} refs, one per source photo): {len(found)} decided a "
+                       f"duplicate of an earlier ref while being ingested -- each a false positive on real photos, "
+                       f"unless the source folders hold copies of each other"
+                       + (": " + "; ".join(f"{d['ref']} as a copy of {d['matched']} ({d['probability']:.3f}, {d['stage']})"
+                                           for d in found) if found else "") + ".")]
     wr = r.get("whitening_refresh")
     if wr:
         lines += ["", (f"Queries answered with a whitening + calibration fitted on the indexed refs "

@@ -41,6 +41,9 @@ def test_make_and_run_a_tiny_benchmark(tmp_path, photos, random_settings):
     assert report["accuracy"]["full"]["jpeg"]["recall_at_1"] == 1.0  # JPEG copies of 4 photos: all found
     assert report["untrained"] is True and report["speed"]["bare_resnet50_images_per_s"] > 0
     assert report["hard_negatives"]["queries"] == made["hard_negative_queries"]
+    # the refs among themselves: distinct photos, so any duplicate decision at ingest is listed as a false positive
+    rd = report["refs_called_duplicates"]
+    assert rd["refs"] == made["refs"] and all(d["ref"] != d["matched"] for d in rd["called_duplicates"])
     assert report["speed"]["index_vector_bytes_per_image"] == (64 + 256) * 4
     # too few refs for a words background: no share of the refs ingested after the first 64
     assert "stage2_share_at_ingest_later" not in report["speed"]
@@ -48,6 +51,8 @@ def test_make_and_run_a_tiny_benchmark(tmp_path, photos, random_settings):
     assert saved["accuracy"] == report["accuracy"]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "UNTRAINED" in md and "micro-AP" in md
+    assert (f"**Refs among themselves** ({made['refs']} refs, one per source photo): "
+            f"{len(rd['called_duplicates'])} decided a duplicate of an earlier ref") in md
     crops = report["by_crop_area"]  # 4 crops + 4 tight crops, binned by the area they keep
     assert sum(c["queries"] for c in crops) == 8
     assert any(c["kept_area"] in ("0%-10%", "10%-15%") for c in crops)  # tight crops keep 5-15 %
