@@ -56,11 +56,15 @@ def markdown(r: dict[str, Any]) -> str:
     rd = r.get("refs_called_duplicates")
     if rd:
         found = rd["called_duplicates"]
-        lines += ["", (f"**Refs among themselves** ({rd['refs']} refs, one per source photo): {len(found)} decided a "
-                       f"duplicate of an earlier ref while being ingested -- each a false positive on real photos, "
-                       f"unless the source folders hold copies of each other"
-                       + (": " + "; ".join(f"{d['ref']} as a copy of {d['matched']} ({d['probability']:.3f}, {d['stage']})"
-                                           for d in found) if found else "") + ".")]
+        head = f"**Refs among themselves** ({rd['refs']} refs, one per source photo): "
+        if found:
+            lines += ["", head + (f"{len(found)} decided a duplicate of an earlier ref while being ingested, each a "
+                                  f"false positive on real photos unless the source folders hold copies of each other: "
+                                  + "; ".join(f"{d['ref']} as a copy of {d['matched']} ({d['probability']:.3f}, "
+                                              f"{d['stage']})" for d in found) + ".")]
+        else:
+            lines += ["", head + ("none decided a duplicate of an earlier ref while being ingested (any would be a "
+                                  "false positive on real photos, unless the source folders hold copies of each other).")]
     wr = r.get("whitening_refresh")
     if wr:
         lines += ["", (f"Queries answered with a whitening + calibration fitted on the indexed refs "
