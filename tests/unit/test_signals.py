@@ -306,3 +306,25 @@ def test_faint_look_matches_a_tight_crop_of_a_low_contrast_region(photos):
     assert geo.verify(f_crop, f_big, (full["crop"], full["big"])) == faint
     off = GeometricSignal(faint_pairs=0)
     assert off.faint_look(f_crop, [plain], described(full["crop"], full["big"])) == [plain] and off.faint_looks == 0
+
+
+def test_one_object_in_two_different_photos_counts_as_chance(photos):
+    """Two shots of one object (simulated: the astronaut's face, ~5 % of a frame, pasted into two
+    different photos) match only where the object is; a copy puts one picture, or most of it,
+    inside the other. The local match counts as chance, while a crop of either photo verifies."""
+    from ndid_tasks import augment
+    from ndid_tasks.signals import GeometricSignal
+
+    face = photos["astronaut"].crop((150, 40, 260, 170))
+    one, two = photos["camera"].copy(), photos["coins"].resize((512, 512))
+    one.paste(face, (40, 300))
+    two.paste(face.resize((130, 154)), (330, 60))
+    crop = augment.crop_area(one, np.random.default_rng(0), 0.5)
+    geo = GeometricSignal()
+    f = geo.compute([load_image(jpeg_bytes(im), str(n)) for n, im in enumerate([one, two, crop])])
+    geo.spread_min = 0.0
+    anywhere = geo.verify_many(f[0], [f[1]])[0]
+    geo.spread_min = GeometricSignal.spread_min
+    assert anywhere > geo.chance  # the face alone matches above chance...
+    assert geo.verify_many(f[0], [f[1]]) == geo.verify_many(f[1], [f[0]]) == [geo.chance]  # ...and counts as chance
+    assert geo.verify(f[2], f[0]) >= geo.verified
