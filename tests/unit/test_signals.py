@@ -328,3 +328,18 @@ def test_one_object_in_two_different_photos_counts_as_chance(photos):
     assert anywhere > geo.chance  # the face alone matches above chance...
     assert geo.verify_many(f[0], [f[1]]) == geo.verify_many(f[1], [f[0]]) == [geo.chance]  # ...and counts as chance
     assert geo.verify(f[2], f[0]) >= geo.verified
+
+
+def test_two_shots_of_one_tiger_are_not_a_copy(shared_data):
+    """BSDS 108041 and 108082 (one tiger in the water, then lying down) are the only pair among
+    the 869 real photos with more than 7 inliers: 18-20, all on its face. They count as chance,
+    while a cropped, recompressed copy of either still verifies."""
+    from ndid_tasks import augment
+    from ndid_tasks.signals import GeometricSignal
+
+    water, lying = (load_image((shared_data / "originals" / n).read_bytes(), n) for n in ("108041.jpg", "108082.jpg"))
+    copy = augment.crop_area(lying.image, np.random.default_rng(0), 0.5)
+    geo = GeometricSignal()
+    f = geo.compute([water, lying, load_image(jpeg_bytes(copy, 60), "copy")])
+    assert geo.verify(f[1], f[0], (lying.image, water.image)) <= geo.chance
+    assert geo.verify(f[2], f[1]) >= geo.verified
