@@ -65,6 +65,19 @@ def markdown(r: dict[str, Any]) -> str:
         else:
             lines += ["", head + ("none decided a duplicate of an earlier ref while being ingested (any would be a "
                                   "false positive on real photos, unless the source folders hold copies of each other).")]
+    rp = r.get("refs_pairwise")
+    if rp:
+        found, called = rp["above_chance"], sum(d["called_duplicate"] for d in rp["above_chance"])
+        head = (f"**Refs matched pairwise** (all {rp['pairs']:,} pairs of the {rp['refs']} refs through the verifier, "
+                f"whatever the gates let through): ")
+        if found:
+            lines += ["", head + (f"{len(found)} {'pair has' if len(found) == 1 else 'pairs have'} more than chance "
+                                  f"inliers (6) -- two shots of one scene, a copy in the source folders, or chance at "
+                                  f"7-8 -- each scored as a verified pair: " + "; ".join(
+                                      f"{d['ref']} and {d['matched']} ({d['inliers']} inliers, {d['probability']:.3f})"
+                                      for d in found) + f". **{called or 'None'} at or above the threshold.**")]
+        else:
+            lines += ["", head + "none has more than chance inliers (6): no two shots of one scene among them."]
     wr = r.get("whitening_refresh")
     if wr:
         lines += ["", (f"Queries answered with a whitening + calibration fitted on the indexed refs "

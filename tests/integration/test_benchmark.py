@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +54,11 @@ def test_make_and_run_a_tiny_benchmark(tmp_path, photos, random_settings):
     assert "UNTRAINED" in md and "micro-AP" in md
     said = f"{len(rd['called_duplicates'])} decided a duplicate" if rd["called_duplicates"] else "none decided a duplicate"
     assert f"**Refs among themselves** ({made['refs']} refs, one per source photo): {said} of an earlier ref" in md
+    # and every pair of them through the verifier, whatever the gates let through
+    pairwise = report["refs_pairwise"]
+    assert pairwise["refs"] == made["refs"] and pairwise["pairs"] == made["refs"] * (made["refs"] - 1) // 2
+    assert all(d["inliers"] > 6 for d in pairwise["above_chance"])
+    assert f"**Refs matched pairwise** (all {pairwise['pairs']:,} pairs of the {made['refs']} refs" in md
     crops = report["by_crop_area"]  # 4 crops + 4 tight crops, binned by the area they keep
     assert sum(c["queries"] for c in crops) == 8
     assert any(c["kept_area"] in ("0%-10%", "10%-15%") for c in crops)  # tight crops keep 5-15 %
@@ -93,3 +99,36 @@ def test_descriptor_ablation_reports_every_lever(tmp_path, photos, random_settin
     assert all(0.0 <= r["micro_ap"] <= 1.0 and 0.0 <= r["crop_candidates10"] <= 1.0 for r in rows)
     assert all(r["jpeg_r1"] == 1.0 for r in rows if r["whitening"] == "none")  # JPEG copies: always found
     assert "UNTRAINED" in (tmp_path / "out" / "descriptors.md").read_text()
+
+
+def test_refs_matched_pairwise_lists_a_copy_among_the_refs_but_not_one_object_in_two_photos(
+        tmp_path, photos, random_settings):
+    """Every pair of refs through the verifier: a repost among the source photos is listed and
+    called (scored by the one ranking), the same face in two different photos is not."""
+    import numpy as np
+
+    from ndid_tasks import augment
+    from ndid_tasks.benchmark.evaluation import refs_matched_pairwise
+    from ndid_tasks.images import load_image
+    from ndid_tasks.pipeline import Engine, local_items
+
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    face = photos["astronaut"].crop((150, 40, 260, 170))
+    one, two = photos["camera"].copy(), photos["coins"].resize((512, 512))
+    one.paste(face, (40, 300))
+    two.paste(face.resize((130, 154)), (330, 60))
+    repost = augment.crop_area(photos["coffee"], np.random.default_rng(0), 0.5)
+    for name, img in {"camera_face": one, "coins_face": two, "coffee": photos["coffee"], "rocket": photos["rocket"],
+                      "coffee_repost": repost}.items():
+        (folder / f"{name}.jpg").write_bytes(jpeg_bytes(img, 75))
+    items = local_items([folder])
+    with Engine(random_settings) as engine:
+        engine.ingest(items, run_id="t", run_at="t")
+        refs = [load_image(Path(i.source).read_bytes(), i.id) for i in items]
+        found = refs_matched_pairwise(engine, refs, {i.id: Path(i.source).name for i in items}, chunk=2)
+        threshold = engine.matcher().threshold
+    assert found["refs"] == 5 and found["pairs"] == 10
+    [pair] = found["above_chance"]
+    assert {pair["ref"], pair["matched"]} == {"coffee.jpg", "coffee_repost.jpg"}
+    assert pair["inliers"] > 6 and pair["called_duplicate"] == (pair["probability"] >= threshold) is True
