@@ -260,7 +260,7 @@ def refs_matched_pairwise(engine: Engine, refs: Sequence[LoadedImage], names: di
     query): the refs are distinct source photos, so a pair with more than chance inliers is two
     shots of one scene (one tiger twice) or a copy in the source folders -- the real negatives
     no generator makes, whatever the gates would let through. Each is scored as a verified pair
-    and set against the threshold. ~3 ms a pair: 162 refs take ~40 s."""
+    and set against the threshold. ~0.7 ms a pair: the 13,041 pairs of 162 refs take ~9 s."""
     geometry, matcher = engine.geometry, engine.matcher()
     local = engine.local_features([p.image_id for p in refs])
     refs = [p for p in refs if p.image_id in local]

@@ -358,18 +358,22 @@ class GeometricSignal(Signal):
         With both sides' ``keypoints`` (all of them), more than :attr:`chance` inliers that are
         local on both sides (see :attr:`spread_min`) count as :attr:`chance`.
         Also returns the affine map (src -> dst) and its distinct inliers, for :meth:`closer_look`."""
+        count, mask, affine_map, affine = self._fit(src, dst)
+        if count > self.chance and keypoints is not None and self._spread(src, dst, mask, *keypoints) < self.spread_min:
+            count = self.chance
+        return count, affine_map, affine
+
+    def _fit(self, src: np.ndarray, dst: np.ndarray) -> tuple[int, np.ndarray | None, np.ndarray | None, int]:
+        """(distinct inliers, their mask, the affine map, its distinct inliers) of :meth:`_inliers`."""
         import cv2
 
         affine_map, mask = cv2.estimateAffine2D(src, dst, ransacReprojThreshold=self.ransac_px, refineIters=0)
         affine = self._distinct(src, dst, mask)
         if affine < self.affine_gate:
-            return affine, affine_map, affine
+            return affine, mask, affine_map, affine
         _, h_mask = cv2.findHomography(src, dst, cv2.RANSAC, self.ransac_px)
         homography = self._distinct(src, dst, h_mask)
-        count, mask = (homography, h_mask) if homography > affine else (affine, mask)
-        if count > self.chance and keypoints is not None and self._spread(src, dst, mask, *keypoints) < self.spread_min:
-            count = self.chance
-        return count, affine_map, affine
+        return (homography, h_mask, affine_map, affine) if homography > affine else (affine, mask, affine_map, affine)
 
     @staticmethod
     def _spread(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, src_all: np.ndarray, dst_all: np.ndarray) -> float:
