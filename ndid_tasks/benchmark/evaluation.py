@@ -269,10 +269,10 @@ def refs_matched_pairwise(engine: Engine, refs: Sequence[LoadedImage], names: di
     found = []
     for b in range(1, len(refs)):
         for start in range(0, b, chunk):
-            earlier = refs[start:min(b, start + chunk)]
-            pairs += len(earlier)
-            counts = geometry.verify_many(local[refs[b].image_id], [local[p.image_id] for p in earlier], mirror=False)
-            found += [(refs[b], a, n) for a, n in zip(earlier, counts, strict=True) if n > geometry.chance]
+            batch = refs[start:min(b, start + chunk)]
+            pairs += len(batch)
+            counts = geometry.verify_many(local[refs[b].image_id], [local[p.image_id] for p in batch], mirror=False)
+            found += [(refs[b], a, n) for a, n in zip(batch, counts, strict=True) if n > geometry.chance]
     matched = []
     for query, earlier, inliers in found:
         row = rows[query.image_id]

@@ -359,7 +359,8 @@ class GeometricSignal(Signal):
         local on both sides (see :attr:`spread_min`) count as :attr:`chance`.
         Also returns the affine map (src -> dst) and its distinct inliers, for :meth:`closer_look`."""
         count, mask, affine_map, affine = self._fit(src, dst)
-        if count > self.chance and keypoints is not None and self._spread(src, dst, mask, *keypoints) < self.spread_min:
+        if (count > self.chance and keypoints is not None and mask is not None
+                and self._spread(src, dst, mask, *keypoints) < self.spread_min):
             count = self.chance
         return count, affine_map, affine
 
