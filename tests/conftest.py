@@ -26,6 +26,16 @@ def skimage_photo(name: str) -> Image.Image:
     return img.convert("RGB")
 
 
+def one_object_in_two_photos(photos: dict[str, Image.Image]) -> tuple[Image.Image, Image.Image]:
+    """Two shots of one object, simulated: the astronaut's face (~5 % of a frame) pasted into two
+    different photos, at other places and sizes."""
+    face = photos["astronaut"].crop((150, 40, 260, 170))
+    one, two = photos["camera"].copy(), photos["coins"].resize((512, 512))
+    one.paste(face, (40, 300))
+    two.paste(face.resize((130, 154)), (330, 60))
+    return one, two
+
+
 def jpeg_bytes(img: Image.Image, quality: int = 92) -> bytes:
     buf = io.BytesIO()
     img.convert("RGB").save(buf, "JPEG", quality=quality)

@@ -12,7 +12,7 @@ from ndid_tasks.signals import (
     descriptor_signal,
     precision_agreement,
 )
-from tests.conftest import jpeg_bytes
+from tests.conftest import jpeg_bytes, one_object_in_two_photos
 
 
 @pytest.fixture(scope="module")
@@ -315,10 +315,7 @@ def test_one_object_in_two_different_photos_counts_as_chance(photos):
     from ndid_tasks import augment
     from ndid_tasks.signals import GeometricSignal
 
-    face = photos["astronaut"].crop((150, 40, 260, 170))
-    one, two = photos["camera"].copy(), photos["coins"].resize((512, 512))
-    one.paste(face, (40, 300))
-    two.paste(face.resize((130, 154)), (330, 60))
+    one, two = one_object_in_two_photos(photos)
     crop = augment.crop_area(one, np.random.default_rng(0), 0.5)
     geo = GeometricSignal()
     f = geo.compute([load_image(jpeg_bytes(im), str(n)) for n, im in enumerate([one, two, crop])])
