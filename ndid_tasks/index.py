@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -238,16 +239,31 @@ class ImageIndex:
             params.add_index(field_name="words", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
             self._create(self.words, schema, params)
 
+    # how long a process that lost the race to create a collection waits for the winner to index it
+    CREATE_RACE_WAIT_S = 30.0
+
     def _create(self, name: str, schema: Any, params: Any) -> None:
-        """Create a collection; another process creating it at the same moment is fine."""
+        """Create a collection; another process creating it at the same moment is fine. The loser's
+        create fails ("already exist" from a server, "[Errno 17] File exists" from Lite), and until
+        the winner has registered and indexed it, it is not listed or its load fails, so it retries a
+        while before it gives up with the error."""
         from pymilvus import MilvusException
 
         try:
             self.client.create_collection(name, schema=schema, index_params=params, consistency_level="Strong")
+            return
         except MilvusException as exc:
-            if "already exist" not in str(exc):
-                raise
-            self.client.load_collection(name)
+            failed = exc
+        deadline = time.monotonic() + self.CREATE_RACE_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                if self.client.has_collection(name):
+                    self.client.load_collection(name)
+                    return
+            except MilvusException as exc:
+                failed = exc
+            time.sleep(0.2)
+        raise failed
 
     # ------------------------------------------------------------ writes
     def upsert(self, images: Sequence[IndexedImage], now_ms: int) -> None:

@@ -246,7 +246,7 @@ def test_overlapping_runs_over_the_same_window(world):
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
+    assert [f"{type(e).__name__}: {e}" for e in errors] == []
     assert_invariant(settings, window, clean)
 
 

@@ -190,6 +190,47 @@ def test_milvus_lite_server_serves_two_processes_at_once(tmp_path):
     assert not services.milvus_status(settings, port).running
 
 
+def test_two_runs_creating_the_same_collections_at_once_both_go_on(tmp_path):
+    """Two ingest runs starting together (a manual run beside the scheduled one) both create the
+    index's collections. The loser's create fails -- "[Errno 17] File exists" from Lite, for 25 of
+    30 such pairs before ImageIndex waited for the winner -- and it must go on with the winner's."""
+    import threading
+
+    from ndid_tasks.config import Settings
+    from ndid_tasks.index import ImageIndex
+    from tests.conftest import _free_port
+
+    port = _free_port()
+    settings = Settings(state_dir=str(tmp_path / "var"))
+    services.start_milvus(settings, port=port)
+    try:
+        served = settings.replace(milvus_uri=services.milvus_server_uri(port))
+        for n in range(8):
+            run = served.replace(milvus_collection_prefix=f"race{n}")
+            errors: list[str] = []
+            indexes: list[ImageIndex] = []
+
+            def start(run: Settings = run, n: int = n) -> None:
+                try:
+                    indexes.append(ImageIndex(run, run.images_collection("v1"), 8, raw_dim=16, words=f"race{n}_words"))
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    errors.append(f"{type(exc).__name__}: {exc}")
+
+            threads = [threading.Thread(target=start) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert errors == [] and len(indexes) == 2
+            # both go on with one set of collections, loaded: one writes, the other finds it
+            indexes[0].upsert_words({"a": (1, {3: 1.0})})
+            assert [h.id for h in indexes[1].search_many("words", [{3: 1.0}], 1)[0]] == ["a"]
+            for index in indexes:
+                index.close()
+    finally:
+        services.stop_milvus(settings)
+
+
 def test_collections_are_usable_after_a_milvus_server_restart(tmp_path, photos):
     """A restarted Milvus server returns collections released; the index must load them again."""
     from ndid_tasks.config import Settings
