@@ -205,18 +205,18 @@ def test_two_runs_creating_the_same_collections_at_once_both_go_on(tmp_path):
     services.start_milvus(settings, port=port)
     try:
         served = settings.replace(milvus_uri=services.milvus_server_uri(port))
+
+        def start(run: Settings, words: str, indexes: list[ImageIndex], errors: list[str]) -> None:
+            try:
+                indexes.append(ImageIndex(run, run.images_collection("v1"), 8, raw_dim=16, words=words))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(f"{type(exc).__name__}: {exc}")
+
         for n in range(8):
             run = served.replace(milvus_collection_prefix=f"race{n}")
             errors: list[str] = []
             indexes: list[ImageIndex] = []
-
-            def start(run: Settings = run, n: int = n) -> None:
-                try:
-                    indexes.append(ImageIndex(run, run.images_collection("v1"), 8, raw_dim=16, words=f"race{n}_words"))
-                except Exception as exc:  # noqa: BLE001 - reported below
-                    errors.append(f"{type(exc).__name__}: {exc}")
-
-            threads = [threading.Thread(target=start) for _ in range(2)]
+            threads = [threading.Thread(target=start, args=(run, f"race{n}_words", indexes, errors)) for _ in range(2)]
             for t in threads:
                 t.start()
             for t in threads:
