@@ -179,7 +179,7 @@ class ImageIndex:
         existing = set(self.client.list_collections())
         for name in (self.images, self.clip, self.words):
             if name and name in existing:
-                self.client.load_collection(name)
+                self._load(name)
         if self.images in existing:
             fields = {f["name"] for f in self.client.describe_collection(self.images)["fields"]}
             self.inline_raw = "resnet_raw" in fields
@@ -239,31 +239,37 @@ class ImageIndex:
             params.add_index(field_name="words", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
             self._create(self.words, schema, params)
 
-    # how long a process that lost the race to create a collection waits for the winner to index it
+    # how long a process that meets a collection another process is creating waits for it
     CREATE_RACE_WAIT_S = 30.0
 
     def _create(self, name: str, schema: Any, params: Any) -> None:
-        """Create a collection; another process creating it at the same moment is fine. The loser's
-        create fails ("already exist" from a server, "[Errno 17] File exists" from Lite), and until
-        the winner has registered and indexed it, it is not listed or its load fails, so it retries a
-        while before it gives up with the error."""
+        """Create a collection; another process creating it at the same moment is fine: the loser's
+        create fails ("already exist" from a server, "[Errno 17] File exists" from Lite) and it goes
+        on with the winner's collection (:meth:`_load`)."""
         from pymilvus import MilvusException
 
         try:
             self.client.create_collection(name, schema=schema, index_params=params, consistency_level="Strong")
-            return
         except MilvusException as exc:
-            failed = exc
+            self._load(name, exc)
+
+    def _load(self, name: str, failed: Exception | None = None) -> None:
+        """Load a collection. One that another process is creating is listed only once registered,
+        and loads only once indexed (a create is three calls), so this retries for a while and
+        then gives up with the last error (``failed``: why the caller expected a wait)."""
+        from pymilvus import MilvusException
+
         deadline = time.monotonic() + self.CREATE_RACE_WAIT_S
-        while time.monotonic() < deadline:
+        while True:
             try:
                 if self.client.has_collection(name):
                     self.client.load_collection(name)
                     return
             except MilvusException as exc:
                 failed = exc
+            if time.monotonic() >= deadline:
+                raise failed or MilvusException(message=f"collection {name} did not appear")
             time.sleep(0.2)
-        raise failed
 
     # ------------------------------------------------------------ writes
     def upsert(self, images: Sequence[IndexedImage], now_ms: int) -> None:
