@@ -96,13 +96,22 @@ def s3_settings(services_state, tmp_path, request):
 
 
 def _free_port() -> int:
-    """A port P with P..P+3 and their +10000 gRPC twins free (the SeaweedFS layout)."""
+    """A port P with P..P+3 and their +10000 gRPC twins free (the SeaweedFS layout), all below the
+    kernel's ephemeral range: a port in it can be handed to any outgoing connection between this
+    check and the server's bind (CI: SeaweedFS's master port 39714 "not available")."""
     import random
 
     from ndid_tasks.services import port_in_use, weed_ports
 
+    ephemeral_low = 32768
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    # P + 10003 below the range, with room for a stack laid out above P (the distributed test: S3 at P + 10)
+    highest = max(ephemeral_low - 10032, 10001)
     for _ in range(200):
-        port = random.randint(20000, 40000)
+        port = random.randint(10000, highest)
         if not any(port_in_use("127.0.0.1", p + d) for p in weed_ports(port).values() for d in (0, 10000)):
             return port
     raise RuntimeError("no free port range for the test S3 server")

@@ -23,11 +23,10 @@ USERS = {"admin": "admin", "reviewer": "op"}  # name -> Airflow role (simple aut
 
 
 def free_port() -> int:
-    import socket
+    """A free port below the kernel's ephemeral range (see tests.conftest._free_port)."""
+    from tests.conftest import _free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_port()
 
 
 class LocalAirflow:
