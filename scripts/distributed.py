@@ -38,7 +38,9 @@ PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=Tr
 class Stack:
     """Ports, folders and secrets of one local distributed stack (``base`` picks the ports)."""
 
-    def __init__(self, state: Path, base: int = 25000) -> None:
+    # every port below Linux's ephemeral range (32768 up), S3's +10000 gRPC twins included: a port
+    # in that range can be an outgoing connection's source port when a server comes to bind it
+    def __init__(self, state: Path, base: int = 21000) -> None:
         self.state = state.resolve()
         self.root = services.private_dir(self.state / "distributed")
         self.ports = {"postgres": base, "redis": base + 1, "api": base + 2, "milvus": base + 3,
