@@ -56,6 +56,32 @@ def test_a_faint_look_rescores_the_pairs_it_raised_and_looks_in_stage1_order():
     assert matcher({"weak": 9.0})._after_faint_look(image, [decided, weak]) == [decided, weak] and asked == []
 
 
+def test_a_faint_look_takes_the_best_by_stage1_and_the_best_by_words_in_turn():
+    """A faint tight crop's original can rank last by the (untrained) global similarity yet first
+    by the query's visual words: the look order alternates the two rankings, each pair once, so
+    with two looks both the stage-1 favourite and the words favourite are looked at. Without a
+    words search for the query the order is stage 1's alone."""
+    cal = default_calibration("random")
+    asked: list[list[str]] = []
+
+    def faint_look(query_id, stage2):
+        asked.append([cid for cid, _ in stage2])
+        return {}
+
+    matcher = Matcher(SimpleNamespace(words=""), cal, 24, 10, lambda q, c: {}, faint_look=faint_look)
+    cosines = {"a": 0.40, "b": 0.30, "c": 0.20, "original": 0.05}  # stage-1 order a, b, c, original
+    ranked = [PairScore(cid, feats, cal.stage2.probability(feats), "stage2", {})
+              for cid, cos in cosines.items()
+              for feats in [{"phash_distance": 0.5, "resnet_cosine": cos, "log_inliers": 0.0}]]
+    image = SimpleNamespace(id="q")
+    matcher._after_faint_look(image, ranked)
+    assert asked[-1] == ["a", "b", "c", "original"]
+    matcher._words_found["q"] = ({"original": 0.30, "b": 0.12, "elsewhere": 0.5}, 0.1)  # (not verified: not offered)
+    matcher._after_faint_look(image, ranked)
+    assert asked[-1] == ["a", "original", "b", "c"]
+    assert [s.candidate_id for s in matcher.look_order(image, ranked)][:2] == ["a", "original"]
+
+
 def test_a_band_starting_above_the_threshold_never_accepts_a_pair_unverified():
     """Below the band stage 1 rejects: with a lower edge over the threshold (an NDID_AMBIGUOUS_LOW
     override) such a pair used to be a duplicate nobody verified; the edge now moves under the
