@@ -7,7 +7,7 @@ takes an RGB PIL image and a numpy Generator, so a seed reproduces the exact sam
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
@@ -183,6 +183,38 @@ EXTRA_FAMILIES: dict[str, dict[str, Attack]] = {
     "rotation": {"rotate90": attack_rotate90},
     "tight_crop": {"tight_crop": attack_tight_crop},
 }
+
+
+def attack_picture_in_picture(img: Image.Image, pool: Sequence[Image.Image], rng: np.random.Generator) -> Image.Image:
+    """The original shrunk to 45-60 % of a never-indexed photo's frame and pasted into it: a
+    screenshot of a post, a photo on a web page, a frame in a video still."""
+    canvas = pool[int(rng.integers(len(pool)))].resize((640, 480))
+    w, h = img.size
+    scale = rng.uniform(0.45, 0.6) * min(640 / w, 480 / h)
+    inner = img.resize((max(8, int(w * scale)), max(8, int(h * scale))))
+    canvas.paste(inner, (int(rng.integers(0, 640 - inner.width + 1)), int(rng.integers(0, 480 - inner.height + 1))))
+    return jpeg(canvas, int(rng.integers(70, 90)))
+
+
+def attack_collage(img: Image.Image, pool: Sequence[Image.Image], rng: np.random.Generator) -> Image.Image:
+    """A 2x2 grid: the original (squashed to a quarter of the frame) beside three never-indexed
+    photos, in a random cell."""
+    tiles = [img] + [pool[int(k)] for k in rng.choice(len(pool), size=3, replace=len(pool) < 3)]
+    canvas = Image.new("RGB", (640, 480))
+    for cell, tile in zip(rng.permutation(4), tiles, strict=True):
+        canvas.paste(tile.resize((320, 240)), (int(cell % 2) * 320, int(cell // 2) * 240))
+    return jpeg(canvas, int(rng.integers(70, 90)))
+
+
+# families made only on request (`ndid bench make --with NAME`): each copy holds the original as
+# a part of a bigger picture, made of never-indexed photos (``pool``); not in the default set, so
+# that its figures stay comparable with earlier runs
+CompositeAttack = Callable[[Image.Image, Sequence[Image.Image], np.random.Generator], Image.Image]
+OPTIONAL_FAMILIES: dict[str, dict[str, CompositeAttack]] = {
+    "picture_in_picture": {"picture_in_picture": attack_picture_in_picture},
+    "collage": {"collage": attack_collage},
+}
+
 # the milder mix used for bootstrap calibration positives
 BOOTSTRAP_ATTACKS: dict[str, Attack] = {
     "crop": attack_crop, "resize": attack_resize, "jpeg": attack_jpeg, "colour": attack_colour,

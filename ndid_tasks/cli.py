@@ -356,7 +356,8 @@ def cmd_bench(args) -> int:
     if args.action == "make":
         report = benchmark.make_benchmark(args.originals, args.distractors, args.out, seed=args.seed,
                                           max_originals=args.max_originals, max_distractors=args.max_distractors,
-                                          skip_originals=args.skip_originals, skip_distractors=args.skip_distractors)
+                                          skip_originals=args.skip_originals, skip_distractors=args.skip_distractors,
+                                          optional=args.optional_families)
         print(json.dumps(report, indent=2))
         return EXIT_OK
     if args.action == "scale":
@@ -471,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-distractors", type=int, default=None)
     m.add_argument("--skip-originals", type=int, default=0, help="skip the first N sorted originals (another benchmark's)")
     m.add_argument("--skip-distractors", type=int, default=0, help="skip the first N sorted distractors")
+    m.add_argument("--with", dest="optional_families", action="append", default=[],
+                   choices=["picture_in_picture", "collage"],
+                   help="add an optional family (repeatable): the original as part of a bigger picture")
     r = bsub.add_parser("run")
     r.add_argument("folder")
     r.add_argument("--out", default="bench_out")

@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,21 @@ log = logging.getLogger(__name__)
 def make_benchmark(originals: str | Path, distractors: str | Path, out: str | Path, seed: int = 0,
                    max_originals: int | None = None, max_distractors: int | None = None,
                    negative_share: float = 0.3, hard_negative_share: float = 0.5,
-                   skip_originals: int = 0, skip_distractors: int = 0) -> dict[str, Any]:
+                   skip_originals: int = 0, skip_distractors: int = 0,
+                   optional: Sequence[str] = ()) -> dict[str, Any]:
     """Attack every original once per family; hold some distractors out as negative queries.
+
+    ``optional``: families of :data:`augment.OPTIONAL_FAMILIES` to add (composite copies, whose
+    other parts are negative-query photos: never indexed), from a generator of their own, so every
+    other query is the same with or without them.
 
     ``hard_negative_share`` of those negatives become *same-scene* pairs instead: one view goes into
     refs, the other (no shared pixels, see :func:`augment.same_scene_pair`) is a negative query.
     ``skip_*``: leave out the first sorted files, e.g. those a dev benchmark uses, so that a change
     found on one benchmark is checked on photos it has not seen."""
+    unknown = [f for f in optional if f not in augment.OPTIONAL_FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown optional families {unknown}; choose from {list(augment.OPTIONAL_FAMILIES)}")
     rng = np.random.default_rng(seed)
     out = Path(out)
     refs, queries = out / "refs", out / "queries"
@@ -68,6 +77,14 @@ def make_benchmark(originals: str | Path, distractors: str | Path, out: str | Pa
             qname = f"{p.stem}__{family}__{name}.jpg"
             attacked.convert("RGB").save(queries / qname, "JPEG", quality=90)
             rows.append({"query": qname, "original": p.name, "family": family, "attack": name})
+    optional_rng = np.random.default_rng([seed, 3])
+    for p in origs if optional and overlay_pool else []:
+        img = Image.open(p).convert("RGB")
+        for family in optional:
+            name, attack = next(iter(augment.OPTIONAL_FAMILIES[family].items()))
+            qname = f"{p.stem}__{family}__{name}.jpg"
+            attack(img, overlay_pool, optional_rng).convert("RGB").save(queries / qname, "JPEG", quality=90)
+            rows.append({"query": qname, "original": p.name, "family": family, "attack": name})
     for p in negatives:
         qname = f"neg__{p.stem}.jpg"
         Image.open(p).convert("RGB").save(queries / qname, "JPEG", quality=90)
@@ -78,7 +95,8 @@ def make_benchmark(originals: str | Path, distractors: str | Path, out: str | Pa
         writer.writerows(rows)
     summary = {"refs": len(origs) + len(ref_dists) + len(scenes), "originals": len(origs),
                "distractors_in_refs": len(ref_dists), "queries": len(rows), "negative_queries": len(negatives),
-               "hard_negative_queries": len(scenes), "families": [*augment.FAMILIES, *augment.EXTRA_FAMILIES],
+               "hard_negative_queries": len(scenes), "families": [*augment.FAMILIES, *augment.EXTRA_FAMILIES,
+                                                             *(optional if overlay_pool else [])],
                "seed": seed, "skipped": {"originals": skip_originals, "distractors": skip_distractors},
                "folder": str(out)}
     (out / "benchmark.json").write_text(json.dumps(summary, indent=2))
