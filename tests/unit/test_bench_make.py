@@ -38,8 +38,6 @@ def test_composite_families_are_added_on_request_and_leave_every_other_query_as_
     """--with picture_in_picture / collage add one copy per original holding it as a part of a
     bigger picture whose other parts are negative-query photos (never indexed); every other query
     is byte for byte the same as without them, and an unknown family is refused."""
-    import csv
-
     import pytest
 
     originals = pictures(tmp_path / "o", [f"o{k}" for k in range(3)])
@@ -48,7 +46,7 @@ def test_composite_families_are_added_on_request_and_leave_every_other_query_as_
     both = benchmark.make_benchmark(originals, distractors, tmp_path / "both", seed=4,
                                     optional=["picture_in_picture", "collage"])
     assert both["families"] == [*plain["families"], "picture_in_picture", "collage"]
-    rows = {r["query"]: r for r in csv.DictReader(open(tmp_path / "both" / "ground_truth.csv"))}
+    rows = {r["query"]: r for r in benchmark.read_ground_truth(tmp_path / "both")}
     added = {q: r for q, r in rows.items() if r["family"] in ("picture_in_picture", "collage")}
     assert len(added) == 6 and {r["original"] for r in added.values()} == {f"o{k}.jpg" for k in range(3)}
     for q in {r["query"] for r in benchmark.read_ground_truth(tmp_path / "plain")}:
