@@ -73,8 +73,12 @@ def test_geometric_verification_separates_copies_from_unrelated(photos):
     f = geo.compute(pics)
     assert f[0].descriptors.dtype == np.uint8 and f[0].nbytes < 200_000
     crop, mirror, thumb = (geo.verify(f[i], f[0]) for i in (1, 2, 3))
-    # the mirrored copy is found through the mirror features, far more than directly
-    assert geo.compare(f[2].mirrored(), f[0]) > 3 * max(geo.verified, geo.compare(f[2], f[0]))
+    # the mirrored copy is found through the mirror features, far more than directly -- though
+    # its direct match finds more than ``verified`` (29 here: blob-like keypoints barely change
+    # under a reflection, and a reflecting map fits them), which once kept the mirror from being tried
+    direct = geo.compare(f[2], f[0])
+    assert geo.verified < direct < geo.mirror_below
+    assert mirror == geo.compare(f[2].mirrored(), f[0]) > 3 * direct
     # permuted descriptors ~ SIFT run on the mirrored pixels
     assert geo.compare(f[0].mirrored(), f[2]) > 0.8 * geo.compare(f[0], f[0])
     # one batched call equals pair-by-pair calls
