@@ -180,8 +180,8 @@ class Matcher:
             self._turned.update(self.turned_descriptors(wanted))
 
     def turned_image(self, image: IndexedImage, variant: str) -> IndexedImage | None:
-        """The query as it would be indexed if it were turned by ``variant`` (None: its pixels are
-        unreadable, so it cannot be scored that way)."""
+        """The query as it would be indexed if it were turned by ``variant``, or were only that
+        quarter of itself (None: its pixels are unreadable, so it cannot be scored that way)."""
         from .signals import PHashSignal
 
         key = (image.id, variant)
@@ -189,8 +189,13 @@ class Matcher:
             self._turned.update(self.turned_descriptors([key]))
         if key not in self._turned:
             return None
-        n = [name for name, *_ in PHashSignal.DIHEDRAL].index(variant)
-        return dataclasses.replace(image, phash=PHashSignal.dihedral(image.phash)[n], resnet=self._turned[key])
+        if variant in PHashSignal.QUARTERS:
+            if image.quarters is None:
+                return None
+            phash = image.quarters[PHashSignal.QUARTERS.index(variant)]
+        else:
+            phash = PHashSignal.dihedral(image.phash)[[name for name, *_ in PHashSignal.DIHEDRAL].index(variant)]
+        return dataclasses.replace(image, phash=phash, resnet=self._turned[key])
 
     def candidates(self, image: IndexedImage, before: bool = True) -> list[str]:
         return self.candidates_many([image], before)[image.id]
@@ -208,21 +213,25 @@ class Matcher:
     def turned_candidates_many(self, images: Sequence[IndexedImage], before: bool = True
                                ) -> dict[str, list[tuple[str, str]]]:
         """(candidate, variant) pairs per image: earlier images whose pHash is within the tight
-        radius of one of the query's 7 rotations/mirrors (:meth:`PHashSignal.dihedral`), at most
+        radius of one of the query's 7 rotations/mirrors (:meth:`PHashSignal.dihedral`) or of one
+        of its quarters' (:data:`PHashSignal.QUARTERS`: collages), at most
         :data:`TURNED_CANDIDATES` per variant -- one batch search, exact like the others."""
         from .signals import PHashSignal
 
         if not images or self.turned_radius <= 0:
             return {}
         names = [name for name, *_ in PHashSignal.DIHEDRAL]
-        owners = [im for im in images for _ in names]
-        vectors = [v for im in images for v in PHashSignal.dihedral(im.phash)]
+        searched = [(im, name, vector) for im in images
+                    for name, vector in [*zip(names, PHashSignal.dihedral(im.phash), strict=True),
+                                         *(zip(PHashSignal.QUARTERS, im.quarters, strict=True)
+                                           if im.quarters is not None else ())]]
         # no slack: a hit within the tight radius is rare, and the crowded re-search keeps it exact
-        hits = self._earlier_hits("phash", vectors, owners, TURNED_CANDIDATES, self.turned_radius, before, slack=0)
+        hits = self._earlier_hits("phash", [v for _, _, v in searched], [im for im, _, _ in searched],
+                                  TURNED_CANDIDATES, self.turned_radius, before, slack=0)
         out: dict[str, list[tuple[str, str]]] = {}
-        for n, found in enumerate(hits):
+        for (im, name, _), found in zip(searched, hits, strict=True):
             for cid in found[:TURNED_CANDIDATES]:
-                out.setdefault(owners[n].id, []).append((cid, names[n % len(names)]))
+                out.setdefault(im.id, []).append((cid, name))
         return out
 
     @property
@@ -368,6 +377,8 @@ class Matcher:
                     words: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
         """Which candidates of each image will reach stage 2 (so their CLIP vectors and local
         features can be computed in batches first). Exact copies never need it."""
+        from .signals import PHashSignal
+
         plan = {}
         for im in images:
             if self._exact.get(im.id):
@@ -378,37 +389,46 @@ class Matcher:
             for variant, cids in _by_variant((turned or {}).get(im.id, [])).items():
                 aligned = self.turned_image(im, variant)
                 if aligned is not None:
-                    chosen += [cid for cid, _, _ in to_verify(self.cal, self._pairs(aligned, cids),
-                                                              self.band, self.stage2_max, worth)[0]]
+                    chosen += [cid for cid, _, _ in to_verify(self.cal, self._pairs(aligned, cids), self.band,
+                                                              self.stage2_max,
+                                                              None if variant in PHashSignal.QUARTERS else worth)[0]]
             if self.stage2_on:
                 chosen += (words or {}).get(im.id, [])
             if chosen:
                 plan[im.id] = list(dict.fromkeys(chosen))
         return plan
 
-    def score(self, image: IndexedImage, candidate_ids: list[str], verify_all: bool = False) -> list[PairScore]:
+    def score(self, image: IndexedImage, candidate_ids: list[str], verify_all: bool = False,
+              gated: bool = True) -> list[PairScore]:
         """The candidates' scores, best first (:func:`ndid_tasks.scoring.score_pairs`); the
         expensive features come from ``stage2_features`` for the pairs stage 2 reads -- with
         ``verify_all`` for every candidate, whatever its stage-1 probability (visual-words
-        candidates: found by their local features, judged by them)."""
+        candidates: found by their local features, judged by them); without ``gated``, band
+        candidates are verified whatever the words say (:meth:`worth_verifying`)."""
         if not candidate_ids:
             return []
         pairs = self._pairs(image, candidate_ids)
         self.pairs += len(pairs)
         band, cap = ((0.0, 1.0), len(pairs)) if verify_all else (self.band, self.stage2_max)
-        worth = None if verify_all else self.worth_verifying(image)
+        worth = None if verify_all or not gated else self.worth_verifying(image)
         scores = score_pairs(self.cal, pairs, lambda cids: self.stage2_features(image.id, cids), band, cap, worth)
         self.stage2_pairs += sum(1 for s in scores if s.stage == "stage2")
         return scores
 
     def score_turned(self, image: IndexedImage, turned: list[tuple[str, str]]) -> list[PairScore]:
         """Scores of turned candidates, each pair measured with the query turned its way (so a
-        rotated copy has the features of a plain one and the same calibration applies)."""
+        rotated copy has the features of a plain one and the same calibration applies). A
+        quarter's candidates are not gated by the words: the other three cells dilute the query's
+        words (a collage's original seldom stands out in them), and a quarter's pHash within the
+        tight radius is rare among images with no copy (:data:`PHashSignal.QUARTERS`)."""
+        from .signals import PHashSignal
+
         scores = []
         for variant, cids in _by_variant(turned).items():
             aligned = self.turned_image(image, variant)
             if aligned is not None:
-                scores += [dataclasses.replace(s, orientation=variant) for s in self.score(aligned, cids)]
+                scores += [dataclasses.replace(s, orientation=variant)
+                           for s in self.score(aligned, cids, gated=variant not in PHashSignal.QUARTERS)]
         return scores
 
     def rank(self, image: IndexedImage, candidates: list[str] | None = None,

@@ -313,6 +313,7 @@ class Engine:
         t1 = time.perf_counter()
         pics = [im for _, im in loaded]
         phashes = self.phash.compute(pics)
+        quarters = self.quarters_of(pics)
         t2 = time.perf_counter()
         raw = self.resnet.compute_raw(pics)
         embeddings = self.resnet.whiten(raw)
@@ -322,9 +323,15 @@ class Engine:
         words = self.words_of(pics)  # (indexed with the image: a later batch's search must see them)
         images = [IndexedImage(id=item.id, sha256=im.sha256, source=item.source, width=im.width,
                                height=im.height, num_bytes=im.num_bytes, created_at=item.created_at_ms,
-                               phash=phashes[i], resnet=embeddings[i], raw=raw[i], words=words[i])
+                               phash=phashes[i], resnet=embeddings[i], raw=raw[i], words=words[i],
+                               quarters=None if quarters is None else quarters[i])
                   for i, (item, im) in enumerate(loaded)]
         return Prepared(images, errors, {im.image_id: im for im in pics})
+
+    def quarters_of(self, pics: Sequence[LoadedImage]) -> np.ndarray | None:
+        """The pHash of each picture's quarters (PHashSignal.QUARTERS), searched like the turned
+        variants; None where that search is off (NDID_PHASH_TURNED_RADIUS=0)."""
+        return self.phash.quarters(pics) if self.settings.phash_turned_radius > 0 else None
 
     def error_record(self, item: SourceItem, reason: str, message: str, run_id: str, run_at: str) -> DecisionRecord:
         return DecisionRecord(id=item.id, source=item.source, decision="error", error_reason=reason,
@@ -559,9 +566,10 @@ class Engine:
     def query(self, data: bytes, image_id: str = "query", limit: int = 5) -> list[dict[str, Any]]:
         """Top matches for an image that is not indexed (nothing is written)."""
         pic = self.load(image_id, data)
+        quarters = self.quarters_of([pic])
         image = IndexedImage(id=image_id, sha256=pic.sha256, source="", width=pic.width, height=pic.height,
                              num_bytes=pic.num_bytes, created_at=0, phash=self.phash.compute([pic])[0],
-                             resnet=self.resnet.compute([pic])[0])
+                             resnet=self.resnet.compute([pic])[0], quarters=None if quarters is None else quarters[0])
         self.forget([image_id])  # a reused query id must not see the previous query's features
         self._loaded[image_id] = pic
         self.sources[image_id] = data  # for a closer look at the query itself
@@ -623,9 +631,12 @@ class Engine:
         row = self.index.get_rows([image_id], list(IMAGE_ROW_FIELDS)).get(image_id)
         if row is None:
             return image_id
+        pics = self.pictures([image_id]) if self.settings.phash_turned_radius > 0 else {}
+        quarters = self.quarters_of([pics[image_id]]) if image_id in pics else None  # (not indexed: read again)
         image = IndexedImage(**{k: row[k] for k in IMAGE_ROW_FIELDS if k not in ("phash", "resnet")},
                              phash=np.asarray(row["phash"], np.float32), resnet=np.asarray(row["resnet"], np.float32),
-                             words=self.index.get_words([image_id]).get(image_id))
+                             words=self.index.get_words([image_id]).get(image_id),
+                             quarters=None if quarters is None else quarters[0])
         pairs = matcher.stage2_pairs
         try:
             return matcher.decide(image, originals).original_id
@@ -746,6 +757,8 @@ def pack_prepared(prepared: Prepared) -> bytes:
         "errors": np.frombuffer(json.dumps([e.to_dict() for e in prepared.errors]).encode(), dtype=np.uint8),
         "phash": np.array([im.phash for im in prepared.images], dtype=np.float32).reshape(-1, 64),
         "raw": np.array([im.raw for im in prepared.images], dtype=np.float32).reshape(len(prepared.images), -1),
+        **({"quarters": np.array([im.quarters for im in prepared.images], dtype=np.float32)}
+           if prepared.images and all(im.quarters is not None for im in prepared.images) else {}),
         **pack_words([im.words for im in prepared.images]),
     }
     buf = io.BytesIO()
@@ -762,6 +775,8 @@ def unpack_prepared(data: bytes, resnet: GlobalDescriptorSignal) -> Prepared:
         raw = npz["raw"]
         whitened = resnet.whiten(raw) if len(meta) else raw
         words = unpack_words(npz, len(meta))
-        images = [IndexedImage(**m, phash=npz["phash"][i], resnet=whitened[i], raw=raw[i], words=words[i])
+        quarters = npz["quarters"] if "quarters" in npz.files else None  # (staged by an older version: none)
+        images = [IndexedImage(**m, phash=npz["phash"][i], resnet=whitened[i], raw=raw[i], words=words[i],
+                               quarters=None if quarters is None else quarters[i])
                   for i, m in enumerate(meta)]
     return Prepared(images, errors)

@@ -319,8 +319,9 @@ def test_rotated_and_mirrored_copies_are_found_through_turned_phash(random_setti
 
 
 def test_turned_candidates_equal_a_brute_force_search_of_earlier_images(random_settings, tmp_path, photos):
-    """The turned search (7 variants per image, no slack) gives what an exact per-image search
-    gives, also when later turned copies in the same batch crowd out the earlier ones."""
+    """The turned search (7 variants and 4 quarters per image, no slack) gives what an exact
+    per-image search gives, also when later turned copies in the same batch crowd out the earlier
+    ones."""
     from ndid_tasks.decide import TURNED_CANDIDATES
     from ndid_tasks.signals import PHashSignal
 
@@ -346,11 +347,46 @@ def test_turned_candidates_equal_a_brute_force_search_of_earlier_images(random_s
     for im in images:
         earlier = [o for o in images if (o.created_at, o.id) < (im.created_at, im.id)]
         expected = set()
-        for n, variant in enumerate(PHashSignal.dihedral(im.phash)):
+        assert im.quarters is not None
+        for name, variant in [*zip(names, PHashSignal.dihedral(im.phash), strict=True),
+                              *zip(PHashSignal.QUARTERS, im.quarters, strict=True)]:
             near = sorted((int(np.sum(o.phash != variant)), o.id) for o in earlier)
-            expected |= {(oid, names[n]) for d, oid in near[:TURNED_CANDIDATES] if d <= radius}
+            expected |= {(oid, name) for d, oid in near[:TURNED_CANDIDATES] if d <= radius}
         assert set(got.get(im.id, [])) == expected, im.id
     assert sum(len(v) for v in got.values()) >= 8  # the turned copies found their original and each other
+
+
+def test_a_collage_is_found_through_the_phash_of_its_quarters(random_settings, tmp_path, photos):
+    """A 2x2 collage: one indexed photo beside three that are not. The whole image's pHash,
+    descriptor and words see mostly the other three; the quarter that holds the original has its
+    pHash, so the quarter search proposes it, the pair is scored as that quarter, and verification
+    (of the whole collage) confirms it. Through the staged (DAG) path too, where the quarters travel
+    with the image from the embed task to the decide task. With the search off, no quarter decides."""
+    from ndid_tasks.pipeline import pack_prepared, unpack_prepared
+    from tests.unit.test_signals import collage
+
+    names = ["astronaut", "coffee", "rocket", "camera", "immunohistochemistry", "hubble_deep_field"]
+    folder, t = originals(tmp_path, "collage", names, photos)
+    write(folder / "collage.jpg", collage(photos, ["chelsea", "coins", "astronaut", "moon"]), quality=85, mtime=t + 100)
+
+    def run(settings):
+        with Engine(settings) as engine:
+            return by_name(engine.ingest(local_items([folder]), run_id="r", run_at="2026-01-01T00:00:00+00:00"))
+
+    crowded = random_settings.replace(resnet_top_k=1)  # (the original is not the collage's ResNet nearest)
+    rec = run(crowded)["collage.jpg"]
+    assert rec.decision == "duplicate" and rec.original_id.endswith("orig_astronaut.jpg"), rec
+    assert rec.orientation == "QUARTER_BOTTOM_LEFT" and rec.stage == "stage2"
+    with Engine(crowded.replace(state_dir=str(tmp_path / "staged"))) as engine:
+        prepared = engine.prepare(local_items([folder]), run_id="s")
+        staged = unpack_prepared(pack_prepared(prepared), engine.resnet)
+        assert all(np.array_equal(a.quarters, b.quarters) for a, b in zip(prepared.images, staged.images, strict=True))
+        engine.index_prepared(staged, "s")
+        staged_rec = by_name(engine.decide(staged.images, "s", "2026-01-01T00:00:00+00:00"))["collage.jpg"]
+    assert (staged_rec.decision, staged_rec.original_id, staged_rec.orientation) == (
+        rec.decision, rec.original_id, rec.orientation)
+    off = run(crowded.replace(phash_turned_radius=0, state_dir=str(tmp_path / "off")))["collage.jpg"]
+    assert not off.orientation
 
 
 def tight_crop(img, side=0.4):

@@ -89,6 +89,40 @@ def test_geometric_verification_separates_copies_from_unrelated(photos):
     assert min(crop, mirror, thumb) >= 12
 
 
+def collage(photos, names):
+    """A 2x2 grid of these photos, each squashed into its cell (row by row)."""
+    from PIL import Image
+
+    canvas = Image.new("RGB", (640, 480))
+    for cell, name in enumerate(names):
+        canvas.paste(photos[name].convert("RGB").resize((320, 240)), ((cell % 2) * 320, (cell // 2) * 240))
+    return canvas
+
+
+def test_a_collage_cell_hashes_to_its_original_and_a_photos_own_quarters_to_no_other_photo(photos):
+    """pHash squashes every picture, so the quarter of a 2x2 collage that holds an original has
+    that original's pHash (0 bits here), in PHashSignal.QUARTERS order; a photo's own quarters stay
+    far (> the turned radius, 12) from every other photo's pHash. Quarters are never empty."""
+    from ndid_tasks.signals import PHashSignal
+
+    sig = PHashSignal()
+    names = ["chelsea", "astronaut", "coins", "coffee"]
+    whole = {n: sig.compute([load_image(jpeg_bytes(photos[n]), n)])[0] for n in photos}
+    quarters = sig.quarters([load_image(jpeg_bytes(collage(photos, names)), "collage")])[0]
+    assert quarters.shape == (len(PHashSignal.QUARTERS), 64)
+    for k, name in enumerate(names[:3]):
+        assert sig.compare(quarters[k], whole[name]) <= 4
+        assert min(sig.compare(quarters[k], whole[m]) for m in photos if m != name) > 16
+    for name, photo in photos.items():
+        own = sig.quarters([load_image(jpeg_bytes(photo), name)])[0]
+        assert min(sig.compare(q, whole[m]) for q in own for m in photos if m != name) > 12, name
+    assert all(x1 > x0 and y1 > y0 for size in [(1, 1), (3, 1), (640, 480)] for k in range(4)
+               for x0, y0, x1, y1 in [PHashSignal._quarter_box(size, k)])
+    turned = PHashSignal.turned(load_image(jpeg_bytes(photos["astronaut"]), "a"), "QUARTER_BOTTOM_RIGHT")
+    assert turned.image.size == (photos["astronaut"].width - photos["astronaut"].width // 2,
+                                 photos["astronaut"].height - photos["astronaut"].height // 2)
+
+
 def test_pdq_dihedral_distance_finds_rotated_and_mirrored_copies(photos):
     from PIL import Image, ImageOps
 
