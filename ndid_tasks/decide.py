@@ -377,8 +377,6 @@ class Matcher:
                     words: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
         """Which candidates of each image will reach stage 2 (so their CLIP vectors and local
         features can be computed in batches first). Exact copies never need it."""
-        from .signals import PHashSignal
-
         plan = {}
         for im in images:
             if self._exact.get(im.id):
@@ -390,8 +388,7 @@ class Matcher:
                 aligned = self.turned_image(im, variant)
                 if aligned is not None:
                     chosen += [cid for cid, _, _ in to_verify(self.cal, self._pairs(aligned, cids), self.band,
-                                                              self.stage2_max,
-                                                              None if variant in PHashSignal.QUARTERS else worth)[0]]
+                                                              self.stage2_max, worth if _words_gated(variant) else None)[0]]
             if self.stage2_on:
                 chosen += (words or {}).get(im.id, [])
             if chosen:
@@ -421,14 +418,12 @@ class Matcher:
         quarter's candidates are not gated by the words: the other three cells dilute the query's
         words (a collage's original seldom stands out in them), and a quarter's pHash within the
         tight radius is rare among images with no copy (:data:`PHashSignal.QUARTERS`)."""
-        from .signals import PHashSignal
-
         scores = []
         for variant, cids in _by_variant(turned).items():
             aligned = self.turned_image(image, variant)
             if aligned is not None:
                 scores += [dataclasses.replace(s, orientation=variant)
-                           for s in self.score(aligned, cids, gated=variant not in PHashSignal.QUARTERS)]
+                           for s in self.score(aligned, cids, gated=_words_gated(variant))]
         return scores
 
     def rank(self, image: IndexedImage, candidates: list[str] | None = None,
@@ -544,6 +539,14 @@ class Matcher:
             original = (row or {}).get("original_id") or matched_id
         originals[matched_id] = original
         return original
+
+
+def _words_gated(variant: str) -> bool:
+    """Whether a turned candidate of this variant must stand out in the words to be verified: a
+    quarter's need not (see :meth:`Matcher.score_turned`)."""
+    from .signals import PHashSignal
+
+    return variant not in PHashSignal.QUARTERS
 
 
 def _by_variant(turned: Sequence[tuple[str, str]]) -> dict[str, list[str]]:

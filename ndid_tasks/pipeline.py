@@ -324,14 +324,16 @@ class Engine:
         images = [IndexedImage(id=item.id, sha256=im.sha256, source=item.source, width=im.width,
                                height=im.height, num_bytes=im.num_bytes, created_at=item.created_at_ms,
                                phash=phashes[i], resnet=embeddings[i], raw=raw[i], words=words[i],
-                               quarters=None if quarters is None else quarters[i])
+                               quarters=quarters[i])
                   for i, (item, im) in enumerate(loaded)]
         return Prepared(images, errors, {im.image_id: im for im in pics})
 
-    def quarters_of(self, pics: Sequence[LoadedImage]) -> np.ndarray | None:
-        """The pHash of each picture's quarters (PHashSignal.QUARTERS), searched like the turned
+    def quarters_of(self, pics: Sequence[LoadedImage]) -> list[np.ndarray | None]:
+        """Per picture, the pHash of its quarters (PHashSignal.QUARTERS), searched like the turned
         variants; None where that search is off (NDID_PHASH_TURNED_RADIUS=0)."""
-        return self.phash.quarters(pics) if self.settings.phash_turned_radius > 0 else None
+        if self.settings.phash_turned_radius <= 0:
+            return [None] * len(pics)
+        return list(self.phash.quarters(pics))
 
     def error_record(self, item: SourceItem, reason: str, message: str, run_id: str, run_at: str) -> DecisionRecord:
         return DecisionRecord(id=item.id, source=item.source, decision="error", error_reason=reason,
@@ -566,10 +568,9 @@ class Engine:
     def query(self, data: bytes, image_id: str = "query", limit: int = 5) -> list[dict[str, Any]]:
         """Top matches for an image that is not indexed (nothing is written)."""
         pic = self.load(image_id, data)
-        quarters = self.quarters_of([pic])
         image = IndexedImage(id=image_id, sha256=pic.sha256, source="", width=pic.width, height=pic.height,
                              num_bytes=pic.num_bytes, created_at=0, phash=self.phash.compute([pic])[0],
-                             resnet=self.resnet.compute([pic])[0], quarters=None if quarters is None else quarters[0])
+                             resnet=self.resnet.compute([pic])[0], quarters=self.quarters_of([pic])[0])
         self.forget([image_id])  # a reused query id must not see the previous query's features
         self._loaded[image_id] = pic
         self.sources[image_id] = data  # for a closer look at the query itself
@@ -632,11 +633,10 @@ class Engine:
         if row is None:
             return image_id
         pics = self.pictures([image_id]) if self.settings.phash_turned_radius > 0 else {}
-        quarters = self.quarters_of([pics[image_id]]) if image_id in pics else None  # (not indexed: read again)
+        quarters = self.quarters_of([pics[image_id]])[0] if image_id in pics else None  # (not indexed: read again)
         image = IndexedImage(**{k: row[k] for k in IMAGE_ROW_FIELDS if k not in ("phash", "resnet")},
                              phash=np.asarray(row["phash"], np.float32), resnet=np.asarray(row["resnet"], np.float32),
-                             words=self.index.get_words([image_id]).get(image_id),
-                             quarters=None if quarters is None else quarters[0])
+                             words=self.index.get_words([image_id]).get(image_id), quarters=quarters)
         pairs = matcher.stage2_pairs
         try:
             return matcher.decide(image, originals).original_id

@@ -290,10 +290,9 @@ def refs_matched_pairwise(engine: Engine, refs: Sequence[LoadedImage], names: di
 def _evaluate_query(qname, pic, phash, resnet, dhash, pdq, matcher: Matcher, cal, engine, ref_ids, ref_name,
                     ref_phash, ref_resnet, ref_dhash, ref_pdq, truth, wanted) -> QueryResult:
     preds: dict[str, Prediction] = {}
-    quarters = engine.quarters_of([pic])
     image = IndexedImage(id=pic.image_id, sha256=pic.sha256, source="", width=pic.width, height=pic.height,
                          num_bytes=pic.num_bytes, created_at=0, phash=phash, resnet=resnet,
-                         words=engine.words_of([pic])[0], quarters=None if quarters is None else quarters[0])
+                         words=engine.words_of([pic])[0], quarters=engine.quarters_of([pic])[0])
     cands = matcher.candidates(image, before=False)
     turned = matcher.turned_candidates_many([image], before=False).get(image.id, [])
     words = matcher.words_candidates_many([image], before=False).get(image.id, [])
