@@ -253,32 +253,60 @@ def cmd_whitening(args) -> int:
         engine.close()
 
 
+def _folder_photos(args, label: str):
+    """The photos of ``args.folder`` (sorted, from ``--skip``, at most ``--limit``) as loaded
+    images, with a progress bar; an unreadable one is skipped, not fatal."""
+    from .images import image_files, load_image
+
+    files = image_files(args.folder)[args.skip:]
+    if args.limit:
+        files = files[:args.limit]
+    with _progress(len(files), label) as bar:
+        for path in files:
+            try:
+                yield load_image(path.read_bytes(), path.name)
+            except Exception as exc:  # noqa: BLE001
+                print(f"skipped {path.name}: {exc}", file=sys.stderr)
+            bar.update(1)
+
+
 def cmd_words(args) -> int:
     """Fit the visual-words vocabulary (k-means on RootSIFT) on a folder of generic photos."""
-    from .images import image_files, load_image
     from .signals import GeometricSignal
     from .signals.visual_words import fit_vocabulary
 
     settings = load_settings()
-    files = image_files(args.folder)[args.skip:]
-    if args.limit:
-        files = files[:args.limit]
     # more keypoints a photo than at ingest: each of ~16,000 words wants a few dozen descriptors
     geometry = GeometricSignal(max_features=args.features, max_side=settings.sift_max_side)
-    features = []
-    with _progress(len(files), "SIFT") as bar:
-        for path in files:
-            try:
-                features += geometry.compute([load_image(path.read_bytes(), path.name)])
-            except Exception as exc:  # noqa: BLE001 - an unreadable photo is skipped, not fatal
-                print(f"skipped {path.name}: {exc}", file=sys.stderr)
-            bar.update(1)
+    features = [f for image in _folder_photos(args, "SIFT") for f in geometry.compute([image])]
     vocab = fit_vocabulary(features, size=args.size, seed=args.seed, branch=args.branch,
                            mirror_invariant=not args.mirror_variant,
                            meta={"fitted_on": f"{Path(args.folder).name} (sorted files {args.skip}..)",
                                  "sift_max_side": settings.sift_max_side, "sift_features": args.features})
     Path(args.output).write_bytes(vocab.to_bytes())
     print(json.dumps({"version": vocab.version, "output": args.output, **vocab.meta}, indent=2))
+    return EXIT_OK
+
+
+def cmd_words_generic(args) -> int:
+    """The words of generic photos (none of them indexed, none a benchmark's): a query's words
+    background while the index is too small to give its own (NDID_VISUAL_WORDS_GENERIC_FILE)."""
+    from .signals import GeometricSignal
+    from .signals.visual_words import VisualWordsSignal, Vocabulary, generic_to_bytes
+
+    settings = load_settings()
+    vocabulary = Vocabulary.load(settings.visual_words_file)
+    signal = VisualWordsSignal(vocabulary, GeometricSignal.from_settings(settings))  # (as at ingest)
+    words = [w for image in _folder_photos(args, "visual words") for w in signal.compute([image]) if w]
+    if len(words) < VisualWordsSignal.MIN_SAMPLE:
+        print(f"ndid words generic: {len(words)} photos with words; a background needs at least "
+              f"{VisualWordsSignal.MIN_SAMPLE}", file=sys.stderr)
+        return EXIT_CONFIG
+    meta = {"made_from": f"{Path(args.folder).name} (sorted files from {args.skip}"
+                         + (f", {args.limit} of them)" if args.limit else ")"),
+            "sift_max_side": settings.sift_max_side, "sift_features": settings.sift_features}
+    Path(args.output).write_bytes(generic_to_bytes(words, vocabulary, meta))
+    print(json.dumps({"output": args.output, "vocabulary": vocabulary.version, "images": len(words), **meta}, indent=2))
     return EXIT_OK
 
 
@@ -446,6 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--limit", type=int, default=0)
     w.add_argument("--seed", type=int, default=0)
     w.set_defaults(func=cmd_words)
+    w = wsub.add_parser("generic", help="the words of generic photos that no index holds: the words background "
+                        "of a new index (NDID_VISUAL_WORDS_GENERIC_FILE; one is packaged for the packaged vocabulary)")
+    w.add_argument("folder")
+    w.add_argument("output", help="the NPZ to write")
+    w.add_argument("--skip", type=int, default=0, help="skip the first N sorted files (e.g. those a benchmark uses)")
+    w.add_argument("--limit", type=int, default=0)
+    w.set_defaults(func=cmd_words_generic)
     w = wsub.add_parser("backfill", help="give every indexed image without visual words its words (images "
                         "indexed before NDID_VISUAL_WORDS, or a new vocabulary); resumable")
     w.add_argument("--batch-size", type=positive_int, default=64)

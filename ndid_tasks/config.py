@@ -114,8 +114,9 @@ class Settings:
     # their top 1/32..1/8 among a uniform sample of ~256 earlier images -- a quantile, which holds
     # its level as the index grows -- or, where higher, the mean of its 17th..48th nearest, which
     # climb with the best of more unrelated images; a group of copies counted once); 0 = all. Images
-    # with fewer than half the keypoint budget's words (tight crops, thumbnails) and an index under
-    # 64 images: no background, every candidate stands
+    # with fewer than half the keypoint budget's words (tight crops, thumbnails): no background, every
+    # candidate stands; while fewer than 64 images are earlier, the level among generic photos'
+    # words (NDID_VISUAL_WORDS_GENERIC_FILE)
     visual_words_min_ratio: float = 1.75
     # gating the band: verify a pHash/descriptor candidate in the ambiguous band only where it is
     # among the query's 48 nearest by words and its words similarity is at least this many times
@@ -128,6 +129,10 @@ class Settings:
     # families >= 0.983 (docs/benchmarks.md, sessions 17-18)
     visual_words_band_ratio: float = 1.25
     visual_words_file: str = ""  # vocabulary NPZ from `ndid words fit` ("" = the packaged one)
+    # generic photos' words (`ndid words generic`): a query's background while the index is too small
+    # to give its own ("" = the packaged one, which serves only the packaged vocabulary; "none": no
+    # background there, every candidate of the first 64 images is verified)
+    visual_words_generic_file: str = ""
     # Milvus Lite's sparse search scans every row (~0.8 ms a row a call: ≈ 0.12 s an image at 5,000
     # rows in batches of 64, 0.5 s at 20,000), so on Lite the words are searched only while their
     # collection holds at most this many rows (still stored beyond); a Milvus server uses a real

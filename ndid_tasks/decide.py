@@ -113,8 +113,11 @@ class Matcher:
                  words_candidates: int = 0, words_max: int = 0, words_full: int = 250, words_min_ratio: float = 0.0,
                  band_words_ratio: float = 0.0,
                  faint_look: Callable[[str, list[tuple[str, float]]], dict[str, float]] | None = None,
-                 background_sample: BackgroundSample | None = None) -> None:
-        """``background_sample``: one kept by the caller across Matchers (default: a fresh one)."""
+                 background_sample: BackgroundSample | None = None,
+                 words_generic: Sequence[dict[int, float]] = ()) -> None:
+        """``background_sample``: one kept by the caller across Matchers (default: a fresh one);
+        ``words_generic``: generic photos' words, the background while too few images are earlier
+        (:attr:`VisualWordsSignal.generic`)."""
         self.index = index
         self.cal = calibration
         self.radius = phash_radius
@@ -157,6 +160,7 @@ class Matcher:
         self.band_words_ratio = band_words_ratio if self.words_candidates else 0.0
         self._words_found: dict[str, tuple[dict[str, float], float | None]] = {}
         self.background_sample = background_sample or BackgroundSample()
+        self.words_generic = list(words_generic)
         self._turned: dict[tuple[str, str], np.ndarray] = {}
         self.stage2_pairs = 0
         self.pairs = 0
@@ -277,7 +281,9 @@ class Matcher:
         """Each image's words background (:meth:`VisualWordsSignal.background_of`): from its
         similarities to one uniform sample of the earlier images and from its nearest ``hits`` (the
         words search's, best first), a group of copies (their recorded original) counted once at
-        its best in both. One sample read per batch at most. None for an image with fewer than
+        its best in both. One sample read per batch at most. While that sample holds fewer than
+        :attr:`VisualWordsSignal.MIN_SAMPLE` earlier images (a new index), ``words_generic`` is the
+        sample instead (none given: no background). None for an image with fewer than
         ``words_full`` words: a few words' similarity to anything is mostly chance, too noisy to
         stand out of, and verifying a small image is cheap (matching costs keypoints x keypoints);
         tight crops are such images (outside the dev set: 0.975 of their originals verified this
@@ -287,9 +293,12 @@ class Matcher:
             return {}
         rows, stored = self.background_sample.get(self.index, reuse=not before)  # (queries: before=False)
         rows = [r for r in rows if stored.get(r["id"])]  # (only images with words can be candidates)
-        if len(rows) < VisualWordsSignal.MIN_SAMPLE:
+        if len(rows) < VisualWordsSignal.MIN_SAMPLE and not self.words_generic:
             return {}
-        sims = VisualWordsSignal.similarities([im.words or {} for im in judged], [stored[r["id"]] for r in rows])
+        queries = [im.words or {} for im in judged]
+        sims = VisualWordsSignal.similarities(queries, [stored[r["id"]] for r in rows]) if rows \
+            else np.zeros((len(judged), 0))
+        generic: np.ndarray | None = None  # (the query's similarities to the generic photos, when needed)
         # (the batch's own images are left out of the nearest: not decided yet, a burst of copies
         # among them would be one another's background and hide the original)
         batch = {im.id for im in images}
@@ -297,7 +306,7 @@ class Matcher:
                  for im, near in zip(images, hits, strict=True)}
         groups = self._groups([found[im.id] for im in judged])
         out = {}
-        for im, row in zip(judged, sims, strict=True):
+        for n, (im, row) in enumerate(zip(judged, sims, strict=True)):
             best: dict[str, float] = {}
             for r, s in zip(rows, row, strict=True):
                 if r["id"] != im.id and (not before or (r["created_at"], r["id"]) < (im.created_at, im.id)):
@@ -306,7 +315,12 @@ class Matcher:
             nearest: dict[str, float] = {}
             for h in found[im.id]:  # (best first: a group keeps its best)
                 nearest.setdefault(groups.get(h.id, h.id), h.score)
-            level = VisualWordsSignal.background_of(list(best.values()), list(nearest.values()))
+            sampled = list(best.values())
+            if len(sampled) < VisualWordsSignal.MIN_SAMPLE and self.words_generic:
+                if generic is None:
+                    generic = VisualWordsSignal.similarities(queries, self.words_generic)
+                sampled = list(generic[n])
+            level = VisualWordsSignal.background_of(sampled, list(nearest.values()))
             if level is not None:
                 out[im.id] = level
         return out

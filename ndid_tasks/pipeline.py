@@ -30,7 +30,7 @@ from .feature_store import FeatureStore
 from .images import WORKING_SIZE, ImageDecodeError, LoadedImage, load_image
 from .index import MAX_ID_LENGTH, ImageIndex, IndexedImage
 from .signals import ClipSignal, GeometricSignal, GlobalDescriptorSignal, PDQSignal, PHashSignal, descriptor_signal
-from .signals.visual_words import VisualWordsSignal, Vocabulary, pack_words, unpack_words
+from .signals.visual_words import VisualWordsSignal, Vocabulary, load_generic, pack_words, unpack_words
 from .whitening import Whitening, WhiteningError, load_whitening_file, packaged_whitening
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,10 @@ class Engine:
     def words(self) -> VisualWordsSignal | None:
         """Visual words (NDID_VISUAL_WORDS), on the geometric signal's SIFT features; None when off."""
         if self._words is None and self.settings.visual_words:
-            self._words = VisualWordsSignal(Vocabulary.load(self.settings.visual_words_file), self.geometry)
+            vocabulary = Vocabulary.load(self.settings.visual_words_file)
+            generic = self.settings.visual_words_generic_file
+            self._words = VisualWordsSignal(vocabulary, self.geometry,
+                                            [] if generic == "none" else load_generic(vocabulary, generic))
         return self._words
 
     def words_of(self, pics: Sequence[LoadedImage]) -> list[dict[int, float] | None]:
@@ -604,7 +607,8 @@ class Engine:
                           words_full=self.settings.sift_features // 2,
                           words_min_ratio=self.settings.visual_words_min_ratio,
                           band_words_ratio=self.settings.visual_words_band_ratio, faint_look=self.faint_look,
-                          background_sample=self.background_sample)
+                          background_sample=self.background_sample,
+                          words_generic=self.words.generic if self.words is not None else ())
         matcher.decide_earlier = lambda image_id, originals: self._decide_earlier(matcher, image_id, originals)
         return matcher
 

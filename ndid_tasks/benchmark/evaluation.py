@@ -111,8 +111,9 @@ def run_benchmark(settings: Settings, folder: str | Path, out: str | Path, metho
 
         report["speed"]["startup_s"] = round(startup_s, 2)
         report["speed"]["stage2_share_at_ingest"] = round(summarize(ingest_records)["stage2_share"], 3)
-        # the refs ingested once the index holds enough images for a words background (the first
-        # ones verify every candidate: a small benchmark index would otherwise mostly measure them)
+        # the refs ingested once the index holds enough images for its own words background (the
+        # first ones are judged against generic photos' words instead, or verify every candidate
+        # without them: a small benchmark index would otherwise mostly measure them)
         later = ingest_records[VisualWordsSignal.MIN_SAMPLE:]
         if later:
             report["speed"]["stage2_share_at_ingest_later"] = round(summarize(later)["stage2_share"], 3)

@@ -127,8 +127,8 @@ def markdown(r: dict[str, Any]) -> str:
               (f"| bare ResNet-50 with BatchNorm folded (stricter reference; NDID folds it too) | "
               f"{s.get('bare_resnet50_bn_folded_images_per_s')} img/s → ratio {s.get('ingest_to_bn_folded_ratio')} |"),
               f"| refs that reached stage 2 while being ingested | {100 * s.get('stage2_share_at_ingest', 0):.1f} %"
-              + (f" (of those after the first {VisualWordsSignal.MIN_SAMPLE}, once the index is large enough for"
-                 f" a words background: {100 * s['stage2_share_at_ingest_later']:.1f} %)"
+              + (f" (of those after the first {VisualWordsSignal.MIN_SAMPLE}, once the index gives its own"
+                 f" words background: {100 * s['stage2_share_at_ingest_later']:.1f} %)"
                  if "stage2_share_at_ingest_later" in s else "") + " |",
               f"| query latency p50 / p95 | {r['query_latency_ms']['p50']} / {r['query_latency_ms']['p95']} ms |",
               f"| peak RSS | {s['peak_rss_mb']} MB |",

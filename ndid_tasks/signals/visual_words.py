@@ -44,6 +44,8 @@ from .geometry import SIFT_MIRROR, GeometricSignal, LocalFeatures
 SCHEMA = "ndid.visual_words/1"  # flat centroids, a descriptor's own nearest
 SCHEMA_2 = "ndid.visual_words/2"  # may be a tree (coarse, offsets) and mirror invariant (meta)
 PACKAGED = "visual_words_tree16k.npz"
+GENERIC_SCHEMA = "ndid.visual_words_generic/1"
+PACKAGED_GENERIC = "visual_words_generic.npz"  # the packaged vocabulary's generic background (see load_generic)
 
 SparseWords = dict[int, float]  # word -> weight, L2-normalised (Milvus' sparse vector format)
 
@@ -230,8 +232,8 @@ class VisualWordsSignal(Signal):
     name = "visual_words"
     dim = 0  # sparse; see :attr:`size`
     # a query's background: the mean of its similarities ranked in this share of a uniform sample
-    # of the earlier images (its top 3-12 %), ~SAMPLE of them; an index of fewer than MIN_SAMPLE
-    # has none (every candidate stands) ...
+    # of the earlier images (its top 3-12 %), ~SAMPLE of them; while fewer than MIN_SAMPLE are
+    # earlier, of the ``generic`` photos' instead (none given: every candidate stands) ...
     BACKGROUND = (1 / 32, 1 / 8)
     SAMPLE, MIN_SAMPLE = 256, 64
     NEAREST = 48  # a candidate stands out only among the query's nearest by words too (one search)
@@ -239,9 +241,13 @@ class VisualWordsSignal(Signal):
     # MIN_NEAREST of them): see background_of
     NEAREST_BACKGROUND, MIN_NEAREST = (16, 48), 8
 
-    def __init__(self, vocabulary: Vocabulary, geometry: GeometricSignal | None = None) -> None:
+    def __init__(self, vocabulary: Vocabulary, geometry: GeometricSignal | None = None,
+                 generic: Sequence[SparseWords] = ()) -> None:
+        """``generic``: the words of photos nobody indexes (:func:`load_generic`), a query's
+        background while the index is too small to give its own."""
         self.vocabulary = vocabulary
         self.geometry = geometry or GeometricSignal()
+        self.generic = list(generic)
 
     @property
     def size(self) -> int:
@@ -325,6 +331,46 @@ class VisualWordsSignal(Signal):
         if len(b) < len(a):
             a, b = b, a
         return float(sum(v * b.get(w, 0.0) for w, v in a.items()))
+
+
+def generic_to_bytes(words: Sequence[SparseWords], vocabulary: Vocabulary, meta: dict[str, Any] | None = None) -> bytes:
+    """A generic background file: the words of photos under one vocabulary (weights as float16:
+    they only set a level), compressed NPZ, read with ``allow_pickle=False``."""
+    arrays: dict[str, Any] = pack_words(list(words))
+    arrays["words_val"] = arrays["words_val"].astype(np.float16)
+    meta = {**(meta or {}), "schema": GENERIC_SCHEMA, "vocabulary": vocabulary.version, "images": len(words)}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    return buf.getvalue()
+
+
+def load_generic(vocabulary: Vocabulary, path: str | Path = "") -> list[SparseWords]:
+    """The generic background for ``vocabulary``: the file at ``path``, or the packaged one.
+
+    Why: the words gates judge a candidate against the query's background, the level of its
+    similarity to a uniform sample of the earlier images; an index with fewer than
+    :attr:`VisualWordsSignal.MIN_SAMPLE` earlier images has none, and every candidate of its first
+    images was verified. The same level from a fixed sample of generic photos is within a few % of
+    a real index's (docs/analysis/generic_background_probe.py: median ratio 0.97-0.99 by family,
+    correlation 0.95). Words depend on the vocabulary, so a file made for another one is refused
+    (``path``) or left out (the packaged file beside a custom vocabulary: [], as before)."""
+    origin = str(path) if path else PACKAGED_GENERIC
+    try:
+        data = Path(path).read_bytes() if path else \
+            resources.files("ndid_tasks").joinpath("data", PACKAGED_GENERIC).read_bytes()
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            meta = json.loads(npz["meta"].tobytes())
+            arrays = {k: npz[k] for k in ("words_len", "words_idx", "words_val")}
+    except Exception as exc:  # any unreadable file is the same error to the caller
+        raise VocabularyError(f"{origin}: not a readable NDID generic background NPZ ({exc})") from exc
+    if meta.get("schema") != GENERIC_SCHEMA:
+        raise VocabularyError(f"{origin}: schema {meta.get('schema')!r}, expected {GENERIC_SCHEMA}")
+    if meta.get("vocabulary") != vocabulary.version:
+        if path:
+            raise VocabularyError(f"{origin} holds words of vocabulary {meta.get('vocabulary')}, not "
+                                  f"{vocabulary.version}: make one with `ndid words generic`")
+        return []
+    return [w for w in unpack_words(arrays, len(arrays["words_len"])) if w]
 
 
 def pack_words(vectors: Sequence[SparseWords | None]) -> dict[str, np.ndarray]:

@@ -671,7 +671,8 @@ def test_band_candidates_are_verified_only_where_they_stand_out_in_the_words(ran
     images a background, then a photo gets 50 copies (a viral repost) and one more. Which band
     candidates stage 2 may verify equals a brute force over the earlier images' stored words (the
     index is smaller than the sample, so the sample is all of it; the nearest raise the level where
-    higher), each recorded group counted once; small images and the first 64 keep every candidate. Gated, fewer pairs are verified,
+    higher), each recorded group counted once; the first 64 by the generic photos' words instead;
+    small images keep every candidate. Gated, fewer pairs are verified,
     and every copy is still found -- the last one too, though its ungrouped background (its own
     earlier copies) would have hidden it."""
     from ndid_tasks.signals.visual_words import VisualWordsSignal
@@ -716,11 +717,11 @@ def test_band_candidates_are_verified_only_where_they_stand_out_in_the_words(ran
     gated, images, gates, words, full = run((band, words_ratio), "gated")
     assert all(g is None for g in off.values())
     group = {r.id: r.original_id or r.id for r in gated.values()}
-    judged = small = raised = 0
+    judged = small = raised = new = 0
     for im in images:
         earlier = [o for o in images if (o.created_at, o.id) < (im.created_at, im.id) and o.words]
-        if len(im.words or {}) < full or len(earlier) < VisualWordsSignal.MIN_SAMPLE:
-            small += len(im.words or {}) < full
+        if len(im.words or {}) < full:
+            small += 1
             assert gates[im.id] is None, im.id  # no background: every candidate may be verified
             continue
         sims = {o.id: words.compare(im.words, o.words) for o in earlier}
@@ -728,6 +729,9 @@ def test_band_candidates_are_verified_only_where_they_stand_out_in_the_words(ran
         for o, s in sims.items():
             once[group[o]] = max(once.get(group[o], 0.0), s)
         ranked = sorted(once.values(), reverse=True)
+        if len(ranked) < VisualWordsSignal.MIN_SAMPLE:  # a new index: the generic photos' level instead
+            ranked = sorted((words.compare(im.words, g) for g in words.generic), reverse=True)
+            new += 1
         level = float(np.mean(ranked[len(ranked) // 32:len(ranked) // 8]))
         nearest = sorted(sims, key=lambda o: -sims[o])
         near_once: dict[str, float] = {}
@@ -743,8 +747,9 @@ def test_band_candidates_are_verified_only_where_they_stand_out_in_the_words(ran
             if abs(sims[o] - band * level) > 1e-5:  # (Milvus' float32 scores)
                 assert gates[im.id](o) == (sims[o] >= band * level), (im.id, o)
         assert not any(gates[im.id](o) for o in nearest[56:])  # beyond the 48 nearest: never
-    assert judged >= 40 and small >= 20 and raised >= 5
-    print(f"judged {judged}, of which the nearest raised the background of {raised}")
+    assert judged >= 40 and small >= 20 and raised >= 5 and new >= 40
+    print(f"judged {judged}, of which the nearest raised the background of {raised}, "
+          f"{new} by the generic photos' level")
     last = next(im for im in images if im.source.endswith("copy.jpg"))
     earlier = [words.compare(last.words, o.words) for o in images if o is not last and o.words]
     ungrouped = sorted(earlier, reverse=True)

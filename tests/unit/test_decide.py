@@ -149,7 +149,8 @@ def test_words_candidates_are_gated_by_how_far_they_stand_out_of_the_query_backg
     """With NDID_VISUAL_WORDS_MIN_RATIO the Matcher keeps the words candidates at least that many
     times the query's background (its similarities to a sample of the earlier images, ranked in
     their top 3-12 %); 0 keeps the plain nearest. Small images, later sample rows, a short sample:
-    no background, every candidate stands. A group of copies counts once in the sample."""
+    no background, every candidate stands -- but a short sample with generic photos' words given
+    takes its level from them. A group of copies counts once in the sample."""
     from ndid_tasks.decide import BackgroundSample
     from ndid_tasks.index import Hit
 
@@ -164,9 +165,9 @@ def test_words_candidates_are_gated_by_how_far_they_stand_out_of_the_query_backg
     def query(n_words=300, created_at=1000):  # 300 words: a full image, 4 wanted; sample similarity 0.1
         return SimpleNamespace(id="q", created_at=created_at, words={w: 0.1 for w in range(n_words)})
 
-    def matcher(ratio, sample=None):
+    def matcher(ratio, sample=None, generic=()):
         return Matcher(sample_index(search_many, sample=sample), cal, 24, 10, lambda q, c: {}, words_candidates=4,
-                       words_max=16, words_full=250, words_min_ratio=ratio)
+                       words_max=16, words_full=250, words_min_ratio=ratio, words_generic=generic)
 
     assert matcher(0.0).words_candidates_many([query()], before=False) == {"q": ["r0", "r1", "r2", "r3"]}
     assert asked[-1] == 4
@@ -178,6 +179,13 @@ def test_words_candidates_are_gated_by_how_far_they_stand_out_of_the_query_backg
     assert matcher(6.0).words_candidates_many([query(created_at=50)], before=False) == {}
     short = [(f"s{n}", n, "", {0: 1.0}) for n in range(63)]
     assert matcher(6.0, short).words_candidates_many([query()], before=False) == {"q": ["r0", "r1", "r2", "r3"]}
+    # ... unless generic photos' words stand in (a new index): their level, 0.1 here, as the sample's
+    assert matcher(6.0, short, generic=[{0: 1.0}] * 100).words_candidates_many([query()], before=False) == {}
+    assert matcher(6.0, generic=[{0: 1.0}] * 100).words_candidates_many([query(created_at=50)]) == {}
+    # ... and only then: generic photos at 0.45 would leave nothing at 2x; the full sample's 0.1 keeps two
+    high = [{0: 4.5}] * 100
+    assert matcher(2.0, short, generic=high).words_candidates_many([query()], before=False) == {}
+    assert matcher(2.0, generic=high).words_candidates_many([query()], before=False) == {"q": ["r0", "r1"]}
     # 40 copies of one image at 0.45 in the sample: counted 40 times they would be the background
     # and nothing would stand out of it; their recorded original makes them one
     copies = [(f"c{n}", 200 + n, "", {0: 4.5}) for n in range(40)]

@@ -15,6 +15,8 @@ from ndid_tasks.signals.visual_words import (
     Vocabulary,
     VocabularyError,
     fit_vocabulary,
+    generic_to_bytes,
+    load_generic,
     pack_words,
     unpack_words,
 )
@@ -149,6 +151,32 @@ def test_staged_words_round_trip_including_absent_ones():
     got = unpack_words(packed, len(vectors))
     assert got[0] == pytest.approx({3: 0.6, 10: 0.8}) and got[1] is None and got[2] == {} and got[3] == {4095: 1.0}
     assert unpack_words({}, 2) == [None, None]  # staged by a version without words
+
+
+def test_the_packaged_generic_background_belongs_to_the_packaged_vocabulary(signal, photos, tmp_path):
+    """The generic photos' words that stand in for a new index's sample: packaged for the packaged
+    vocabulary, at least a sample's worth, normalised like an image's words; a file round-trips
+    (weights to float16), and one made for another vocabulary is refused by path and left out when
+    packaged (a custom vocabulary then has no generic background, as before)."""
+    generic = load_generic(signal.vocabulary)
+    assert len(generic) >= VisualWordsSignal.MIN_SAMPLE
+    assert all(abs(sum(v * v for v in w.values()) - 1) < 1e-2 for w in generic)
+    level = VisualWordsSignal.background(list(VisualWordsSignal.similarities([words_of(signal, photos["coffee"])],
+                                                                            generic)[0]))
+    assert level is not None and 0 < level < 0.5  # an unrelated photo's level, far under a copy's
+    mine = [words_of(signal, photos[n], n) for n in ("astronaut", "coffee", "camera")]
+    path = tmp_path / "generic.npz"
+    path.write_bytes(generic_to_bytes(mine, signal.vocabulary, {"made_from": "three photos"}))
+    again = load_generic(signal.vocabulary, path)
+    assert [set(w) for w in again] == [set(w) for w in mine]
+    assert all(again[n][k] == pytest.approx(mine[n][k], abs=1e-3) for n in range(3) for k in mine[n])
+    other = fit_vocabulary(signal.geometry.compute([load_image(jpeg_bytes(photos["coins"]), "c")]), size=16, seed=1)
+    with pytest.raises(VocabularyError, match="ndid words generic"):
+        load_generic(other, path)
+    assert load_generic(other) == []
+    path.write_bytes(b"not an npz")
+    with pytest.raises(VocabularyError, match="not a readable"):
+        load_generic(signal.vocabulary, path)
 
 
 def test_fitted_vocabulary_has_idf_from_the_photos(photos):
