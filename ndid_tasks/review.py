@@ -113,7 +113,9 @@ class ReviewCard:
         return pair_id(self.image_a, self.image_b)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "pair": self.pair}
+        from .signals import PHashSignal
+
+        return {**asdict(self), "pair": self.pair, "how_matched": PHashSignal.how_matched(self.orientation)}
 
     def label_context(self) -> dict[str, Any]:
         """What a label row keeps of the decision it audits (extra columns, ignored by training)."""

@@ -134,9 +134,12 @@ async def _denied(request: Request, exc: HTTPException):
 
 
 def _page(request: Request, template: str, settings, user, **values: Any) -> HTMLResponse:
+    from ndid_tasks.signals import PHashSignal
+
     root = request.scope.get("root_path", PREFIX)
     return HTMLResponse(TEMPLATES.get_template(template).render(
-        root=root, untrained=settings.untrained, bucket=settings.s3_bucket, user=user.get_name(), **values))
+        root=root, untrained=settings.untrained, bucket=settings.s3_bucket, user=user.get_name(),
+        how_matched=PHashSignal.how_matched, **values))
 
 
 @app.get("/", include_in_schema=False)

@@ -84,6 +84,20 @@ class PHashSignal(Signal):
     QUARTERS: ClassVar[tuple[str, ...]] = ("QUARTER_TOP_LEFT", "QUARTER_TOP_RIGHT", "QUARTER_BOTTOM_LEFT",
                                            "QUARTER_BOTTOM_RIGHT")
 
+    # what a match in each variant says of the copy against its match (the variant turns it back)
+    _HOW: ClassVar[dict[str, str]] = {
+        "FLIP_LEFT_RIGHT": "mirrored", "FLIP_TOP_BOTTOM": "flipped upside down", "ROTATE_180": "rotated 180°",
+        "ROTATE_90": "rotated 90° clockwise", "ROTATE_270": "rotated 90° anticlockwise",
+        "TRANSPOSE": "rotated 90° and mirrored", "TRANSVERSE": "rotated 90° and mirrored",
+        **{q: f"a collage with it in the {q.removeprefix('QUARTER_').lower().replace('_', '-')} cell" for q in QUARTERS}}
+
+    @classmethod
+    def how_matched(cls, variant: str) -> str:
+        """A record's ``orientation`` for people, as what the image is against its match: "rotated
+        90° clockwise", "a collage with it in the top-left cell"; "" for a plain match, the code
+        itself for one this version does not know."""
+        return cls._HOW.get(variant, variant) if variant else ""
+
     @staticmethod
     def _quarter_box(size: tuple[int, int], k: int) -> tuple[int, int, int, int]:
         """Quarter ``k`` of a picture of ``size``: never empty (a 1-px side is kept whole)."""

@@ -29,7 +29,7 @@ SHOTS = Path(os.environ["NDID_SCREENSHOTS"]) if os.environ.get("NDID_SCREENSHOTS
 
 
 def ingest(settings) -> dict:
-    """Ten photos, four attacked copies and a broken object, decided by the real pipeline."""
+    """Ten photos, five attacked copies (one turned) and a broken object, decided by the real pipeline."""
     store = S3Store(settings)
     for name in SKIMAGE_PHOTOS:
         store.put_bytes(f"images/originals/{name}.jpg", jpeg_bytes(skimage_photo(name)), "image/jpeg")
@@ -37,6 +37,9 @@ def ingest(settings) -> dict:
     for name, attack in (("astronaut", "crop"), ("coffee", "jpeg"), ("rocket", "colour"), ("camera", "crop_resize_jpeg")):
         copy = augment.BOOTSTRAP_ATTACKS[attack](skimage_photo(name), np.random.default_rng(1))
         store.put_bytes(f"images/copies/{name}_{attack}.jpg", jpeg_bytes(copy), "image/jpeg")
+    # a phone upload that lost its EXIF orientation: the photo turned a quarter clockwise
+    store.put_bytes("images/copies/chelsea_turned.jpg", jpeg_bytes(skimage_photo("chelsea").rotate(-90, expand=True)),
+                    "image/jpeg")
     store.put_bytes("images/broken/notes.jpg", b"this is not a picture", "image/jpeg")
     now = datetime.now(UTC)
     return ingest_run.run_all(settings, settings.s3_bucket, "images/", None, None, "manual__ui-test", now.isoformat())
@@ -79,7 +82,7 @@ def test_review_label_triggers_recalibration_and_the_dashboard_shows_it(ui_stack
 
     stack, settings = ui_stack, ui_stack.settings
     summary = ingest(settings)
-    assert summary["objects"] == 15 and summary["decisions"].get("duplicate", 0) >= 3
+    assert summary["objects"] == 16 and summary["decisions"].get("duplicate", 0) >= 3
     store = S3Store(settings)
 
     # the labels asset exists once the dag-processor has parsed ndid_recalibrate; unpause it so its
@@ -171,6 +174,15 @@ def test_review_label_triggers_recalibration_and_the_dashboard_shows_it(ui_stack
         assert group.count() >= 2 and copy["original_id"] in look.locator("#group").text_content()
         assert group.first.locator("img").evaluate("img => img.decode().then(() => img.naturalWidth)") > 0
         shot(page, "lookup")
+
+        # a turned copy's record says, in words, which way it was turned
+        turned = next(r for r in records.values() if r and r["id"].endswith("copies/chelsea_turned.jpg"))
+        assert (turned["decision"], turned["orientation"]) == ("duplicate", "ROTATE_90"), turned
+        look.locator("input[name=ref]").fill("images/copies/chelsea_turned.jpg")
+        look.locator("button", has_text="Show its record").click()
+        look.locator("#record", has_text="chelsea_turned").wait_for(timeout=60_000)
+        assert "(this image: rotated 90° clockwise)" in look.locator("#record").text_content()
+        shot(page, "lookup-turned")
 
         # ... or upload a picture: the matches `ndid query` gives, nothing stored
         upload = tmp_path / "upload.jpg"

@@ -185,6 +185,32 @@ def test_phash_variants_of_turned_images_follow_from_the_bits(photos):
         assert PHashSignal.dihedral(variants[3])[3].tolist() == bits.tolist()  # transposing twice: itself
 
 
+def test_a_turned_match_is_told_in_words_that_say_which_way_the_copy_was_turned(photos):
+    """The review and lookup pages and `ndid query` show a record's orientation as what the image
+    is against its match: a copy rotated clockwise (PIL's rotate(-90)) is matched in the ROTATE_90
+    variant (PIL's ROTATE_90 turns anticlockwise, back to the original), so that one must read
+    "clockwise"."""
+    import io
+
+    from ndid_tasks.images import load_image
+    from ndid_tasks.signals import PHashSignal
+
+    def loaded(img):
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        return load_image(buf.getvalue(), "x")
+
+    signal, names = PHashSignal(), [name for name, *_ in PHashSignal.DIHEDRAL]
+    original = signal.compute([loaded(photos["astronaut"])])[0]
+    for angle, words in ((-90, "rotated 90° clockwise"), (90, "rotated 90° anticlockwise"), (180, "rotated 180°")):
+        copy = signal.compute([loaded(photos["astronaut"].rotate(angle, expand=True))])[0]
+        nearest = int(np.argmin([np.count_nonzero(v != original) for v in PHashSignal.dihedral(copy)]))
+        assert PHashSignal.how_matched(names[nearest]) == words, angle
+    assert PHashSignal.how_matched("QUARTER_BOTTOM_LEFT") == "a collage with it in the bottom-left cell"
+    assert PHashSignal.how_matched("") == "" and PHashSignal.how_matched("SOMETHING_NEW") == "SOMETHING_NEW"
+    assert all(PHashSignal.how_matched(v) != v for v in [*names, *PHashSignal.QUARTERS])
+
+
 def test_sift_of_pictures_side_by_side_equals_one_at_a_time(photos, monkeypatch):
     """SIFT runs one picture per core (threads); each picture's keypoints and descriptors are what a
     lone extraction gives, in the pictures' order, at either contrast."""
