@@ -182,6 +182,8 @@ def test_review_label_triggers_recalibration_and_the_dashboard_shows_it(ui_stack
         look.locator("button", has_text="Show its record").click()
         look.locator("#record", has_text="chelsea_turned").wait_for(timeout=60_000)
         assert "(this image: rotated 90° clockwise)" in look.locator("#record").text_content()
+        for picture in (look.locator("#record img"), look.locator("#group figure img").last):  # (loaded, for the shot)
+            assert picture.evaluate("img => img.decode().then(() => img.naturalWidth)") > 0
         shot(page, "lookup-turned")
 
         # ... or upload a picture: the matches `ndid query` gives, nothing stored
