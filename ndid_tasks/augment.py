@@ -206,6 +206,25 @@ def attack_collage(img: Image.Image, pool: Sequence[Image.Image], rng: np.random
     return jpeg(canvas, int(rng.integers(70, 90)))
 
 
+def attack_collage_letterboxed(img: Image.Image, pool: Sequence[Image.Image], rng: np.random.Generator) -> Image.Image:
+    """A 2x2 grid as collage makers that keep each photo's shape lay it out: every photo fitted
+    inside its cell on white or black, the original in a random cell; half of them on a grey
+    canvas border 16-40 px wide."""
+    from PIL import ImageOps
+
+    frame = int(rng.integers(16, 41)) if rng.random() < 0.5 else 0
+    cell_w, cell_h = (640 - 2 * frame) // 2, (480 - 2 * frame) // 2
+    background = (255, 255, 255) if rng.random() < 0.5 else (0, 0, 0)
+    canvas = Image.new("RGB", (640, 480), (200, 200, 200))
+    tiles = [img] + [pool[int(k)] for k in rng.choice(len(pool), size=3, replace=len(pool) < 3)]
+    for cell, tile in zip(rng.permutation(4), tiles, strict=True):
+        inner = ImageOps.contain(tile.convert("RGB"), (cell_w, cell_h))
+        box = Image.new("RGB", (cell_w, cell_h), background)
+        box.paste(inner, ((cell_w - inner.width) // 2, (cell_h - inner.height) // 2))
+        canvas.paste(box, (frame + int(cell % 2) * cell_w, frame + int(cell // 2) * cell_h))
+    return jpeg(canvas, int(rng.integers(70, 90)))
+
+
 # families made only on request (`ndid bench make --with NAME`): each copy holds the original as
 # a part of a bigger picture, made of never-indexed photos (``pool``); not in the default set, so
 # that its figures stay comparable with earlier runs
@@ -213,6 +232,7 @@ CompositeAttack = Callable[[Image.Image, Sequence[Image.Image], np.random.Genera
 OPTIONAL_FAMILIES: dict[str, dict[str, CompositeAttack]] = {
     "picture_in_picture": {"picture_in_picture": attack_picture_in_picture},
     "collage": {"collage": attack_collage},
+    "collage_letterboxed": {"collage_letterboxed": attack_collage_letterboxed},
 }
 
 # the milder mix used for bootstrap calibration positives

@@ -416,6 +416,8 @@ def cmd_bench(args) -> int:
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
+    from .augment import OPTIONAL_FAMILIES
+
     p = argparse.ArgumentParser(prog="ndid", description="NDID near-duplicate image detection")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
@@ -509,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--skip-originals", type=int, default=0, help="skip the first N sorted originals (another benchmark's)")
     m.add_argument("--skip-distractors", type=int, default=0, help="skip the first N sorted distractors")
     m.add_argument("--with", dest="optional_families", action="append", default=[],
-                   choices=["picture_in_picture", "collage"],
+                   choices=list(OPTIONAL_FAMILIES),
                    help="add an optional family (repeatable): the original as part of a bigger picture")
     r = bsub.add_parser("run")
     r.add_argument("folder")

@@ -8,8 +8,9 @@ from typing import ClassVar
 
 import imagehash
 import numpy as np
+from PIL import Image
 
-from ..images import LoadedImage
+from ..images import LoadedImage, content_box
 from .base import PairFeature, Signal
 
 
@@ -63,14 +64,12 @@ class PHashSignal(Signal):
 
     @classmethod
     def turned(cls, image: LoadedImage, variant: str) -> LoadedImage:
-        """The picture as one of :data:`DIHEDRAL` turns it, or the quarter of it one of
-        :data:`QUARTERS` names (its content: borders already trimmed)."""
+        """The picture as one of :data:`DIHEDRAL` turns it (its content: borders already
+        trimmed), or the quarter of it one of :data:`QUARTERS` names (see :meth:`_quarter`)."""
         import dataclasses
 
-        from PIL import Image
-
         if variant in cls.QUARTERS:
-            pic = image.content.crop(cls._quarter_box(image.content.size, cls.QUARTERS.index(variant)))
+            pic = cls._quarter(image.image, cls.QUARTERS.index(variant))
         else:
             pic = image.content.transpose(getattr(Image.Transpose, variant))
         return dataclasses.replace(image, image=pic, box=None)
@@ -112,12 +111,26 @@ class PHashSignal(Signal):
         (x0, x1), (y0, y1) = span(w, bool(col)), span(h, bool(row))
         return x0, y0, x1, y1
 
+    @classmethod
+    def _quarter(cls, picture: Image.Image, k: int) -> Image.Image:
+        """Quarter ``k`` of the whole picture, then without its own flat borders: a collage maker
+        that keeps each photo's shape letterboxes it inside its cell, and trimming the whole
+        collage first (its outer cells' bars) would shift the quarters off the cells; a canvas
+        border around the collage lies on the quarters' outer sides and goes too
+        (docs/benchmarks.md, session 24)."""
+        x0, y0, x1, y1 = cls._quarter_box(picture.size, k)
+        quarter = picture.crop((x0, y0, x1, y1))
+        for _ in range(2):  # (a canvas border, then a cell's bars of another colour)
+            # (less the ~1 % of each side where resizing blends two colours: a seam, a border's edge)
+            dx, dy = quarter.width // 128, quarter.height // 128
+            quarter = quarter.crop((dx, dy, quarter.width - dx, quarter.height - dy))
+            quarter = quarter.crop(content_box(quarter, min_trim=0.02))
+        return quarter
+
     def quarters(self, images: Sequence[LoadedImage]) -> np.ndarray:
         """(n, 4, 64): the pHash of each image's four quarters, in :data:`QUARTERS` order."""
         out = np.zeros((len(images), len(self.QUARTERS), self.dim), dtype=np.float32)
         for i, im in enumerate(images):
-            content = im.content
             for k in range(len(self.QUARTERS)):
-                quarter = content.crop(self._quarter_box(content.size, k))
-                out[i, k] = imagehash.phash(quarter, hash_size=8).hash.flatten()
+                out[i, k] = imagehash.phash(self._quarter(im.image, k), hash_size=8).hash.flatten()
         return out

@@ -89,20 +89,27 @@ def test_geometric_verification_separates_copies_from_unrelated(photos):
     assert min(crop, mirror, thumb) >= 12
 
 
-def collage(photos, names):
-    """A 2x2 grid of these photos, each squashed into its cell (row by row)."""
-    from PIL import Image
+def collage(photos, names, letterboxed=False, frame=0):
+    """A 2x2 grid of these photos, each squashed into its cell (row by row); ``letterboxed``: each
+    keeps its shape, centred on white in its cell; ``frame``: a grey border that wide all round."""
+    from PIL import Image, ImageOps
 
-    canvas = Image.new("RGB", (640, 480))
+    canvas = Image.new("RGB", (640 + 2 * frame, 480 + 2 * frame), (200, 200, 200))
     for cell, name in enumerate(names):
-        canvas.paste(photos[name].convert("RGB").resize((320, 240)), ((cell % 2) * 320, (cell // 2) * 240))
+        photo = photos[name].convert("RGB")
+        tile = photo.resize((320, 240))
+        if letterboxed:
+            tile, inner = Image.new("RGB", (320, 240), (255, 255, 255)), ImageOps.contain(photo, (320, 240))
+            tile.paste(inner, ((320 - inner.width) // 2, (240 - inner.height) // 2))
+        canvas.paste(tile, (frame + (cell % 2) * 320, frame + (cell // 2) * 240))
     return canvas
 
 
 def test_a_collage_cell_hashes_to_its_original_and_a_photos_own_quarters_to_no_other_photo(photos):
     """pHash squashes every picture, so the quarter of a 2x2 collage that holds an original has
-    that original's pHash (0 bits here), in PHashSignal.QUARTERS order; a photo's own quarters stay
-    far (> the turned radius, 12) from every other photo's pHash. Quarters are never empty."""
+    that original's pHash (0 bits here), in PHashSignal.QUARTERS order -- also with each photo
+    letterboxed in its cell, or the collage on a canvas; a photo's own quarters stay far (> the
+    turned radius, 12) from every other photo's pHash. Quarters are never empty."""
     from ndid_tasks.signals import PHashSignal
 
     sig = PHashSignal()
@@ -118,9 +125,17 @@ def test_a_collage_cell_hashes_to_its_original_and_a_photos_own_quarters_to_no_o
         assert min(sig.compare(q, whole[m]) for q in own for m in photos if m != name) > 12, name
     assert all(x1 > x0 and y1 > y0 for size in [(1, 1), (3, 1), (640, 480)] for k in range(4)
                for x0, y0, x1, y1 in [PHashSignal._quarter_box(size, k)])
+    # a collage maker that keeps each photo's shape (white bars in its cell), on a grey canvas: each
+    # quarter's own borders go (twice: the canvas', then the bars'), and whole-collage trimming
+    # (which would take the outer cells' bars and shift the quarters off the cells) is not used
+    for letterboxed, frame in ((True, 0), (True, 40), (False, 40)):
+        found = sig.quarters([load_image(jpeg_bytes(collage(photos, names, letterboxed, frame)), "c")])[0]
+        for k, name in enumerate(names):
+            assert sig.compare(found[k], whole[name]) <= 12, (letterboxed, frame, name)  # (the turned radius)
+            assert min(sig.compare(found[k], whole[m]) for m in photos if m != name) > 16
     turned = PHashSignal.turned(load_image(jpeg_bytes(photos["astronaut"]), "a"), "QUARTER_BOTTOM_RIGHT")
-    assert turned.image.size == (photos["astronaut"].width - photos["astronaut"].width // 2,
-                                 photos["astronaut"].height - photos["astronaut"].height // 2)
+    width, height = photos["astronaut"].size  # (the quarter, less its own flat borders)
+    assert 0 < turned.image.width <= width - width // 2 and 0 < turned.image.height <= height - height // 2
 
 
 def test_pdq_dihedral_distance_finds_rotated_and_mirrored_copies(photos):
