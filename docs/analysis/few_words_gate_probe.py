@@ -21,24 +21,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
-from ndid_tasks.signals.geometry import GeometricSignal
-from ndid_tasks.signals.visual_words import VisualWordsSignal, Vocabulary
 
 sys.path.insert(0, str(Path(__file__).parent))
-from generic_background_probe import levels, words_of
+from generic_background_probe import levels, photo_sets, rgb, words_of
 from words_gate_probe import FAMILIES, matrix
 
 RATIOS = (1.25, 1.5, 1.75, 2.5)
 
 
 def main(data: str) -> None:
-    signal = VisualWordsSignal(Vocabulary.load(), GeometricSignal())
+    signal, distractors, originals = photo_sets(data)
     size = signal.size
-    distractors = sorted(Path(data, "distractors").glob("*"))
-    originals = sorted(Path(data, "originals").glob("*.jpg"))
-    rgb = lambda files: [Image.open(f).convert("RGB") for f in files]  # noqa: E731
     sources = rgb(originals[180:300])
     refs = words_of(signal, sources, "r") + words_of(signal, rgb(distractors[:180]), "x")
     R = matrix(refs, size)

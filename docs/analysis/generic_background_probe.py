@@ -6,11 +6,11 @@ candidate by how far its words similarity stands out of the query's background: 
 similarities ranked in the top 1/32..1/8 of a uniform sample of the earlier images
 (``VisualWordsSignal.background``). Below 64 earlier images there is no background and every
 candidate is verified: the first 64 images of a new index all reach verification (dev benchmark:
-refs 59.9 % verified, 34.7 % after the 64th). A fixed sample of generic photos -- the words of
+refs 60.5 % verified, 35.7 % after the 64th). A fixed sample of generic photos -- the words of
 photos nobody indexes -- gives a level from the first image on, if its level is close to that of
 a real index's sample.
 
-Photos: prior = distractors 120..299 (neither the dev benchmark, the outside set nor the
+Photos: generic = distractors 120..299 (neither the dev benchmark, the outside set nor the
 vocabulary's fitting photos use them); index sample = the dev benchmark's references (distractors
 0..119 and originals 0..59: photos the vocabulary's idf did not see, as in a deployment; its
 fitting photos, distractors 300.., sit ~10 % lower); queries with no copy = originals 60..179; copies = originals 180..299 attacked
@@ -47,13 +47,20 @@ def levels(queries: list[dict[int, float]], sample: list[dict[int, float]], size
     return np.array([VisualWordsSignal.background(list(row)) for row in sims], dtype=np.float64)
 
 
+def rgb(files: list[Path]) -> list[Image.Image]:
+    return [Image.open(f).convert("RGB") for f in files]
+
+
+def photo_sets(data: str) -> tuple[VisualWordsSignal, list[Path], list[Path]]:
+    """The packaged words signal, and the sorted distractors and originals of ``data``."""
+    return (VisualWordsSignal(Vocabulary.load(), GeometricSignal()), sorted(Path(data, "distractors").glob("*")),
+            sorted(Path(data, "originals").glob("*.jpg")))
+
+
 def main(data: str) -> None:
-    signal = VisualWordsSignal(Vocabulary.load(), GeometricSignal())
+    signal, distractors, originals = photo_sets(data)
     size = signal.size
-    distractors = sorted(Path(data, "distractors").glob("*"))
-    originals = sorted(Path(data, "originals").glob("*.jpg"))
-    rgb = lambda files: [Image.open(f).convert("RGB") for f in files]  # noqa: E731
-    prior = words_of(signal, rgb(distractors[120:300]), "p")
+    generic = words_of(signal, rgb(distractors[120:300]), "p")
     sample = words_of(signal, rgb(distractors[:120] + originals[:60]), "s")
     sources = rgb(originals[180:300])
     refs = words_of(signal, sources, "r")
@@ -62,9 +69,9 @@ def main(data: str) -> None:
     for family, attack in FAMILIES.items():
         rng = np.random.default_rng(7 if family == "tight_crop" else 11)
         queries[family] = (words_of(signal, [attack(p, rng) for p in sources], "q"), np.arange(len(sources)))
-    print(f"prior {len(prior)} photos, index sample {len(sample)}, references {len(refs)}")
-    print("\n| queries | judged (>= 250 words) | level prior / sample: median ratio (5-95 %) | corr | "
-          "gate 1.25: prior / sample / none | gate 1.75: prior / sample / none |")
+    print(f"generic {len(generic)} photos, index sample {len(sample)}, references {len(refs)}")
+    print("\n| queries | judged (>= 250 words) | level generic / sample: median ratio (5-95 %) | corr | "
+          "gate 1.25: generic / sample / none | gate 1.75: generic / sample / none |")
     print("|---|---|---|---|---|---|")
     for name, (words, own) in queries.items():
         judged = [n for n, w in enumerate(words) if len(w) >= FULL]
@@ -72,7 +79,7 @@ def main(data: str) -> None:
             print(f"| {name} | 0/{len(words)} | (all exempt) | | | |")
             continue
         q = [words[n] for n in judged]
-        lp, ls = levels(q, prior, size), levels(q, sample, size)
+        lp, ls = levels(q, generic, size), levels(q, sample, size)
         sims = (matrix(q, size) @ R.T).toarray()
         # no copy: does the best reference pass (one verification at least)? copies: does the own original?
         best = sims.max(axis=1) if own is None else sims[np.arange(len(q)), own[judged]]

@@ -351,8 +351,8 @@ def load_generic(vocabulary: Vocabulary, path: str | Path = "") -> list[SparseWo
     similarity to a uniform sample of the earlier images; an index with fewer than
     :attr:`VisualWordsSignal.MIN_SAMPLE` earlier images has none, and every candidate of its first
     images was verified. The same level from a fixed sample of generic photos is within a few % of
-    a real index's (docs/analysis/generic_background_probe.py: median ratio 0.97-0.99 by family,
-    correlation 0.95). Words depend on the vocabulary, so a file made for another one is refused
+    a real index's (docs/analysis/generic_background_probe.py: median ratio 0.94-0.99 by family,
+    correlation 0.94-0.99). Words depend on the vocabulary, so a file made for another one is refused
     (``path``) or left out (the packaged file beside a custom vocabulary: [], as before)."""
     origin = str(path) if path else PACKAGED_GENERIC
     try:
