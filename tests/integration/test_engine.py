@@ -142,8 +142,12 @@ def test_stage2_runs_only_for_ambiguous_pairs(random_settings, corpus):
         assert engine.clip_images_computed == 0 and all(r.stage2_pairs == 0 for r in recs)
     finally:
         engine.close()
+    # (the band's words gate off: this test is about the band and the cap; the gate's are below, and
+    # from the first image on -- generic photos' words -- it would spare the unrelated band pairs)
+    ungated = {"visual_words_band_ratio": 0.0, "visual_words_min_ratio": 0.0}
     engine = Engine(random_settings.replace(milvus_uri=str(random_settings.state_dir) + "/m2.db",
-                                            ambiguous_low=0.0, ambiguous_high=1.0, stage2_max_candidates=100),
+                                            ambiguous_low=0.0, ambiguous_high=1.0, stage2_max_candidates=100,
+                                            **ungated),
                     calibration=with_optional_signals(shipped))
     try:
         recs = engine.ingest(local_items([corpus]), run_id="r1", run_at="t")
@@ -157,7 +161,7 @@ def test_stage2_runs_only_for_ambiguous_pairs(random_settings, corpus):
     finally:
         engine.close()
     engine = Engine(random_settings.replace(milvus_uri=str(random_settings.state_dir) + "/m3.db",
-                                            ambiguous_low=0.0, ambiguous_high=1.0, stage2_max_candidates=1))
+                                            ambiguous_low=0.0, ambiguous_high=1.0, stage2_max_candidates=1, **ungated))
     try:
         recs = engine.ingest(local_items([corpus]), run_id="r1", run_at="t")
         # the cap on stage-2 pairs per image holds: 1 from the ambiguous band, and the visual-words
@@ -450,9 +454,11 @@ def test_a_tight_crop_gets_a_closer_look_at_its_original_re_read_from_its_source
             asked = {os.path.basename(m["id"]): m for m in engine.query(jpeg_bytes(big, 80), "asked", limit=10)}
             return recs["crop_big.jpg"], asked["crop_big.jpg"], engine.full_pictures_read, engine.geometry.closer_looks
 
-    closer, asked, read, looks = run(random_settings)
-    plain, asked_off, read_off, looks_off = run(random_settings.replace(closer_look_side=0,
-                                                                        state_dir=str(tmp_path / "off")))
+    # (the words gates off: the crop must reach verification for a closer look to matter, and from
+    # the first image on -- generic photos' words -- they judge its words candidates; tested apart)
+    ungated = random_settings.replace(visual_words_min_ratio=0.0, visual_words_band_ratio=0.0)
+    closer, asked, read, looks = run(ungated)
+    plain, asked_off, read_off, looks_off = run(ungated.replace(closer_look_side=0, state_dir=str(tmp_path / "off")))
     print(f"tight crop inliers: plain {np.expm1(plain.features['log_inliers']):.0f}, "
           f"closer look {np.expm1(closer.features['log_inliers']):.0f}")
     assert plain.matched_id.endswith("orig_big.jpg") and plain.stage == "stage2"
@@ -503,7 +509,9 @@ def test_words_candidates_equal_a_brute_force_search_of_earlier_images(random_se
     for k, name in enumerate(order):
         write(folder / f"{k:02d}_{name}.jpg", photos[name], mtime=t + k)
         write(folder / f"{k:02d}b_{name}_crop.jpg", tight_crop(photos[name]), mtime=t + k + 0.5)
-    with Engine(random_settings) as engine:
+    # (ungated: the nearest themselves; which of them the gates keep -- from the first image on,
+    # against generic photos' words -- is brute-forced in the band-gate test)
+    with Engine(random_settings.replace(visual_words_min_ratio=0.0, visual_words_band_ratio=0.0)) as engine:
         prepared = engine.prepare(local_items([folder]), run_id="r1")
         engine.index_prepared(prepared, "r1")
         images = prepared.images
