@@ -125,6 +125,26 @@ def test_flat_borders_are_trimmed_for_descriptors(photos):
     assert content_box(photo.resize((10, 10))) == (0, 0, 10, 10)  # too small to judge
 
 
+def test_a_photos_own_sky_is_no_border_even_when_jpeg_makes_it_flat_blocks(photos):
+    """At JPEG's lowest qualities a sky or a wall becomes flat 8x8 blocks, which the line rule
+    alone read as a border (the astronaut's top, the cat's, the coins' frame were cut from the
+    copy and not from its original). A side is trimmed only where its outermost line is flat
+    almost throughout, as a canvas or a bar is -- which a meme canvas saved at quality 2 still is.
+    The rule switched off (``edge_share=0``) trims those copies again, so this test sees it. (A sky
+    flat to its edge still goes: the untrimmed view catches that, see test_signals.)"""
+    from ndid_tasks import augment
+    from ndid_tasks.images import content_box
+
+    for name in ("astronaut", "chelsea", "coins"):
+        blocky = load_image(jpeg_bytes(photos[name], 2), name)
+        assert blocky.box == (0, 0, *blocky.image.size), name
+        assert content_box(blocky.image, edge_share=0) != blocky.box, name
+    meme = augment.attack_meme_border(photos["chelsea"], np.random.default_rng(3))
+    loaded = load_image(jpeg_bytes(meme, 2), "meme")
+    left, top, right, bottom = loaded.box
+    assert top > 0 and abs((bottom - top) - photos["chelsea"].height * loaded.image.width / meme.width) <= 0.05 * loaded.image.height
+
+
 def test_rotation_and_tight_crop_attacks():
     import numpy as np
 
