@@ -185,7 +185,7 @@ class Matcher:
 
     def turned_image(self, image: IndexedImage, variant: str) -> IndexedImage | None:
         """The query as it would be indexed if it were turned by ``variant``, or were only that
-        quarter of itself (None: its pixels are unreadable, so it cannot be scored that way)."""
+        view of itself (None: its pixels are unreadable, so it cannot be scored that way)."""
         from .signals import PHashSignal
 
         key = (image.id, variant)
@@ -193,10 +193,11 @@ class Matcher:
             self._turned.update(self.turned_descriptors([key]))
         if key not in self._turned:
             return None
-        if variant in PHashSignal.QUARTERS:
-            if image.quarters is None:
+        if variant in PHashSignal.VIEWS:
+            k = PHashSignal.VIEWS.index(variant)
+            if image.views is None or k >= len(image.views):
                 return None
-            phash = image.quarters[PHashSignal.QUARTERS.index(variant)]
+            phash = image.views[k]
         else:
             phash = PHashSignal.dihedral(image.phash)[[name for name, *_ in PHashSignal.DIHEDRAL].index(variant)]
         return dataclasses.replace(image, phash=phash, resnet=self._turned[key])
@@ -218,8 +219,9 @@ class Matcher:
                                ) -> dict[str, list[tuple[str, str]]]:
         """(candidate, variant) pairs per image: earlier images whose pHash is within the tight
         radius of one of the query's 7 rotations/mirrors (:meth:`PHashSignal.dihedral`) or of one
-        of its quarters' (:data:`PHashSignal.QUARTERS`: collages), at most
-        :data:`TURNED_CANDIDATES` per variant -- one batch search, exact like the others."""
+        of its other views' (:data:`PHashSignal.VIEWS`: a collage's quarters, the picture untrimmed
+        where it was trimmed), at most :data:`TURNED_CANDIDATES` per variant -- one batch search,
+        exact like the others."""
         from .signals import PHashSignal
 
         if not images or self.turned_radius <= 0:
@@ -227,8 +229,7 @@ class Matcher:
         names = [name for name, *_ in PHashSignal.DIHEDRAL]
         searched = [(im, name, vector) for im in images
                     for name, vector in [*zip(names, PHashSignal.dihedral(im.phash), strict=True),
-                                         *(zip(PHashSignal.QUARTERS, im.quarters, strict=True)
-                                           if im.quarters is not None else ())]]
+                                         *_other_views(im)]]
         # no slack: a hit within the tight radius is rare, and the crowded re-search keeps it exact
         hits = self._earlier_hits("phash", [v for _, _, v in searched], [im for im, _, _ in searched],
                                   TURNED_CANDIDATES, self.turned_radius, before, slack=0)
@@ -429,9 +430,10 @@ class Matcher:
     def score_turned(self, image: IndexedImage, turned: list[tuple[str, str]]) -> list[PairScore]:
         """Scores of turned candidates, each pair measured with the query turned its way (so a
         rotated copy has the features of a plain one and the same calibration applies). A
-        quarter's candidates are not gated by the words: the other three cells dilute the query's
-        words (a collage's original seldom stands out in them), and a quarter's pHash within the
-        tight radius is rare among images with no copy (:data:`PHashSignal.QUARTERS`)."""
+        view's candidates are not gated by the words: a quarter's other three cells dilute the
+        query's words (a collage's original seldom stands out in them), damage that fooled the trim
+        has often thinned them too, and a view's pHash within the tight radius is rare among images
+        with no copy (:data:`PHashSignal.VIEWS`)."""
         scores = []
         for variant, cids in _by_variant(turned).items():
             aligned = self.turned_image(image, variant)
@@ -557,10 +559,21 @@ class Matcher:
 
 def _words_gated(variant: str) -> bool:
     """Whether a turned candidate of this variant must stand out in the words to be verified: a
-    quarter's need not (see :meth:`Matcher.score_turned`)."""
+    view's need not (see :meth:`Matcher.score_turned`)."""
     from .signals import PHashSignal
 
-    return variant not in PHashSignal.QUARTERS
+    return variant not in PHashSignal.VIEWS
+
+
+def _other_views(image: IndexedImage) -> list[tuple[str, np.ndarray]]:
+    """The image's views (:data:`PHashSignal.VIEWS`) with a pHash of their own: the untrimmed
+    picture only where a trim changed the hash. A batch staged before a view existed has fewer."""
+    from .signals import PHashSignal
+
+    if image.views is None:
+        return []
+    return [(name, vector) for name, vector in zip(PHashSignal.VIEWS, image.views, strict=False)
+            if name != PHashSignal.UNTRIMMED or not np.array_equal(vector, image.phash)]
 
 
 def _by_variant(turned: Sequence[tuple[str, str]]) -> dict[str, list[str]]:

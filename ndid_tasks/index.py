@@ -61,7 +61,7 @@ class IndexedImage:
     run_id: str = ""
     raw: np.ndarray | None = None  # the un-whitened descriptor, kept so the index can be re-whitened
     words: dict[int, float] | None = None  # visual words (sparse tf-idf), None: not computed
-    quarters: np.ndarray | None = None  # (4, 64) pHash of each quarter (collages; PHashSignal.QUARTERS), not indexed
+    views: np.ndarray | None = None  # (<= len(PHashSignal.VIEWS), 64) pHash of each other view (quarters, untrimmed), not indexed
     extra: dict[str, Any] = field(default_factory=dict)
 
     def row(self, weights_mode: str, inline_raw: bool = False) -> dict[str, Any]:

@@ -316,7 +316,7 @@ class Engine:
         t1 = time.perf_counter()
         pics = [im for _, im in loaded]
         phashes = self.phash.compute(pics)
-        quarters = self.quarters_of(pics)
+        views = self.views_of(pics)
         t2 = time.perf_counter()
         raw = self.resnet.compute_raw(pics)
         embeddings = self.resnet.whiten(raw)
@@ -327,16 +327,16 @@ class Engine:
         images = [IndexedImage(id=item.id, sha256=im.sha256, source=item.source, width=im.width,
                                height=im.height, num_bytes=im.num_bytes, created_at=item.created_at_ms,
                                phash=phashes[i], resnet=embeddings[i], raw=raw[i], words=words[i],
-                               quarters=quarters[i])
+                               views=views[i])
                   for i, (item, im) in enumerate(loaded)]
         return Prepared(images, errors, {im.image_id: im for im in pics})
 
-    def quarters_of(self, pics: Sequence[LoadedImage]) -> list[np.ndarray | None]:
-        """Per picture, the pHash of its quarters (PHashSignal.QUARTERS), searched like the turned
+    def views_of(self, pics: Sequence[LoadedImage]) -> list[np.ndarray | None]:
+        """Per picture, the pHash of its other views (PHashSignal.VIEWS), searched like the turned
         variants; None where that search is off (NDID_PHASH_TURNED_RADIUS=0)."""
         if self.settings.phash_turned_radius <= 0:
             return [None] * len(pics)
-        return list(self.phash.quarters(pics))
+        return list(self.phash.views(pics))
 
     def error_record(self, item: SourceItem, reason: str, message: str, run_id: str, run_at: str) -> DecisionRecord:
         return DecisionRecord(id=item.id, source=item.source, decision="error", error_reason=reason,
@@ -573,7 +573,7 @@ class Engine:
         pic = self.load(image_id, data)
         image = IndexedImage(id=image_id, sha256=pic.sha256, source="", width=pic.width, height=pic.height,
                              num_bytes=pic.num_bytes, created_at=0, phash=self.phash.compute([pic])[0],
-                             resnet=self.resnet.compute([pic])[0], quarters=self.quarters_of([pic])[0])
+                             resnet=self.resnet.compute([pic])[0], views=self.views_of([pic])[0])
         self.forget([image_id])  # a reused query id must not see the previous query's features
         self._loaded[image_id] = pic
         self.sources[image_id] = data  # for a closer look at the query itself
@@ -637,10 +637,10 @@ class Engine:
         if row is None:
             return image_id
         pics = self.pictures([image_id]) if self.settings.phash_turned_radius > 0 else {}
-        quarters = self.quarters_of([pics[image_id]])[0] if image_id in pics else None  # (not indexed: read again)
+        views = self.views_of([pics[image_id]])[0] if image_id in pics else None  # (not indexed: read again)
         image = IndexedImage(**{k: row[k] for k in IMAGE_ROW_FIELDS if k not in ("phash", "resnet")},
                              phash=np.asarray(row["phash"], np.float32), resnet=np.asarray(row["resnet"], np.float32),
-                             words=self.index.get_words([image_id]).get(image_id), quarters=quarters)
+                             words=self.index.get_words([image_id]).get(image_id), views=views)
         pairs = matcher.stage2_pairs
         try:
             return matcher.decide(image, originals).original_id
@@ -761,8 +761,8 @@ def pack_prepared(prepared: Prepared) -> bytes:
         "errors": np.frombuffer(json.dumps([e.to_dict() for e in prepared.errors]).encode(), dtype=np.uint8),
         "phash": np.array([im.phash for im in prepared.images], dtype=np.float32).reshape(-1, 64),
         "raw": np.array([im.raw for im in prepared.images], dtype=np.float32).reshape(len(prepared.images), -1),
-        **({"quarters": np.array([im.quarters for im in prepared.images], dtype=np.float32)}
-           if prepared.images and all(im.quarters is not None for im in prepared.images) else {}),
+        **({"views": np.array([im.views for im in prepared.images], dtype=np.float32)}
+           if prepared.images and all(im.views is not None for im in prepared.images) else {}),
         **pack_words([im.words for im in prepared.images]),
     }
     buf = io.BytesIO()
@@ -779,8 +779,9 @@ def unpack_prepared(data: bytes, resnet: GlobalDescriptorSignal) -> Prepared:
         raw = npz["raw"]
         whitened = resnet.whiten(raw) if len(meta) else raw
         words = unpack_words(npz, len(meta))
-        quarters = npz["quarters"] if "quarters" in npz.files else None  # (staged by an older version: none)
+        # (staged by an older version: the quarters alone, VIEWS' first rows, or none)
+        views = next((npz[key] for key in ("views", "quarters") if key in npz.files), None)
         images = [IndexedImage(**m, phash=npz["phash"][i], resnet=whitened[i], raw=raw[i], words=words[i],
-                               quarters=None if quarters is None else quarters[i])
+                               views=None if views is None else views[i])
                   for i, m in enumerate(meta)]
     return Prepared(images, errors)

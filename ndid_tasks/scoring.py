@@ -32,7 +32,7 @@ class PairScore:
     probability: float
     stage: str  # "stage1", "stage2" or "unverified" (in the band but beyond the verification cap, or gated out)
     contributions: dict[str, float]
-    orientation: str = ""  # how the query was turned (a PHashSignal.DIHEDRAL name) or which quarter of it matched (QUARTERS), "" = as is
+    orientation: str = ""  # how the query was turned (a PHashSignal.DIHEDRAL name) or which view of it matched (VIEWS), "" = as is
 
 
 Verify = Callable[[list], dict]  # candidate ids -> {id: expensive features}; a missing id could not be verified

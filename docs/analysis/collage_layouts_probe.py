@@ -5,7 +5,7 @@ The benchmark's collage (``augment.attack_collage``) squashes each photo into it
 squashes every picture anyway. Collage makers differ: some keep each photo's shape (``fit``: the
 photo centred on white in its cell), some crop it to fill the cell (``fill``); either may sit on a
 canvas border (``framed``). Per layout: the smallest Hamming distance between a collage quarter's
-pHash (``PHashSignal.quarters``) and its original's, and the share within the turned search's
+pHash (the first four of ``PHashSignal.views``) and its original's, and the share within the turned search's
 radius (12 bits). Then the false candidates the quarters could add: each reference's own quarters
 against every other reference's pHash.
 
@@ -63,7 +63,7 @@ def main(data: str) -> None:
         own = sig.compute([loaded(img)])[0]
         for layout in LAYOUTS:
             tiles = [img] + [pool[int(k)] for k in rng.choice(len(pool), 3, replace=False)]
-            quarters = sig.quarters([loaded(collage(tiles, rng.permutation(4), layout))])[0]
+            quarters = sig.views([loaded(collage(tiles, rng.permutation(4), layout))])[0, :4]
             distances[layout].append(int(min(np.count_nonzero(q != own) for q in quarters)))
     print("| layout | median bits to the original | within 12 bits |")
     print("|---|---|---|")
@@ -71,7 +71,7 @@ def main(data: str) -> None:
         print(f"| {layout} | {np.median(found):.0f} | {np.mean(np.array(found) <= 12):.3f} |")
     refs = originals + pool
     whole = np.array(sig.compute([loaded(r) for r in refs]))
-    dist = (sig.quarters([loaded(r) for r in refs])[:, :, None, :] != whole[None, None, :, :]).sum(-1)
+    dist = (sig.views([loaded(r) for r in refs])[:, :4, None, :] != whole[None, None, :, :]).sum(-1)
     for i in range(len(refs)):
         dist[i, :, i] = 64
     nearest = dist.min(axis=(1, 2))

@@ -293,7 +293,7 @@ def _evaluate_query(qname, pic, phash, resnet, dhash, pdq, matcher: Matcher, cal
     preds: dict[str, Prediction] = {}
     image = IndexedImage(id=pic.image_id, sha256=pic.sha256, source="", width=pic.width, height=pic.height,
                          num_bytes=pic.num_bytes, created_at=0, phash=phash, resnet=resnet,
-                         words=engine.words_of([pic])[0], quarters=engine.quarters_of([pic])[0])
+                         words=engine.words_of([pic])[0], views=engine.views_of([pic])[0])
     cands = matcher.candidates(image, before=False)
     turned = matcher.turned_candidates_many([image], before=False).get(image.id, [])
     words = matcher.words_candidates_many([image], before=False).get(image.id, [])

@@ -65,11 +65,11 @@ class PHashSignal(Signal):
     @classmethod
     def turned(cls, image: LoadedImage, variant: str) -> LoadedImage:
         """The picture as one of :data:`DIHEDRAL` turns it (its content: borders already
-        trimmed), or the quarter of it one of :data:`QUARTERS` names (see :meth:`_quarter`)."""
+        trimmed), or the view of it one of :data:`VIEWS` names (see :meth:`_view`)."""
         import dataclasses
 
-        if variant in cls.QUARTERS:
-            pic = cls._quarter(image.image, cls.QUARTERS.index(variant))
+        if variant in cls.VIEWS:
+            pic = cls._view(image.image, variant)
         else:
             pic = image.content.transpose(getattr(Image.Transpose, variant))
         return dataclasses.replace(image, image=pic, box=None)
@@ -82,13 +82,23 @@ class PHashSignal(Signal):
     # quarter within 16 bits of another reference.
     QUARTERS: ClassVar[tuple[str, ...]] = ("QUARTER_TOP_LEFT", "QUARTER_TOP_RIGHT", "QUARTER_BOTTOM_LEFT",
                                            "QUARTER_BOTTOM_RIGHT")
+    # The whole picture, its flat-looking borders kept: where a copy's trim still cuts what its
+    # original's did not (content_box's edge rule stops most such trims), its trimmed hash can land
+    # beyond the wide radius while the whole picture's is within the tight one. Measured
+    # (docs/analysis/content_box_edge_probe.py): without the edge rule 9 of 12 such JPEG copies in
+    # two benchmark sets, with it 1 of 2; no reference's untrimmed hash within 12 bits of another's.
+    UNTRIMMED: ClassVar[str] = "UNTRIMMED"
+    # the other views of a picture whose pHash is searched at the tight radius, as the turned
+    # variants are (staged in this order: a batch staged with the quarters alone reads as a prefix)
+    VIEWS: ClassVar[tuple[str, ...]] = (*QUARTERS, UNTRIMMED)
 
     # what a match in each variant says of the copy against its match (the variant turns it back)
     _HOW: ClassVar[dict[str, str]] = {
         "FLIP_LEFT_RIGHT": "mirrored", "FLIP_TOP_BOTTOM": "flipped upside down", "ROTATE_180": "rotated 180°",
         "ROTATE_90": "rotated 90° clockwise", "ROTATE_270": "rotated 90° anticlockwise",
         "TRANSPOSE": "rotated 90° and mirrored", "TRANSVERSE": "rotated 90° and mirrored",
-        **{q: f"a collage with it in the {q.removeprefix('QUARTER_').lower().replace('_', '-')} cell" for q in QUARTERS}}
+        **{q: f"a collage with it in the {q.removeprefix('QUARTER_').lower().replace('_', '-')} cell" for q in QUARTERS},
+        UNTRIMMED: ""}  # (a plain copy: only the trim differed)
 
     @classmethod
     def how_matched(cls, variant: str) -> str:
@@ -96,6 +106,11 @@ class PHashSignal(Signal):
         90° clockwise", "a collage with it in the top-left cell"; "" for a plain match, the code
         itself for one this version does not know."""
         return cls._HOW.get(variant, variant) if variant else ""
+
+    @classmethod
+    def _view(cls, picture: Image.Image, variant: str) -> Image.Image:
+        """The view of the whole (untrimmed) picture that ``variant``, one of :data:`VIEWS`, names."""
+        return picture if variant == cls.UNTRIMMED else cls._quarter(picture, cls.QUARTERS.index(variant))
 
     @staticmethod
     def _quarter_box(size: tuple[int, int], k: int) -> tuple[int, int, int, int]:
@@ -118,8 +133,7 @@ class PHashSignal(Signal):
         collage first (its outer cells' bars) would shift the quarters off the cells; a canvas
         border around the collage lies on the quarters' outer sides and goes too
         (docs/benchmarks.md, session 24)."""
-        x0, y0, x1, y1 = cls._quarter_box(picture.size, k)
-        quarter = picture.crop((x0, y0, x1, y1))
+        quarter = picture.crop(cls._quarter_box(picture.size, k))
         for _ in range(2):  # (a canvas border, then a cell's bars of another colour)
             # (less the ~1 % of each side where resizing blends two colours: a seam, a border's edge)
             dx, dy = quarter.width // 128, quarter.height // 128
@@ -127,10 +141,10 @@ class PHashSignal(Signal):
             quarter = quarter.crop(content_box(quarter, min_trim=0.02))
         return quarter
 
-    def quarters(self, images: Sequence[LoadedImage]) -> np.ndarray:
-        """(n, 4, 64): the pHash of each image's four quarters, in :data:`QUARTERS` order."""
-        out = np.zeros((len(images), len(self.QUARTERS), self.dim), dtype=np.float32)
+    def views(self, images: Sequence[LoadedImage]) -> np.ndarray:
+        """(n, len(VIEWS), 64): the pHash of each image's :data:`VIEWS`, in that order."""
+        out = np.zeros((len(images), len(self.VIEWS), self.dim), dtype=np.float32)
         for i, im in enumerate(images):
-            for k in range(len(self.QUARTERS)):
-                out[i, k] = imagehash.phash(self._quarter(im.image, k), hash_size=8).hash.flatten()
+            for k, variant in enumerate(self.VIEWS):
+                out[i, k] = imagehash.phash(self._view(im.image, variant), hash_size=8).hash.flatten()
         return out

@@ -323,7 +323,8 @@ def test_rotated_and_mirrored_copies_are_found_through_turned_phash(random_setti
 
 
 def test_turned_candidates_equal_a_brute_force_search_of_earlier_images(random_settings, tmp_path, photos):
-    """The turned search (7 variants and 4 quarters per image, no slack) gives what an exact
+    """The turned search (7 variants, 4 quarters and, where trimmed, the untrimmed picture per
+    image; no slack) gives what an exact
     per-image search gives, also when later turned copies in the same batch crowd out the earlier
     ones."""
     from ndid_tasks.decide import TURNED_CANDIDATES
@@ -351,9 +352,10 @@ def test_turned_candidates_equal_a_brute_force_search_of_earlier_images(random_s
     for im in images:
         earlier = [o for o in images if (o.created_at, o.id) < (im.created_at, im.id)]
         expected = set()
-        assert im.quarters is not None
-        for name, variant in [*zip(names, PHashSignal.dihedral(im.phash), strict=True),
-                              *zip(PHashSignal.QUARTERS, im.quarters, strict=True)]:
+        assert im.views is not None
+        views = [(n, v) for n, v in zip(PHashSignal.VIEWS, im.views, strict=True)
+                 if n != PHashSignal.UNTRIMMED or not np.array_equal(v, im.phash)]
+        for name, variant in [*zip(names, PHashSignal.dihedral(im.phash), strict=True), *views]:
             near = sorted((int(np.sum(o.phash != variant)), o.id) for o in earlier)
             expected |= {(oid, name) for d, oid in near[:TURNED_CANDIDATES] if d <= radius}
         assert set(got.get(im.id, [])) == expected, im.id
@@ -384,7 +386,7 @@ def test_a_collage_is_found_through_the_phash_of_its_quarters(random_settings, t
     with Engine(crowded.replace(state_dir=str(tmp_path / "staged"))) as engine:
         prepared = engine.prepare(local_items([folder]), run_id="s")
         staged = unpack_prepared(pack_prepared(prepared), engine.resnet)
-        assert all(np.array_equal(a.quarters, b.quarters) for a, b in zip(prepared.images, staged.images, strict=True))
+        assert all(np.array_equal(a.views, b.views) for a, b in zip(prepared.images, staged.images, strict=True))
         engine.index_prepared(staged, "s")
         staged_rec = by_name(engine.decide(staged.images, "s", "2026-01-01T00:00:00+00:00"))["collage.jpg"]
     assert (staged_rec.decision, staged_rec.original_id, staged_rec.orientation) == (

@@ -1,5 +1,7 @@
+import imagehash
 import numpy as np
 import pytest
+from PIL import ImageOps
 
 from ndid_tasks.images import load_image
 from ndid_tasks.signals import (
@@ -59,8 +61,6 @@ def test_empty_batch(random_settings):
 
 
 def test_geometric_verification_separates_copies_from_unrelated(photos):
-    from PIL import ImageOps
-
     from ndid_tasks import augment
     from ndid_tasks.signals import GeometricSignal
 
@@ -115,13 +115,14 @@ def test_a_collage_cell_hashes_to_its_original_and_a_photos_own_quarters_to_no_o
     sig = PHashSignal()
     names = ["chelsea", "astronaut", "coins", "coffee"]
     whole = {n: sig.compute([load_image(jpeg_bytes(photos[n]), n)])[0] for n in photos}
-    quarters = sig.quarters([load_image(jpeg_bytes(collage(photos, names)), "collage")])[0]
-    assert quarters.shape == (len(PHashSignal.QUARTERS), 64)
+    views = sig.views([load_image(jpeg_bytes(collage(photos, names)), "collage")])[0]
+    assert views.shape == (len(PHashSignal.VIEWS), 64) and PHashSignal.VIEWS[:4] == PHashSignal.QUARTERS
+    quarters = views[:4]
     for k, name in enumerate(names[:3]):
         assert sig.compare(quarters[k], whole[name]) <= 4
         assert min(sig.compare(quarters[k], whole[m]) for m in photos if m != name) > 16
     for name, photo in photos.items():
-        own = sig.quarters([load_image(jpeg_bytes(photo), name)])[0]
+        own = sig.views([load_image(jpeg_bytes(photo), name)])[0]  # (its quarters and the untrimmed picture)
         assert min(sig.compare(q, whole[m]) for q in own for m in photos if m != name) > 12, name
     assert all(x1 > x0 and y1 > y0 for size in [(1, 1), (3, 1), (640, 480)] for k in range(4)
                for x0, y0, x1, y1 in [PHashSignal._quarter_box(size, k)])
@@ -129,13 +130,49 @@ def test_a_collage_cell_hashes_to_its_original_and_a_photos_own_quarters_to_no_o
     # quarter's own borders go (twice: the canvas', then the bars'), and whole-collage trimming
     # (which would take the outer cells' bars and shift the quarters off the cells) is not used
     for letterboxed, frame in ((True, 0), (True, 40), (False, 40)):
-        found = sig.quarters([load_image(jpeg_bytes(collage(photos, names, letterboxed, frame)), "c")])[0]
+        found = sig.views([load_image(jpeg_bytes(collage(photos, names, letterboxed, frame)), "c")])[0, :4]
         for k, name in enumerate(names):
             assert sig.compare(found[k], whole[name]) <= 12, (letterboxed, frame, name)  # (the turned radius)
             assert min(sig.compare(found[k], whole[m]) for m in photos if m != name) > 16
     turned = PHashSignal.turned(load_image(jpeg_bytes(photos["astronaut"]), "a"), "QUARTER_BOTTOM_RIGHT")
     width, height = photos["astronaut"].size  # (the quarter, less its own flat borders)
     assert 0 < turned.image.width <= width - width // 2 and 0 < turned.image.height <= height - height // 2
+
+
+def test_the_untrimmed_view_is_searched_only_where_a_trim_changed_the_hash(photos):
+    """PHashSignal.VIEWS ends with the untrimmed picture: its pHash is the whole picture's, and it
+    is searched (decide._other_views) only where the trim changed the hash -- a letterboxed copy,
+    not a plain photo. A batch staged with the quarters alone (an older version) has only those.
+    The camera man at JPEG quality 2: his sky is flat blocks up to the edge and goes as a border,
+    so the copy's pHash is beyond the wide radius (24) of the original's; its untrimmed view's is
+    within the tight one (12)."""
+    from ndid_tasks.decide import _other_views
+    from ndid_tasks.index import IndexedImage
+
+    sig = PHashSignal()
+    plain = load_image(jpeg_bytes(photos["chelsea"]), "plain")
+    boxed = ImageOps.pad(photos["chelsea"], (photos["chelsea"].width, photos["chelsea"].width), color=(0, 0, 0))
+    letterboxed = load_image(jpeg_bytes(boxed), "boxed")
+    assert letterboxed.box != (0, 0, *letterboxed.image.size)
+
+    def searched(pic, rows=None):
+        views = sig.views([pic])[0]
+        image = IndexedImage(id=pic.image_id, sha256="", source="", width=1, height=1, num_bytes=1, created_at=0,
+                             phash=sig.compute([pic])[0], resnet=np.zeros(4, np.float32), views=views[:rows])
+        return dict(_other_views(image)), views
+
+    found, views = searched(letterboxed)
+    untrimmed = views[PHashSignal.VIEWS.index(PHashSignal.UNTRIMMED)]
+    assert np.array_equal(untrimmed, imagehash.phash(letterboxed.image, hash_size=8).hash.flatten())
+    assert set(found) == set(PHashSignal.VIEWS) and sig.compare(untrimmed, sig.compute([letterboxed])[0]) > 0
+    assert set(searched(plain)[0]) == set(PHashSignal.QUARTERS)
+    assert set(searched(letterboxed, rows=4)[0]) == set(PHashSignal.QUARTERS)
+    assert PHashSignal.turned(letterboxed, PHashSignal.UNTRIMMED).image.size == letterboxed.image.size
+    original = sig.compute([load_image(jpeg_bytes(photos["camera"]), "camera")])[0]
+    damaged = load_image(jpeg_bytes(photos["camera"], 2), "camera_q2")
+    found, _ = searched(damaged)
+    assert sig.compare(sig.compute([damaged])[0], original) > 24
+    assert sig.compare(found[PHashSignal.UNTRIMMED], original) <= 12
 
 
 def test_pdq_dihedral_distance_finds_rotated_and_mirrored_copies(photos):
@@ -224,6 +261,7 @@ def test_a_turned_match_is_told_in_words_that_say_which_way_the_copy_was_turned(
     assert PHashSignal.how_matched("QUARTER_BOTTOM_LEFT") == "a collage with it in the bottom-left cell"
     assert PHashSignal.how_matched("") == "" and PHashSignal.how_matched("SOMETHING_NEW") == "SOMETHING_NEW"
     assert all(PHashSignal.how_matched(v) != v for v in [*names, *PHashSignal.QUARTERS])
+    assert PHashSignal.how_matched(PHashSignal.UNTRIMMED) == ""  # (a plain copy: only the trim differed)
 
 
 def test_sift_of_pictures_side_by_side_equals_one_at_a_time(photos, monkeypatch):
