@@ -147,7 +147,8 @@ def cmd_query(args) -> int:
         for m in matches:
             why = ", ".join(f"{k}={v:.3f}" for k, v in m["features"].items())
             contrib = ", ".join(f"{k}:{v:+.2f}" for k, v in m["contributions"].items())
-            turned = f"; query: {PHashSignal.how_matched(m['orientation'])}" if m.get("orientation") else ""
+            how = PHashSignal.how_matched(m.get("orientation", ""))  # ("" for a plain match)
+            turned = f"; query: {how}" if how else ""
             print(f"{m['decision']:9s} p={m['probability']:.3f} [{m['stage']}{turned}] {m['id']}\n"
                   f"          original={m['original_id']}\n          features: {why}\n          log-odds: {contrib}")
     return EXIT_OK if any(m["decision"] == "duplicate" for m in matches) else EXIT_NO_MATCH

@@ -362,6 +362,29 @@ def test_turned_candidates_equal_a_brute_force_search_of_earlier_images(random_s
     assert sum(len(v) for v in got.values()) >= 8  # the turned copies found their original and each other
 
 
+def test_a_copy_whose_damage_fooled_the_trim_is_scored_as_the_untrimmed_picture(random_settings, tmp_path, photos):
+    """The camera man at JPEG quality 2: his sky becomes flat blocks up to the edge and is trimmed
+    as a border, which his original's is not, so the copy's pHash is far from the original's. The
+    untrimmed view's pHash is near it: the view search proposes the original, the pair is scored as
+    the whole picture (orientation UNTRIMMED, which people see as a plain match) and decided a
+    duplicate. With the search off the record names no view."""
+    from ndid_tasks.signals import PHashSignal
+
+    names = ["camera", "astronaut", "coffee", "rocket", "coins", "chelsea"]
+    folder, t = originals(tmp_path, "untrimmed", names, photos)
+    write(folder / "camera_q2.jpg", photos["camera"], quality=2, mtime=t + 100)
+
+    def run(settings):
+        with Engine(settings) as engine:
+            return by_name(engine.ingest(local_items([folder]), run_id="r", run_at="2026-01-01T00:00:00+00:00"))
+
+    rec = run(random_settings)["camera_q2.jpg"]
+    assert rec.decision == "duplicate" and rec.original_id.endswith("orig_camera.jpg"), rec
+    assert rec.orientation == PHashSignal.UNTRIMMED and PHashSignal.how_matched(rec.orientation) == ""
+    off = run(random_settings.replace(phash_turned_radius=0, state_dir=str(tmp_path / "off")))["camera_q2.jpg"]
+    assert off.original_id == rec.original_id and not off.orientation
+
+
 def test_a_collage_is_found_through_the_phash_of_its_quarters(random_settings, tmp_path, photos):
     """A 2x2 collage: one indexed photo beside three that are not. The whole image's pHash,
     descriptor and words see mostly the other three; the quarter that holds the original has its
