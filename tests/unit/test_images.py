@@ -141,7 +141,7 @@ def test_a_photos_own_sky_is_no_border_even_when_jpeg_makes_it_flat_blocks(photo
         assert content_box(blocky.image, edge_share=0) != blocky.box, name
     meme = augment.attack_meme_border(photos["chelsea"], np.random.default_rng(3))
     loaded = load_image(jpeg_bytes(meme, 2), "meme")
-    left, top, right, bottom = loaded.box
+    _, top, _, bottom = loaded.box
     assert top > 0 and abs((bottom - top) - photos["chelsea"].height * loaded.image.width / meme.width) <= 0.05 * loaded.image.height
 
 
