@@ -225,6 +225,47 @@ def attack_collage_letterboxed(img: Image.Image, pool: Sequence[Image.Image], rn
     return jpeg(canvas, int(rng.integers(70, 90)))
 
 
+PAIR_LAYOUTS = ("squashed", "letterboxed", "same_height")
+
+
+def attack_pair(img: Image.Image, pool: Sequence[Image.Image], rng: np.random.Generator,
+                layout: str | None = None) -> Image.Image:
+    """Two pictures side by side (or, a third of the time, one above the other): the original
+    and a never-indexed photo, the original first or second, laid out as two-photo posts and
+    before/after pairs are -- each squashed into an equal cell, fitted in it on white or black, or
+    both scaled to the same height (width when stacked) keeping their shapes, so the seam is
+    where their shapes put it, not always at the middle. ``layout``: one of
+    :data:`PAIR_LAYOUTS`, else drawn at random."""
+    from PIL import ImageOps
+
+    stacked = rng.random() < 1 / 3
+    layout = layout or PAIR_LAYOUTS[int(rng.integers(len(PAIR_LAYOUTS)))]
+    other = pool[int(rng.integers(len(pool)))].convert("RGB")
+    tiles = [img.convert("RGB"), other] if rng.random() < 0.5 else [other, img.convert("RGB")]
+    if layout == "same_height":
+        side = 320
+        fitted = [t.resize((max(8, round(t.width * side / t.height)), side)) if not stacked
+                  else t.resize((side, max(8, round(t.height * side / t.width)))) for t in tiles]
+        size = ((sum(t.width for t in fitted), side) if not stacked else (side, sum(t.height for t in fitted)))
+        canvas = Image.new("RGB", size)
+        offset = 0
+        for t in fitted:
+            canvas.paste(t, (offset, 0) if not stacked else (0, offset))
+            offset += t.width if not stacked else t.height
+        return jpeg(canvas, int(rng.integers(70, 90)))
+    cell = (320, 240)
+    background = (255, 255, 255) if rng.random() < 0.5 else (0, 0, 0)
+    canvas = Image.new("RGB", (640, 240) if not stacked else (320, 480))
+    for k, t in enumerate(tiles):
+        if layout == "letterboxed":
+            box, inner = Image.new("RGB", cell, background), ImageOps.contain(t, cell)
+            box.paste(inner, ((cell[0] - inner.width) // 2, (cell[1] - inner.height) // 2))
+        else:
+            box = t.resize(cell)
+        canvas.paste(box, (k * cell[0], 0) if not stacked else (0, k * cell[1]))
+    return jpeg(canvas, int(rng.integers(70, 90)))
+
+
 # families made only on request (`ndid bench make --with NAME`): each copy holds the original as
 # a part of a bigger picture, made of never-indexed photos (``pool``); not in the default set, so
 # that its figures stay comparable with earlier runs
@@ -233,6 +274,7 @@ OPTIONAL_FAMILIES: dict[str, dict[str, CompositeAttack]] = {
     "picture_in_picture": {"picture_in_picture": attack_picture_in_picture},
     "collage": {"collage": attack_collage},
     "collage_letterboxed": {"collage_letterboxed": attack_collage_letterboxed},
+    "pair": {"pair": attack_pair},
 }
 
 # the milder mix used for bootstrap calibration positives

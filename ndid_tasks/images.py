@@ -211,12 +211,11 @@ def content_box(img: Image.Image, tolerance: int = 2, flat_share: float = 0.4, m
 
     def depth(lines: np.ndarray) -> int:
         colour = int(np.median(lines[0]))
-        share = np.mean(np.abs(lines - colour) <= tolerance, axis=1)
-        if share[0] < edge_share:
-            return 0
-        flat = share >= flat_share
+        if np.mean(np.abs(lines[0] - colour) <= tolerance) < edge_share:
+            return 0  # (most sides: the rest is not looked at)
         limit = int(len(lines) * max_trim)
-        n = int(np.argmin(flat[:limit])) if not flat[:limit].all() else limit
+        flat = np.mean(np.abs(lines[:limit] - colour) <= tolerance, axis=1) >= flat_share
+        n = int(np.argmin(flat)) if not flat.all() else limit
         return n if n >= len(lines) * min_trim else 0
 
     top, bottom = depth(grey), depth(grey[::-1])

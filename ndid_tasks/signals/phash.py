@@ -82,6 +82,10 @@ class PHashSignal(Signal):
     # quarter within 16 bits of another reference.
     QUARTERS: ClassVar[tuple[str, ...]] = ("QUARTER_TOP_LEFT", "QUARTER_TOP_RIGHT", "QUARTER_BOTTOM_LEFT",
                                            "QUARTER_BOTTOM_RIGHT")
+    # A pair of pictures side by side or one above the other (a before/after, a two-photo post):
+    # each half, as each quarter of a 2x2 collage, holds its original squashed or letterboxed.
+    # Measured (docs/analysis/pair_halves_probe.py): see docs/benchmarks.md, session 25.
+    HALVES: ClassVar[tuple[str, ...]] = ("HALF_LEFT", "HALF_RIGHT", "HALF_TOP", "HALF_BOTTOM")
     # The whole picture, its flat-looking borders kept: where a copy's trim still cuts what its
     # original's did not (content_box's edge rule stops most such trims), its trimmed hash can land
     # beyond the wide radius while the whole picture's is within the tight one. Measured
@@ -90,7 +94,7 @@ class PHashSignal(Signal):
     UNTRIMMED: ClassVar[str] = "UNTRIMMED"
     # the other views of a picture whose pHash is searched at the tight radius, as the turned
     # variants are (staged in this order: a batch staged with the quarters alone reads as a prefix)
-    VIEWS: ClassVar[tuple[str, ...]] = (*QUARTERS, UNTRIMMED)
+    VIEWS: ClassVar[tuple[str, ...]] = (*QUARTERS, UNTRIMMED, *HALVES)
 
     # what a match in each variant says of the copy against its match (the variant turns it back)
     _HOW: ClassVar[dict[str, str]] = {
@@ -98,7 +102,9 @@ class PHashSignal(Signal):
         "ROTATE_90": "rotated 90° clockwise", "ROTATE_270": "rotated 90° anticlockwise",
         "TRANSPOSE": "rotated 90° and mirrored", "TRANSVERSE": "rotated 90° and mirrored",
         **{q: f"a collage with it in the {q.removeprefix('QUARTER_').lower().replace('_', '-')} cell" for q in QUARTERS},
-        UNTRIMMED: ""}  # (a plain copy: only the trim differed)
+        UNTRIMMED: "",  # (a plain copy: only the trim differed)
+        "HALF_LEFT": "a pair of pictures with it on the left", "HALF_RIGHT": "a pair of pictures with it on the right",
+        "HALF_TOP": "a pair of pictures with it on top", "HALF_BOTTOM": "a pair of pictures with it below"}
 
     @classmethod
     def how_matched(cls, variant: str) -> str:
@@ -110,7 +116,39 @@ class PHashSignal(Signal):
     @classmethod
     def _view(cls, picture: Image.Image, variant: str) -> Image.Image:
         """The view of the whole (untrimmed) picture that ``variant``, one of :data:`VIEWS`, names."""
-        return picture if variant == cls.UNTRIMMED else cls._quarter(picture, cls.QUARTERS.index(variant))
+        if variant == cls.UNTRIMMED:
+            return picture
+        if variant in cls.HALVES:
+            return cls._half(picture, variant)
+        return cls._quarter(picture, cls.QUARTERS.index(variant))
+
+    @classmethod
+    def _half(cls, picture: Image.Image, variant: str, at: int | None = None) -> Image.Image:
+        """A half of a two-picture post, cut at its seam (``at``, else :meth:`_seam`), then
+        trimmed as a cell."""
+        w, h = picture.size
+        if at is None:
+            at = cls._seam(picture, variant in ("HALF_LEFT", "HALF_RIGHT"))
+        box = {"HALF_LEFT": (0, 0, at, h), "HALF_RIGHT": (at, 0, w, h),
+               "HALF_TOP": (0, 0, w, at), "HALF_BOTTOM": (0, at, w, h)}[variant]
+        if box[2] <= box[0] or box[3] <= box[1]:  # (a 1-px side: kept whole, never empty)
+            box = (0, 0, w, h)
+        return cls._trimmed_cell(picture.crop(box))
+
+    @staticmethod
+    def _seam(picture: Image.Image, across: bool) -> int:
+        """Where two pictures meet (a column when ``across``, else a row) in the middle half of
+        the picture: the line where the most of its length changes at once (the median step from
+        the line before it), which an object's edge seldom matches. Two photos scaled to the same
+        height meet where their shapes put them (0.33-0.69 of the width for these photos), not in
+        the middle; two equal cells meet in the middle anyway."""
+        grey = np.asarray(picture.convert("L"), dtype=np.int16)
+        lines = grey.T if across else grey
+        if len(lines) < 8:
+            return len(lines) // 2
+        lo, hi = len(lines) // 4, 3 * len(lines) // 4
+        steps = np.median(np.abs(np.diff(lines[lo - 1:hi], axis=0)), axis=1)
+        return lo + int(np.argmax(steps))
 
     @staticmethod
     def _quarter_box(size: tuple[int, int], k: int) -> tuple[int, int, int, int]:
@@ -133,18 +171,25 @@ class PHashSignal(Signal):
         collage first (its outer cells' bars) would shift the quarters off the cells; a canvas
         border around the collage lies on the quarters' outer sides and goes too
         (docs/benchmarks.md, session 24)."""
-        quarter = picture.crop(cls._quarter_box(picture.size, k))
+        return cls._trimmed_cell(picture.crop(cls._quarter_box(picture.size, k)))
+
+    @staticmethod
+    def _trimmed_cell(cell: Image.Image) -> Image.Image:
+        """A cell of a collage or a pair without its own flat borders (see :meth:`_quarter`)."""
         for _ in range(2):  # (a canvas border, then a cell's bars of another colour)
             # (less the ~1 % of each side where resizing blends two colours: a seam, a border's edge)
-            dx, dy = quarter.width // 128, quarter.height // 128
-            quarter = quarter.crop((dx, dy, quarter.width - dx, quarter.height - dy))
-            quarter = quarter.crop(content_box(quarter, min_trim=0.02))
-        return quarter
+            dx, dy = cell.width // 128, cell.height // 128
+            cell = cell.crop((dx, dy, cell.width - dx, cell.height - dy))
+            cell = cell.crop(content_box(cell, min_trim=0.02))
+        return cell
 
     def views(self, images: Sequence[LoadedImage]) -> np.ndarray:
         """(n, len(VIEWS), 64): the pHash of each image's :data:`VIEWS`, in that order."""
         out = np.zeros((len(images), len(self.VIEWS), self.dim), dtype=np.float32)
         for i, im in enumerate(images):
+            seams = {across: self._seam(im.image, across) for across in (True, False)}  # (once per picture)
             for k, variant in enumerate(self.VIEWS):
-                out[i, k] = imagehash.phash(self._view(im.image, variant), hash_size=8).hash.flatten()
+                view = (self._half(im.image, variant, seams[variant in ("HALF_LEFT", "HALF_RIGHT")])
+                        if variant in self.HALVES else self._view(im.image, variant))
+                out[i, k] = imagehash.phash(view, hash_size=8).hash.flatten()
         return out

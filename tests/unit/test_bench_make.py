@@ -35,7 +35,7 @@ def test_skipping_the_first_files_makes_a_benchmark_of_the_others(tmp_path):
 
 
 def test_composite_families_are_added_on_request_and_leave_every_other_query_as_it_was(tmp_path):
-    """--with picture_in_picture / collage / collage_letterboxed add one copy per original holding it as a part of a
+    """--with picture_in_picture / collage / collage_letterboxed / pair add one copy per original holding it as a part of a
     bigger picture whose other parts are negative-query photos (never indexed); every other query
     is byte for byte the same as without them, and an unknown family is refused."""
     import pytest
@@ -44,17 +44,18 @@ def test_composite_families_are_added_on_request_and_leave_every_other_query_as_
     distractors = pictures(tmp_path / "d", [f"d{k}" for k in range(8)])
     plain = benchmark.make_benchmark(originals, distractors, tmp_path / "plain", seed=4)
     both = benchmark.make_benchmark(originals, distractors, tmp_path / "both", seed=4,
-                                    optional=["picture_in_picture", "collage", "collage_letterboxed"])
-    assert both["families"] == [*plain["families"], "picture_in_picture", "collage", "collage_letterboxed"]
+                                    optional=["picture_in_picture", "collage", "collage_letterboxed", "pair"])
+    assert both["families"] == [*plain["families"], "picture_in_picture", "collage", "collage_letterboxed", "pair"]
     rows = {r["query"]: r for r in benchmark.read_ground_truth(tmp_path / "both")}
-    added = {q: r for q, r in rows.items() if r["family"] in ("picture_in_picture", "collage", "collage_letterboxed")}
-    assert len(added) == 9 and {r["original"] for r in added.values()} == {f"o{k}.jpg" for k in range(3)}
+    added = {q: r for q, r in rows.items()
+             if r["family"] in ("picture_in_picture", "collage", "collage_letterboxed", "pair")}
+    assert len(added) == 12 and {r["original"] for r in added.values()} == {f"o{k}.jpg" for k in range(3)}
     for q in {r["query"] for r in benchmark.read_ground_truth(tmp_path / "plain")}:
         assert (tmp_path / "plain" / "queries" / q).read_bytes() == (tmp_path / "both" / "queries" / q).read_bytes()
     refs = {p.name for p in (tmp_path / "both" / "refs").iterdir()}
     for q, r in added.items():
-        with Image.open(tmp_path / "both" / "queries" / q) as im:
-            assert im.size == (640, 480)  # the original is a part of it, not all of it
+        with Image.open(tmp_path / "both" / "queries" / q) as im:  # the original is a part of it, not all of it
+            assert im.size == (640, 480) if r["family"] != "pair" else max(im.size) >= 480
         original = np.asarray(Image.open(originals / r["original"]).convert("RGB").resize((64, 48)), np.float32)
         whole = np.asarray(Image.open(tmp_path / "both" / "queries" / q).convert("RGB").resize((64, 48)), np.float32)
         assert np.abs(whole - original).mean() > 10  # the other parts are other photos

@@ -1,7 +1,7 @@
 import imagehash
 import numpy as np
 import pytest
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
 from ndid_tasks.images import load_image
 from ndid_tasks.signals import (
@@ -139,6 +139,35 @@ def test_a_collage_cell_hashes_to_its_original_and_a_photos_own_quarters_to_no_o
     assert 0 < turned.image.width <= width - width // 2 and 0 < turned.image.height <= height - height // 2
 
 
+@pytest.mark.parametrize("layout", ["squashed", "letterboxed", "same_height"])
+def test_each_half_of_a_two_picture_post_hashes_to_its_photo(photos, layout):
+    """Two photos side by side or stacked (augment.attack_pair), each squashed into an equal cell,
+    fitted in it, or both scaled to the same height keeping their shapes: the half that holds each
+    photo (cut at the seam, PHashSignal._seam, which for a square photo beside a wide one is not
+    the middle) has its pHash within the tight radius (12 bits); halves are never empty."""
+    from ndid_tasks import augment
+
+    sig = PHashSignal()
+    names = ["astronaut", "rocket"]  # (square and 3:2: at the same height they meet at 0.40 of the width)
+    whole = {n: sig.compute([load_image(jpeg_bytes(photos[n]), n)])[0] for n in photos}
+    found = 0
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        post = augment.attack_pair(photos[names[0]], [photos[names[1]]], rng, layout)
+        views = dict(zip(PHashSignal.VIEWS, sig.views([load_image(jpeg_bytes(post), "post")])[0], strict=True))
+        halves = ("HALF_LEFT", "HALF_RIGHT") if post.width > post.height else ("HALF_TOP", "HALF_BOTTOM")
+        for name in names:
+            nearest = min(sig.compare(views[h], whole[name]) for h in halves)
+            assert nearest <= 12, (seed, name, nearest)
+            assert min(sig.compare(views[h], whole[m]) for h in halves for m in photos if m not in names) > 12
+            found += 1
+    assert found == 12
+    for size in [(1, 1), (3, 1), (1, 9), (640, 480)]:
+        for half in PHashSignal.HALVES:
+            assert min(PHashSignal._view(Image.new("RGB", size), half).size) > 0, (size, half)
+    assert PHashSignal.how_matched("HALF_LEFT") == "a pair of pictures with it on the left"
+
+
 def test_the_untrimmed_view_is_searched_only_where_a_trim_changed_the_hash(photos):
     """PHashSignal.VIEWS ends with the untrimmed picture: its pHash is the whole picture's, and it
     is searched (decide._other_views) only where the trim changed the hash -- a letterboxed copy,
@@ -165,7 +194,7 @@ def test_the_untrimmed_view_is_searched_only_where_a_trim_changed_the_hash(photo
     untrimmed = views[PHashSignal.VIEWS.index(PHashSignal.UNTRIMMED)]
     assert np.array_equal(untrimmed, imagehash.phash(letterboxed.image, hash_size=8).hash.flatten())
     assert set(found) == set(PHashSignal.VIEWS) and sig.compare(untrimmed, sig.compute([letterboxed])[0]) > 0
-    assert set(searched(plain)[0]) == set(PHashSignal.QUARTERS)
+    assert set(searched(plain)[0]) == set(PHashSignal.VIEWS) - {PHashSignal.UNTRIMMED}
     assert set(searched(letterboxed, rows=4)[0]) == set(PHashSignal.QUARTERS)
     assert PHashSignal.turned(letterboxed, PHashSignal.UNTRIMMED).image.size == letterboxed.image.size
     original = sig.compute([load_image(jpeg_bytes(photos["camera"]), "camera")])[0]
