@@ -148,7 +148,7 @@ class Settings:
 
     # --- candidates and decision ---
     phash_radius: int = 24  # wide: pHash only proposes candidates
-    phash_turned_radius: int = 12  # rotated/mirrored copies: bits from a turned variant of the query's pHash (0: off)
+    phash_turned_radius: int = 12  # rotated/mirrored copies, collages, pairs: bits from a turned variant or another view of the query's pHash (0: off)
     resnet_top_k: int = 10
     stage2_max_candidates: int = 8  # ambiguous pairs per image sent to verification (best stage-1 first; 3: crop R@1 0.86, 8: 0.92)
     decision_threshold: float | None = None  # None: the calibration's own threshold

@@ -219,8 +219,8 @@ class Matcher:
                                ) -> dict[str, list[tuple[str, str]]]:
         """(candidate, variant) pairs per image: earlier images whose pHash is within the tight
         radius of one of the query's 7 rotations/mirrors (:meth:`PHashSignal.dihedral`) or of one
-        of its other views' (:data:`PHashSignal.VIEWS`: a collage's quarters, the picture untrimmed
-        where it was trimmed), at most :data:`TURNED_CANDIDATES` per variant -- one batch search,
+        of its other views' (:data:`PHashSignal.VIEWS`: a collage's quarters, a pair's halves, the
+        picture untrimmed where it was trimmed), at most :data:`TURNED_CANDIDATES` per variant -- one batch search,
         exact like the others."""
         from .signals import PHashSignal
 
@@ -430,10 +430,10 @@ class Matcher:
     def score_turned(self, image: IndexedImage, turned: list[tuple[str, str]]) -> list[PairScore]:
         """Scores of turned candidates, each pair measured with the query turned its way (so a
         rotated copy has the features of a plain one and the same calibration applies). A
-        view's candidates are not gated by the words: a quarter's other three cells dilute the
-        query's words (a collage's original seldom stands out in them), damage that fooled the trim
-        has often thinned them too, and a view's pHash within the tight radius is rare among images
-        with no copy (:data:`PHashSignal.VIEWS`)."""
+        view's candidates are not gated by the words: a quarter's other three cells (a half's
+        other half) dilute the query's words (its original seldom stands out in them), damage
+        that fooled the trim has often thinned them too, and a view's pHash within the tight
+        radius is rare among images with no copy (:data:`PHashSignal.VIEWS`)."""
         scores = []
         for variant, cids in _by_variant(turned).items():
             aligned = self.turned_image(image, variant)

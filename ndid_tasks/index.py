@@ -61,7 +61,7 @@ class IndexedImage:
     run_id: str = ""
     raw: np.ndarray | None = None  # the un-whitened descriptor, kept so the index can be re-whitened
     words: dict[int, float] | None = None  # visual words (sparse tf-idf), None: not computed
-    views: np.ndarray | None = None  # (<= len(PHashSignal.VIEWS), 64) pHash of each other view (quarters, untrimmed), not indexed
+    views: np.ndarray | None = None  # (<= len(PHashSignal.VIEWS), 64) pHash of each other view (quarters, untrimmed, halves), not indexed
     extra: dict[str, Any] = field(default_factory=dict)
 
     def row(self, weights_mode: str, inline_raw: bool = False) -> dict[str, Any]:
