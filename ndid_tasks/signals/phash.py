@@ -187,9 +187,10 @@ class PHashSignal(Signal):
         """(n, len(VIEWS), 64): the pHash of each image's :data:`VIEWS`, in that order."""
         out = np.zeros((len(images), len(self.VIEWS), self.dim), dtype=np.float32)
         for i, im in enumerate(images):
-            seams = {across: self._seam(im.image, across) for across in (True, False)}  # (once per picture)
+            grey = im.image.convert("L")  # (what pHash and the trim look at anyway: converted once)
+            seams = {across: self._seam(grey, across) for across in (True, False)}  # (once per picture)
             for k, variant in enumerate(self.VIEWS):
-                view = (self._half(im.image, variant, seams[variant in ("HALF_LEFT", "HALF_RIGHT")])
-                        if variant in self.HALVES else self._view(im.image, variant))
+                view = (self._half(grey, variant, seams[variant in ("HALF_LEFT", "HALF_RIGHT")])
+                        if variant in self.HALVES else self._view(grey, variant))
                 out[i, k] = imagehash.phash(view, hash_size=8).hash.flatten()
         return out
