@@ -36,6 +36,15 @@ def loaded(img: Image.Image) -> LoadedImage:
     return load_image(buf.getvalue(), "x")
 
 
+def nearest_other(views: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """Per reference, the fewest bits between one of its own ``views`` (n, k, 64) and another
+    reference's pHash (``whole``, n x 64): what searching those views would propose for it."""
+    dist = (views[:, :, None, :] != whole[None, None, :, :]).sum(-1)
+    for i in range(len(whole)):
+        dist[i, :, i] = 64
+    return dist.min(axis=(1, 2))
+
+
 def collage(tiles: list[Image.Image], cells: np.ndarray, layout: str) -> Image.Image:
     canvas = Image.new("RGB", (640, 480), (255, 255, 255))
     for cell, tile in zip(cells, tiles, strict=True):
@@ -71,10 +80,7 @@ def main(data: str) -> None:
         print(f"| {layout} | {np.median(found):.0f} | {np.mean(np.array(found) <= 12):.3f} |")
     refs = originals + pool
     whole = np.array(sig.compute([loaded(r) for r in refs]))
-    dist = (sig.views([loaded(r) for r in refs])[:, :4, None, :] != whole[None, None, :, :]).sum(-1)
-    for i in range(len(refs)):
-        dist[i, :, i] = 64
-    nearest = dist.min(axis=(1, 2))
+    nearest = nearest_other(sig.views([loaded(r) for r in refs])[:, :4], whole)
     print(f"\n{len(refs)} references, own quarters to another reference: min {nearest.min()} bits, "
           f"within 12: {np.mean(nearest <= 12):.3f}, within 16: {np.mean(nearest <= 16):.3f}")
 

@@ -18,25 +18,19 @@ from distractors 430..559.
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from collage_layouts_probe import loaded, nearest_other  # (a sibling in docs/analysis)
+
 from ndid_tasks.augment import PAIR_LAYOUTS, attack_pair
-from ndid_tasks.images import LoadedImage, load_image
 from ndid_tasks.signals.phash import PHashSignal
 
 QUARTERS = [PHashSignal.VIEWS.index(v) for v in PHashSignal.QUARTERS]
 HALVES = [PHashSignal.VIEWS.index(v) for v in PHashSignal.HALVES]
-
-
-def loaded(img: Image.Image) -> LoadedImage:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=85)
-    return load_image(buf.getvalue(), "x")
 
 
 def main(data: str) -> None:
@@ -61,10 +55,7 @@ def main(data: str) -> None:
     views = sig.views([loaded(r) for r in refs])
     print(f"\n{len(refs)} references, their own views against every other reference's pHash:")
     for name, cols in (("quarters", QUARTERS), ("halves", HALVES)):
-        dist = (views[:, cols, None, :] != whole[None, None, :, :]).sum(-1)
-        for i in range(len(refs)):
-            dist[i, :, i] = 64
-        nearest = dist.min(axis=(1, 2))
+        nearest = nearest_other(views[:, cols], whole)
         print(f"- {name}: min {nearest.min()} bits; references with one within 12: {np.sum(nearest <= 12)} "
               f"({np.mean(nearest <= 12):.3f}), within 16: {np.sum(nearest <= 16)}")
 
