@@ -52,7 +52,8 @@ def probe(folder: Path) -> None:
         return load_image(path.read_bytes(), path.name).image
 
     refs = {p.name: pic(p) for p in sorted((folder / "refs").iterdir())}
-    copies = [(r[0], r[1], r[2]) for r in list(csv.reader(open(folder / "ground_truth.csv")))[1:] if r[1]]
+    with open(folder / "ground_truth.csv") as f:
+        copies = [(r[0], r[1], r[2]) for r in list(csv.reader(f))[1:] if r[1]]
     shares: dict[str, list[float]] = {"refs": []}
     for img in refs.values():
         shares["refs"] += edge_shares(img, content_box(img, edge_share=0))

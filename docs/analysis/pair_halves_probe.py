@@ -22,9 +22,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from collage_layouts_probe import loaded, nearest_other  # (a sibling in docs/analysis)
+from PIL import Image
 
 from ndid_tasks.augment import PAIR_LAYOUTS, attack_pair
 from ndid_tasks.signals.phash import PHashSignal
