@@ -140,8 +140,8 @@ class PHashSignal(Signal):
         """Where two pictures meet (a column when ``across``, else a row) in the middle half of
         the picture: the line where the most of its length changes at once (the median step from
         the line before it), which an object's edge seldom matches. Two photos scaled to the same
-        height meet where their shapes put them (0.33-0.69 of the width for these photos), not in
-        the middle; two equal cells meet in the middle anyway."""
+        height meet where their shapes put them (0.33-0.69 of the width in the probe's posts), not
+        in the middle; two equal cells meet in the middle anyway."""
         grey = np.asarray(picture.convert("L"), dtype=np.int16)
         lines = grey.T if across else grey
         if len(lines) < 8:

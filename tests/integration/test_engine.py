@@ -323,10 +323,9 @@ def test_rotated_and_mirrored_copies_are_found_through_turned_phash(random_setti
 
 
 def test_turned_candidates_equal_a_brute_force_search_of_earlier_images(random_settings, tmp_path, photos):
-    """The turned search (7 variants, 4 quarters and, where trimmed, the untrimmed picture per
-    image; no slack) gives what an exact
-    per-image search gives, also when later turned copies in the same batch crowd out the earlier
-    ones."""
+    """The turned search (per image the 7 turned variants and the views: 4 quarters, 4 halves
+    and, where trimmed, the untrimmed picture; no slack) gives what an exact per-image search
+    gives, also when later turned copies in the same batch crowd out the earlier ones."""
     from ndid_tasks.decide import TURNED_CANDIDATES
     from ndid_tasks.signals import PHashSignal
 
