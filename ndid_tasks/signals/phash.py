@@ -114,21 +114,21 @@ class PHashSignal(Signal):
         return cls._HOW.get(variant, variant) if variant else ""
 
     @classmethod
-    def _view(cls, picture: Image.Image, variant: str) -> Image.Image:
-        """The view of the whole (untrimmed) picture that ``variant``, one of :data:`VIEWS`, names."""
+    def _view(cls, picture: Image.Image, variant: str, seams: dict[bool, int] | None = None) -> Image.Image:
+        """The view of the whole (untrimmed) picture that ``variant``, one of :data:`VIEWS`, names
+        (``seams``: the picture's :meth:`_seam` per direction, when already found)."""
         if variant == cls.UNTRIMMED:
             return picture
         if variant in cls.HALVES:
-            return cls._half(picture, variant)
+            across = variant in cls.HALVES[:2]  # (left/right: cut at a column)
+            return cls._half(picture, variant, seams[across] if seams else cls._seam(picture, across))
         return cls._quarter(picture, cls.QUARTERS.index(variant))
 
     @classmethod
-    def _half(cls, picture: Image.Image, variant: str, at: int | None = None) -> Image.Image:
-        """A half of a two-picture post, cut at its seam (``at``, else :meth:`_seam`), then
-        trimmed as a cell."""
+    def _half(cls, picture: Image.Image, variant: str, at: int) -> Image.Image:
+        """A half of a two-picture post, cut at its seam ``at`` (:meth:`_seam`), then trimmed as
+        a cell."""
         w, h = picture.size
-        if at is None:
-            at = cls._seam(picture, variant in ("HALF_LEFT", "HALF_RIGHT"))
         box = {"HALF_LEFT": (0, 0, at, h), "HALF_RIGHT": (at, 0, w, h),
                "HALF_TOP": (0, 0, w, at), "HALF_BOTTOM": (0, at, w, h)}[variant]
         if box[2] <= box[0] or box[3] <= box[1]:  # (a 1-px side: kept whole, never empty)
@@ -190,7 +190,5 @@ class PHashSignal(Signal):
             grey = im.image.convert("L")  # (what pHash and the trim look at anyway: converted once)
             seams = {across: self._seam(grey, across) for across in (True, False)}  # (once per picture)
             for k, variant in enumerate(self.VIEWS):
-                view = (self._half(grey, variant, seams[variant in ("HALF_LEFT", "HALF_RIGHT")])
-                        if variant in self.HALVES else self._view(grey, variant))
-                out[i, k] = imagehash.phash(view, hash_size=8).hash.flatten()
+                out[i, k] = imagehash.phash(self._view(grey, variant, seams), hash_size=8).hash.flatten()
         return out
