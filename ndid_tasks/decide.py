@@ -567,13 +567,16 @@ def _words_gated(variant: str) -> bool:
 
 def _other_views(image: IndexedImage) -> list[tuple[str, np.ndarray]]:
     """The image's views (:data:`PHashSignal.VIEWS`) with a pHash of their own: the untrimmed
-    picture only where a trim changed the hash. A batch staged before a view existed has fewer."""
+    picture only where a trim changed the hash, the inset only where a frame was found (else it
+    is the untrimmed picture). A batch staged before a view existed has fewer."""
     from .signals import PHashSignal
 
     if image.views is None:
         return []
-    return [(name, vector) for name, vector in zip(PHashSignal.VIEWS, image.views, strict=False)
-            if name != PHashSignal.UNTRIMMED or not np.array_equal(vector, image.phash)]
+    views = dict(zip(PHashSignal.VIEWS, image.views, strict=False))
+    same_as = {PHashSignal.UNTRIMMED: image.phash, PHashSignal.INSET: views.get(PHashSignal.UNTRIMMED, image.phash)}
+    return [(name, vector) for name, vector in views.items()
+            if name not in same_as or not np.array_equal(vector, same_as[name])]
 
 
 def _by_variant(turned: Sequence[tuple[str, str]]) -> dict[str, list[str]]:

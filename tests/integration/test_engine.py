@@ -8,6 +8,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from ndid_tasks import augment
+from ndid_tasks.decide import _other_views
 from ndid_tasks.pipeline import Engine, local_items
 from tests.conftest import jpeg_bytes
 
@@ -352,8 +353,8 @@ def test_turned_candidates_equal_a_brute_force_search_of_earlier_images(random_s
         earlier = [o for o in images if (o.created_at, o.id) < (im.created_at, im.id)]
         expected = set()
         assert im.views is not None
-        views = [(n, v) for n, v in zip(PHashSignal.VIEWS, im.views, strict=True)
-                 if n != PHashSignal.UNTRIMMED or not np.array_equal(v, im.phash)]
+        assert len(im.views) == len(PHashSignal.VIEWS)
+        views = _other_views(im)  # (which views have a hash of their own: unit-tested)
         for name, variant in [*zip(names, PHashSignal.dihedral(im.phash), strict=True), *views]:
             near = sorted((int(np.sum(o.phash != variant)), o.id) for o in earlier)
             expected |= {(oid, name) for d, oid in near[:TURNED_CANDIDATES] if d <= radius}
@@ -415,6 +416,41 @@ def test_a_collage_is_found_through_the_phash_of_its_quarters(random_settings, t
         rec.decision, rec.original_id, rec.orientation)
     off = run(crowded.replace(phash_turned_radius=0, state_dir=str(tmp_path / "off")))["collage.jpg"]
     assert not off.orientation
+
+
+def test_a_picture_pasted_inside_another_is_found_through_its_frame(random_settings, tmp_path, photos):
+    """Picture in picture: an indexed photo pasted at about half the size of a photo that is not
+    indexed. The whole image's signals see mostly the other photo; the frame around the pasted
+    one (PHashSignal.INSET) holds its pHash, so the view search proposes the original, the pair is
+    scored as the inset, and verification (of the whole picture) confirms it: a duplicate that
+    people read as "a bigger picture with it inside". Through the staged (DAG) path too. With the
+    view search off, no inset decides."""
+    from ndid_tasks.pipeline import pack_prepared, unpack_prepared
+    from ndid_tasks.signals import PHashSignal
+
+    names = ["astronaut", "coffee", "rocket", "camera", "immunohistochemistry", "hubble_deep_field"]
+    folder, t = originals(tmp_path, "inset", names, photos)
+    post = augment.attack_picture_in_picture(photos["coffee"], [photos["chelsea"]], np.random.default_rng(0))
+    write(folder / "post.jpg", post, quality=85, mtime=t + 100)
+
+    def run(settings):
+        with Engine(settings) as engine:
+            return by_name(engine.ingest(local_items([folder]), run_id="r", run_at="2026-01-01T00:00:00+00:00"))
+
+    crowded = random_settings.replace(resnet_top_k=1)  # (the original is not the post's ResNet nearest)
+    rec = run(crowded)["post.jpg"]
+    assert rec.decision == "duplicate" and rec.original_id.endswith("orig_coffee.jpg"), rec
+    assert rec.orientation == PHashSignal.INSET and rec.stage == "stage2"
+    assert PHashSignal.how_matched(rec.orientation) == "a bigger picture with it inside"
+    with Engine(crowded.replace(state_dir=str(tmp_path / "staged"))) as engine:
+        prepared = engine.prepare(local_items([folder]), run_id="s")
+        staged = unpack_prepared(pack_prepared(prepared), engine.resnet)
+        engine.index_prepared(staged, "s")
+        staged_rec = by_name(engine.decide(staged.images, "s", "2026-01-01T00:00:00+00:00"))["post.jpg"]
+    assert (staged_rec.decision, staged_rec.original_id, staged_rec.orientation) == (
+        rec.decision, rec.original_id, rec.orientation)
+    off = run(crowded.replace(phash_turned_radius=0, state_dir=str(tmp_path / "off")))["post.jpg"]
+    assert off.orientation != PHashSignal.INSET
 
 
 def tight_crop(img, side=0.4):

@@ -168,6 +168,42 @@ def test_each_half_of_a_two_picture_post_hashes_to_its_photo(photos, layout):
     assert PHashSignal.how_matched("HALF_LEFT") == "a pair of pictures with it on the left"
 
 
+def test_a_picture_pasted_inside_another_is_found_by_its_frame(photos):
+    """Picture in picture (augment.attack_picture_in_picture: the photo at 45-60 % of another
+    photo's frame, anywhere in it, JPEG 70-90): the INSET view holds what the frame found by
+    PHashSignal._inset_boxes holds, and its pHash is within the tight radius (12 bits) of the
+    pasted photo's for most posts, never of another photo's. The frame is found where it was
+    pasted; a plain photo has none, so its INSET view is the untrimmed picture and is not
+    searched (decide._other_views)."""
+    from ndid_tasks import augment
+    from ndid_tasks.decide import _other_views
+    from ndid_tasks.index import IndexedImage
+
+    sig, inset = PHashSignal(), PHashSignal.VIEWS.index(PHashSignal.INSET)
+    whole = {n: sig.compute([load_image(jpeg_bytes(photos[n]), n)])[0] for n in photos}
+    distances = []
+    for name, photo in photos.items():
+        others = [p for n, p in photos.items() if n != name]
+        for seed in range(3):
+            post = augment.attack_picture_in_picture(photo, others, np.random.default_rng(seed))
+            view = sig.views([load_image(jpeg_bytes(post), "post")])[0, inset]
+            distances.append(sig.compare(view, whole[name]))
+            assert min(sig.compare(view, whole[n]) for n in photos if n != name) > 12, (name, seed)
+    assert np.mean(np.array(distances) <= 12) >= 0.75, distances
+
+    canvas = photos["astronaut"].resize((640, 480))
+    canvas.paste(photos["coffee"].resize((300, 200)), (211, 157))
+    (left, top, right, bottom), = PHashSignal._inset_boxes(canvas)
+    assert abs(left - 211) <= 4 and abs(top - 157) <= 4 and abs(right - 511) <= 4 and abs(bottom - 357) <= 4
+    assert PHashSignal.how_matched(PHashSignal.INSET) == "a bigger picture with it inside"
+    for name in photos:
+        pic = load_image(jpeg_bytes(photos[name]), name)
+        assert PHashSignal._inset_boxes(pic.image) == [], name
+        image = IndexedImage(id=name, sha256="", source="", width=1, height=1, num_bytes=1, created_at=0,
+                             phash=sig.compute([pic])[0], resnet=np.zeros(4, np.float32), views=sig.views([pic])[0])
+        assert PHashSignal.INSET not in dict(_other_views(image)), name
+
+
 def test_the_untrimmed_view_is_searched_only_where_a_trim_changed_the_hash(photos):
     """PHashSignal.VIEWS ends with the untrimmed picture: its pHash is the whole picture's, and it
     is searched (decide._other_views) only where the trim changed the hash -- a letterboxed copy,
@@ -193,8 +229,8 @@ def test_the_untrimmed_view_is_searched_only_where_a_trim_changed_the_hash(photo
     found, views = searched(letterboxed)
     untrimmed = views[PHashSignal.VIEWS.index(PHashSignal.UNTRIMMED)]
     assert np.array_equal(untrimmed, imagehash.phash(letterboxed.image, hash_size=8).hash.flatten())
-    assert set(found) == set(PHashSignal.VIEWS) and sig.compare(untrimmed, sig.compute([letterboxed])[0]) > 0
-    assert set(searched(plain)[0]) == set(PHashSignal.VIEWS) - {PHashSignal.UNTRIMMED}
+    assert set(found) == set(PHashSignal.VIEWS) - {PHashSignal.INSET} and sig.compare(untrimmed, sig.compute([letterboxed])[0]) > 0
+    assert set(searched(plain)[0]) == set(PHashSignal.VIEWS) - {PHashSignal.UNTRIMMED, PHashSignal.INSET}
     assert set(searched(letterboxed, rows=4)[0]) == set(PHashSignal.QUARTERS)
     assert PHashSignal.turned(letterboxed, PHashSignal.UNTRIMMED).image.size == letterboxed.image.size
     original = sig.compute([load_image(jpeg_bytes(photos["camera"]), "camera")])[0]
