@@ -366,7 +366,7 @@ def _compile_encoders(settings) -> int:
     """Build the compiled packages now (a deployment step), so no task pays the compilation."""
     from .pipeline import Engine
 
-    engine = Engine(settings.replace(torch_compile=True))
+    engine = Engine(settings.replace(torch_compile="true"))
     encoders = {"descriptor": engine.resnet, "clip": engine.clip}
     for role, signal in encoders.items():
         if not signal.compilable:
@@ -374,7 +374,8 @@ def _compile_encoders(settings) -> int:
             continue
         signal.model  # noqa: B018 - compiles, or loads the package built before
         print(f"{role:10s} {type(signal).__name__}: {signal.compiled_from}")
-    print(f"packages in {settings.resolved_model_dir / 'compiled'}; set NDID_TORCH_COMPILE=true where tasks run")
+    print(f"packages in {settings.resolved_model_dir / 'compiled'}: every process on this machine loads them "
+          f"(NDID_TORCH_COMPILE=auto, the default)")
     return EXIT_OK
 
 

@@ -6,6 +6,12 @@ dimension and compiled ahead of time into a ``.pt2`` package under ``<model dir>
 named by everything its code depends on (torch version, CPU features, model identity, precision,
 input size); later processes only load it (~10 ms). Where compiling is unavailable (no C++
 compiler, an unsupported op) the eager module is used, with a warning -- never a failed task.
+
+By default (NDID_TORCH_COMPILE=auto) a package is only loaded: building one takes 25-60 s and two
+cores, which is a deployment step (`ndid models compile`, run by docker-compose's airflow-init),
+not something a task should pay or two tasks race to do. Measured on a CPU with AMX
+(bf16, docs/benchmarks.md, session 26): the layer3 descriptor 79 img/s eager, 129 compiled; on
+an AVX2-only CPU it gained nothing (session 3).
 """
 
 from __future__ import annotations
@@ -48,10 +54,12 @@ def package_key(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def compiled_or_eager(module, example, identity: Mapping[str, Any], cache_dir: Path) -> tuple[Any, str]:
-    """``module`` compiled ahead of time -- loaded from ``cache_dir`` when built before, else built
-    and stored there -- or ``module`` itself where that fails. Returns (callable, how) where how is
-    "cache", "compiled" or "eager". ``example`` is a batch with the real dtype and memory format."""
+def compiled_or_eager(module, example, identity: Mapping[str, Any], cache_dir: Path,
+                      build: bool = True) -> tuple[Any, str]:
+    """``module`` compiled ahead of time -- loaded from ``cache_dir`` when built before, else (with
+    ``build``) built and stored there -- or ``module`` itself where there is none or that fails.
+    Returns (callable, how) where how is "cache", "compiled" or "eager". ``example`` is a batch
+    with the real dtype and memory format."""
     try:
         import torch
         from torch._inductor import aoti_compile_and_package, aoti_load_package
@@ -63,7 +71,12 @@ def compiled_or_eager(module, example, identity: Mapping[str, Any], cache_dir: P
         try:
             return aoti_load_package(str(path)), "cache"
         except Exception as exc:  # noqa: BLE001 - a damaged package: rebuild it below
-            log.warning("compiled package %s does not load (%s); compiling again", path, exc)
+            log.warning("compiled package %s does not load (%s)%s", path, exc, "; compiling again" if build else "")
+    if not build:
+        if "amx_tile" in cpu_features():
+            log.info("this CPU has AMX: `ndid models compile` builds %s for it once (1.6x the eager forward "
+                     "measured); running it eager until then", identity.get("name"))
+        return module, "eager"
     try:
         log.info("compiling %s ahead of time into %s (once per machine and model; minutes on a small CPU)",
                  identity.get("name"), path)

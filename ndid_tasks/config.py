@@ -22,6 +22,9 @@ _log = logging.getLogger(__name__)
 ENV_PREFIX = "NDID_"
 WEIGHTS_MODES = ("pretrained", "random")
 PRECISIONS = ("auto", "fp32", "bf16")
+# NDID_TORCH_COMPILE: what each spelling means (auto: a package built for this machine where there is one)
+COMPILE_MODES = {"auto": "auto", "true": "true", "1": "true", "yes": "true", "on": "true",
+                 "false": "false", "0": "false", "no": "false", "off": "false", "": "false"}
 RESNET_LAYERS = ("layer3", "layer4")
 RESNET_INPUTS = ("squash", "center_crop")
 DESCRIPTORS = ("resnet50", "sscd")  # the global descriptor's model (ndid_tasks.signals.DESCRIPTOR_SIGNALS)
@@ -70,7 +73,10 @@ class Settings:
     weights_mode: str = "pretrained"  # or "random": seeded random init, flagged as untrained
     random_seed: int = 0
     precision: str = "auto"  # auto: bf16 where the CPU has native bf16 (AMX/AVX512-BF16), else fp32
-    torch_compile: bool = False
+    # the encoders compiled ahead of time (AOTInductor, ndid_tasks.compiled): "auto" runs the
+    # package `ndid models compile` built for this machine where there is one (never compiles in
+    # a task), "true" also builds it where missing, "false" always runs the eager modules
+    torch_compile: str = "auto"
     torch_threads: int = 0  # 0: torch default
     # the global descriptor (candidates and a stage-1 feature): resnet50 (torchvision, default) or
     # sscd (a TorchScript copy-detection model imported with `ndid models import sscd FILE`); each
@@ -191,6 +197,10 @@ class Settings:
             raise SettingsError(f"NDID_WEIGHTS_MODE must be one of {WEIGHTS_MODES}, not {self.weights_mode!r}")
         if self.precision not in PRECISIONS:
             raise SettingsError(f"NDID_PRECISION must be one of {PRECISIONS}, not {self.precision!r}")
+        mode = COMPILE_MODES.get(str(self.torch_compile).strip().lower())  # (a bool from Python callers too)
+        if mode is None:
+            raise SettingsError(f"NDID_TORCH_COMPILE must be auto, true or false, not {self.torch_compile!r}")
+        object.__setattr__(self, "torch_compile", mode)
         if self.descriptor not in DESCRIPTORS:
             raise SettingsError(f"NDID_DESCRIPTOR must be one of {DESCRIPTORS}, not {self.descriptor!r}")
         if self.resnet_layer not in RESNET_LAYERS:

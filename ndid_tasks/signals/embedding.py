@@ -33,7 +33,7 @@ class TorchEmbeddingSignal(Signal):
     higher_is_closer = True  # cosine similarity of L2-normalised embeddings
 
     input_size: ClassVar[int] = 224
-    compilable: ClassVar[bool] = True  # torch.compile applies (NDID_TORCH_COMPILE)
+    compilable: ClassVar[bool] = True  # compiling ahead of time applies (NDID_TORCH_COMPILE)
     _lock = threading.Lock()
 
     def __init__(self, settings: Settings, precision: str | None = None) -> None:
@@ -61,14 +61,15 @@ class TorchEmbeddingSignal(Signal):
                     model = self._build().to(memory_format=torch.channels_last)
                     if self.precision == "bf16":
                         model = model.to(torch.bfloat16)
-                    if self.settings.torch_compile and self.compilable:
+                    if self.settings.torch_compile != "false" and self.compilable:
                         model = self._compiled(model)
                     self._model = model
         return self._model
 
     def _compiled(self, model):
-        """The module compiled ahead of time, built once per machine and model and loaded by every
-        later process (see ndid_tasks.compiled); the eager module where compiling fails."""
+        """The module compiled ahead of time, built once per machine and model (by `ndid models
+        compile`, or here with NDID_TORCH_COMPILE=true) and loaded by every later process (see
+        ndid_tasks.compiled); the eager module where there is none or compiling fails."""
         import torch
 
         from ..compiled import compiled_or_eager
@@ -77,7 +78,8 @@ class TorchEmbeddingSignal(Signal):
         example = torch.zeros(2, 3, self.input_size, self.input_size, dtype=dtype).contiguous(
             memory_format=torch.channels_last)
         compiled, self.compiled_from = compiled_or_eager(model, example, self.compile_identity(),
-                                                         self.settings.resolved_model_dir / "compiled")
+                                                         self.settings.resolved_model_dir / "compiled",
+                                                         build=self.settings.torch_compile == "true")
         return compiled
 
     def compile_identity(self) -> dict:

@@ -1,5 +1,6 @@
-"""NDID_TORCH_COMPILE: an encoder compiled ahead of time once, reused by a fresh process, with the
-eager module's outputs; where compiling fails, the eager module (slow to build: ~1-2 minutes)."""
+"""NDID_TORCH_COMPILE: an encoder compiled ahead of time once, reused by a fresh process with the
+default settings (auto: load, never build), with the eager module's outputs; where compiling fails,
+the eager module (slow to build: ~1-2 minutes)."""
 
 from __future__ import annotations
 
@@ -43,8 +44,7 @@ def encode_in_a_fresh_process(state_dir: Path, out: Path) -> str:
         "import sys, numpy as np\n"
         "from ndid_tasks.config import Settings\n"
         "from tests.integration.test_compiled import TinyEncoder, pictures\n"
-        f"sig = TinyEncoder(Settings(state_dir={str(state_dir)!r}, weights_mode='random', torch_compile=True), "
-        "precision='fp32')\n"
+        f"sig = TinyEncoder(Settings(state_dir={str(state_dir)!r}, weights_mode='random'), precision='fp32')\n"
         f"np.save({str(out)!r}, sig.compute(pictures()))\n"
         "print(sig.compiled_from)\n")
     done = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True,
@@ -61,8 +61,11 @@ def pictures():
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="AOTInductor needs a C++ compiler (g++); none on this machine")
 def test_compiled_once_then_loaded_by_a_fresh_process_with_eager_outputs(tmp_path):
-    settings = Settings(state_dir=str(tmp_path), weights_mode="random", torch_compile=True)
-    eager = TinyEncoder(settings.replace(torch_compile=False), precision="fp32").compute(pictures())
+    settings = Settings(state_dir=str(tmp_path), weights_mode="random", torch_compile="true")
+    eager = TinyEncoder(settings.replace(torch_compile="false"), precision="fp32").compute(pictures())
+    by_default = TinyEncoder(settings.replace(torch_compile="auto"), precision="fp32")
+    by_default.compute(pictures()[:1])  # (auto: no package for this machine yet, and none is built)
+    assert by_default.compiled_from == "eager" and not (tmp_path / "models" / "compiled").exists()
     compiled = TinyEncoder(settings, precision="fp32")
     out = compiled.compute(pictures())
     assert compiled.compiled_from == "compiled"
@@ -84,10 +87,10 @@ def test_where_compiling_fails_the_eager_encoder_runs(tmp_path, monkeypatch, cap
         raise RuntimeError("no C++ compiler on this machine")
 
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", broken)
-    settings = Settings(state_dir=str(tmp_path), weights_mode="random", torch_compile=True)
+    settings = Settings(state_dir=str(tmp_path), weights_mode="random", torch_compile="true")
     sig = TinyEncoder(settings, precision="fp32")
     out = sig.compute(pictures())
     assert sig.compiled_from == "eager" and "running the eager encoder" in caplog.text
-    np.testing.assert_allclose(out, TinyEncoder(settings.replace(torch_compile=False), precision="fp32")
+    np.testing.assert_allclose(out, TinyEncoder(settings.replace(torch_compile="false"), precision="fp32")
                                .compute(pictures()), atol=0)
     assert not list((tmp_path / "models" / "compiled").glob("*.pt2"))

@@ -11,9 +11,19 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_reads_ndid_variables_with_types():
     s = Settings.from_env({"NDID_S3_BUCKET": "photos", "NDID_PHASH_RADIUS": "20", "NDID_TORCH_COMPILE": "yes",
                            "NDID_DECISION_THRESHOLD": "0.7", "NDID_S3_IMAGES_PREFIX": "uploads"})
-    assert s.s3_bucket == "photos" and s.phash_radius == 20 and s.torch_compile is True
+    assert s.s3_bucket == "photos" and s.phash_radius == 20 and s.torch_compile == "true"
     assert s.decision_threshold == 0.7
     assert s.s3_images_prefix == "uploads/"  # prefixes always end with a slash
+
+
+def test_compiled_encoders_are_loaded_by_default_and_built_only_when_asked():
+    """NDID_TORCH_COMPILE: auto (the default) loads a package built for the machine and never builds
+    one in a task; the old yes/no spellings and Python bools still mean build / eager."""
+    assert Settings().torch_compile == "auto"
+    for raw, mode in [("auto", "auto"), ("TRUE", "true"), ("1", "true"), ("off", "false"), ("", "false")]:
+        assert Settings.from_env({"NDID_TORCH_COMPILE": raw}).torch_compile == mode, raw
+    assert Settings(torch_compile=True).torch_compile == "true"
+    assert Settings(torch_compile=False).replace(precision="fp32").torch_compile == "false"
 
 
 @pytest.mark.parametrize("env", [
