@@ -46,8 +46,9 @@ def jpeg(img: Image.Image, quality: int = 90) -> bytes:
 
 def main(folder: str, n: int, attack: str = "crop") -> dict:
     state = Path(tempfile.mkdtemp(prefix="ndid-dagpath-"))
-    base = Settings(state_dir=str(state), s3_endpoint_url="http://127.0.0.1:28433", weights_mode="random",
-                    s3_bucket="dagpath", milvus_uri=str(state / "milvus.db"))
+    # (NDID_* from the environment apply too, e.g. NDID_MODEL_DIR for encoders compiled before)
+    base = Settings.from_env(state_dir=str(state), s3_endpoint_url="http://127.0.0.1:28433", weights_mode="random",
+                             s3_bucket="dagpath", milvus_uri=str(state / "milvus.db"))
     services.start_s3(base)
     access, secret = services.ensure_local_credentials(base)
     base = base.replace(s3_access_key=access, s3_secret_key=secret)
