@@ -196,6 +196,20 @@ def test_review_label_triggers_recalibration_and_the_dashboard_shows_it(ui_stack
         assert copy["original_id"] in look.locator("#matches").text_content()
         assert sum(1 for _ in store.iter_objects("")) == before
 
+        # an indexed photo pasted inside a bigger picture: its match says so in words
+        post = augment.attack_picture_in_picture(skimage_photo("coffee"), [skimage_photo("horse")],
+                                                 np.random.default_rng(0))
+        pasted = tmp_path / "pasted.jpg"
+        pasted.write_bytes(jpeg_bytes(post))
+        look.locator("input[type=file]").set_input_files(str(pasted))
+        look.locator("button", has_text="Find matches").click()
+        look.locator("#matches h3", has_text="pasted.jpg").wait_for(timeout=180_000)
+        best = look.locator("#matches figure").first
+        assert "originals/coffee.jpg" in best.text_content()
+        assert "upload: a bigger picture with it inside" in best.text_content()
+        assert best.locator("img").evaluate("img => img.decode().then(() => img.naturalWidth)") > 0
+        shot(page, "lookup-inset")
+
         # pictures only of recorded objects, and never an S3 URL in a page
         assert page.request.get(f"{stack.url}/ndid/api/image?id=s3://{settings.s3_bucket}/{key}").status == 404
         assert settings.s3_endpoint_url not in look.locator("body").inner_html()
