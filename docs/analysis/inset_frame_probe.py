@@ -29,7 +29,7 @@ from ndid_tasks.augment import attack_picture_in_picture
 from ndid_tasks.signals.phash import PHashSignal
 
 sys.path.insert(0, str(Path(__file__).parent))
-from collage_layouts_probe import loaded, nearest_other  # noqa: E402
+from collage_layouts_probe import loaded, nearest_other
 
 
 def main(data: str) -> None:
