@@ -385,52 +385,33 @@ def test_a_copy_whose_damage_fooled_the_trim_is_scored_as_the_untrimmed_picture(
     assert off.original_id == rec.original_id and not off.orientation
 
 
-def test_a_collage_is_found_through_the_phash_of_its_quarters(random_settings, tmp_path, photos):
-    """A 2x2 collage: one indexed photo beside three that are not. The whole image's pHash,
-    descriptor and words see mostly the other three; the quarter that holds the original has its
-    pHash, so the quarter search proposes it, the pair is scored as that quarter, and verification
-    (of the whole collage) confirms it. Through the staged (DAG) path too, where the quarters travel
-    with the image from the embed task to the decide task. With the search off, no quarter decides."""
-    from ndid_tasks.pipeline import pack_prepared, unpack_prepared
+def composite_post(photos, kind):
+    """(post, the indexed photo it holds, the view that should find it): a 2x2 collage with the
+    astronaut in the bottom-left cell, or coffee pasted at about half the size of chelsea."""
     from tests.unit.test_signals import collage
 
-    names = ["astronaut", "coffee", "rocket", "camera", "immunohistochemistry", "hubble_deep_field"]
-    folder, t = originals(tmp_path, "collage", names, photos)
-    write(folder / "collage.jpg", collage(photos, ["chelsea", "coins", "astronaut", "moon"]), quality=85, mtime=t + 100)
-
-    def run(settings):
-        with Engine(settings) as engine:
-            return by_name(engine.ingest(local_items([folder]), run_id="r", run_at="2026-01-01T00:00:00+00:00"))
-
-    crowded = random_settings.replace(resnet_top_k=1)  # (the original is not the collage's ResNet nearest)
-    rec = run(crowded)["collage.jpg"]
-    assert rec.decision == "duplicate" and rec.original_id.endswith("orig_astronaut.jpg"), rec
-    assert rec.orientation == "QUARTER_BOTTOM_LEFT" and rec.stage == "stage2"
-    with Engine(crowded.replace(state_dir=str(tmp_path / "staged"))) as engine:
-        prepared = engine.prepare(local_items([folder]), run_id="s")
-        staged = unpack_prepared(pack_prepared(prepared), engine.resnet)
-        assert all(np.array_equal(a.views, b.views) for a, b in zip(prepared.images, staged.images, strict=True))
-        engine.index_prepared(staged, "s")
-        staged_rec = by_name(engine.decide(staged.images, "s", "2026-01-01T00:00:00+00:00"))["collage.jpg"]
-    assert (staged_rec.decision, staged_rec.original_id, staged_rec.orientation) == (
-        rec.decision, rec.original_id, rec.orientation)
-    off = run(crowded.replace(phash_turned_radius=0, state_dir=str(tmp_path / "off")))["collage.jpg"]
-    assert not off.orientation
+    if kind == "collage":
+        return collage(photos, ["chelsea", "coins", "astronaut", "moon"]), "astronaut", "QUARTER_BOTTOM_LEFT"
+    post = augment.attack_picture_in_picture(photos["coffee"], [photos["chelsea"]], np.random.default_rng(0))
+    return post, "coffee", "INSET"
 
 
-def test_a_picture_pasted_inside_another_is_found_through_its_frame(random_settings, tmp_path, photos):
-    """Picture in picture: an indexed photo pasted at about half the size of a photo that is not
-    indexed. The whole image's signals see mostly the other photo; the frame around the pasted
-    one (PHashSignal.INSET) holds its pHash, so the view search proposes the original, the pair is
-    scored as the inset, and verification (of the whole picture) confirms it: a duplicate that
-    people read as "a bigger picture with it inside". Through the staged (DAG) path too. With the
-    view search off, no inset decides."""
+@pytest.mark.parametrize("kind", ["collage", "picture_in_picture"])
+def test_a_composite_post_is_found_through_the_view_that_holds_its_original(random_settings, tmp_path, photos,
+                                                                             kind):
+    """A 2x2 collage (one indexed photo beside three that are not), or an indexed photo pasted
+    inside a bigger one that is not indexed. The whole image's pHash, descriptor and words see
+    mostly the other photos. The view that holds the original -- the collage's quarter, what the
+    pasted picture's frame holds (PHashSignal.INSET) -- has its pHash, so the view search proposes
+    it, the pair is scored as that view, and verification (of the whole post) confirms it; people
+    read how it matched in words. Through the staged (DAG) path too, where the views travel with
+    the image from the embed task to the decide task. With the view search off, no view decides."""
     from ndid_tasks.pipeline import pack_prepared, unpack_prepared
     from ndid_tasks.signals import PHashSignal
 
     names = ["astronaut", "coffee", "rocket", "camera", "immunohistochemistry", "hubble_deep_field"]
-    folder, t = originals(tmp_path, "inset", names, photos)
-    post = augment.attack_picture_in_picture(photos["coffee"], [photos["chelsea"]], np.random.default_rng(0))
+    folder, t = originals(tmp_path, kind, names, photos)
+    post, original, view = composite_post(photos, kind)
     write(folder / "post.jpg", post, quality=85, mtime=t + 100)
 
     def run(settings):
@@ -439,18 +420,19 @@ def test_a_picture_pasted_inside_another_is_found_through_its_frame(random_setti
 
     crowded = random_settings.replace(resnet_top_k=1)  # (the original is not the post's ResNet nearest)
     rec = run(crowded)["post.jpg"]
-    assert rec.decision == "duplicate" and rec.original_id.endswith("orig_coffee.jpg"), rec
-    assert rec.orientation == PHashSignal.INSET and rec.stage == "stage2"
-    assert PHashSignal.how_matched(rec.orientation) == "a bigger picture with it inside"
+    assert rec.decision == "duplicate" and rec.original_id.endswith(f"orig_{original}.jpg"), rec
+    assert rec.orientation == view and rec.stage == "stage2"
+    assert PHashSignal.how_matched(view).startswith(("a collage with it", "a bigger picture with it"))
     with Engine(crowded.replace(state_dir=str(tmp_path / "staged"))) as engine:
         prepared = engine.prepare(local_items([folder]), run_id="s")
         staged = unpack_prepared(pack_prepared(prepared), engine.resnet)
+        assert all(np.array_equal(a.views, b.views) for a, b in zip(prepared.images, staged.images, strict=True))
         engine.index_prepared(staged, "s")
         staged_rec = by_name(engine.decide(staged.images, "s", "2026-01-01T00:00:00+00:00"))["post.jpg"]
     assert (staged_rec.decision, staged_rec.original_id, staged_rec.orientation) == (
         rec.decision, rec.original_id, rec.orientation)
     off = run(crowded.replace(phash_turned_radius=0, state_dir=str(tmp_path / "off")))["post.jpg"]
-    assert off.orientation != PHashSignal.INSET
+    assert not off.orientation
 
 
 def tight_crop(img, side=0.4):
