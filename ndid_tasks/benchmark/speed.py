@@ -37,7 +37,7 @@ def measure_speed(engine: Engine, pics: list[LoadedImage], ingest_s: float, n: i
             return build_resnet50(self.settings)
 
     # (eager whatever NDID_TORCH_COMPILE says: the reference is torchvision's model as it ships)
-    bare_signal = BareResNet50(settings.replace(torch_compile=False), precision=engine.resnet.precision)
+    bare_signal = BareResNet50(settings.replace(torch_compile="false"), precision=engine.resnet.precision)
     model = bare_signal.model
     dtype = torch.bfloat16 if bare_signal.precision == "bf16" else torch.float32
     bs = settings.embed_batch_size
