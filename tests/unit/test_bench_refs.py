@@ -1,4 +1,4 @@
-"""The benchmark's count of refs decided duplicates of other refs (real photos; no servers)."""
+"""The benchmark's evaluation helpers (no servers): refs decided duplicates of other refs, the settings it measures with."""
 
 from ndid_tasks.benchmark.evaluation import refs_called_duplicates
 from ndid_tasks.decide import DecisionRecord
@@ -17,3 +17,19 @@ def test_refs_called_duplicates_lists_only_duplicate_decisions_by_file_name():
     assert found["called_duplicates"] == [
         {"ref": "108082.jpg", "matched": "108041.jpg", "probability": 0.2068, "stage": "stage2"},
         {"ref": "d.jpg", "matched": "gone", "probability": 1.0, "stage": "exact"}]
+
+
+def test_the_benchmark_measures_the_encoders_as_a_deployment_on_this_machine_runs_them(monkeypatch):
+    """Where compiled encoders pay (AMX, bf16) and NDID_TORCH_COMPILE=auto leaves it to the machine,
+    a deployment has built them (`ndid models compile`), so the benchmark builds them where missing;
+    elsewhere, or with the setting or precision given, it keeps them as they are."""
+    from ndid_tasks.benchmark.evaluation import as_deployed
+    from ndid_tasks.config import Settings
+    from ndid_tasks.signals import embedding
+
+    monkeypatch.setattr(embedding, "native_bf16_available", lambda: True)
+    assert as_deployed(Settings()).torch_compile == "true"
+    assert as_deployed(Settings(torch_compile="false")).torch_compile == "false"
+    assert as_deployed(Settings(precision="fp32")).torch_compile == "auto"
+    monkeypatch.setattr(embedding, "native_bf16_available", lambda: False)
+    assert as_deployed(Settings()).torch_compile == "auto"
