@@ -2,7 +2,8 @@
 api-server with the plugin, scheduler and dag-processor, real S3 (SeaweedFS) and Milvus (a Milvus
 Lite server): sign in, label a pair with the keyboard inside Airflow's own navigation, find the
 label object in S3 and the Asset event in Airflow, see ndid_recalibrate run from it and its outcome
-on the dashboard, and look an image up with its group.
+on the dashboard, look an image up with its group, and upload pictures (a copy; a photo pasted
+inside another, whose match says so in words).
 
 With NDID_SCREENSHOTS=DIR the pages are also saved there (docs/ui holds the README's)."""
 
