@@ -73,7 +73,9 @@ def compiled_or_eager(module, example, identity: Mapping[str, Any], cache_dir: P
         except Exception as exc:  # noqa: BLE001 - a damaged package: rebuild it below
             log.warning("compiled package %s does not load (%s)%s", path, exc, "; compiling again" if build else "")
     if not build:
-        if "amx_tile" in cpu_features():
+        from .signals.embedding import native_bf16_available  # (AMX: where compiling was measured to pay)
+
+        if native_bf16_available():
             log.info("this CPU has AMX: `ndid models compile` builds %s for it once (1.6x the eager forward "
                      "measured); running it eager until then", identity.get("name"))
         return module, "eager"
